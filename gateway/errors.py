@@ -1,0 +1,157 @@
+"""The gateway's one exception tree, and its OpenAI wire form.
+
+    GatewayError                      status  type                   code
+    ├── ClientError
+    │   ├── InvalidRequest            400     invalid_request_error  (given)
+    │   │   └── Unsupported           400     invalid_request_error  unsupported_parameter
+    │   ├── NotFound                  404     invalid_request_error  (given)
+    │   │   └── ModelNotFound         404     invalid_request_error  model_not_found
+    │   ├── MethodNotAllowed          405     invalid_request_error  null
+    │   └── RequestTooLarge           413     invalid_request_error  request_too_large
+    ├── UpstreamError
+    │   ├── UpstreamRejected          4xx     (the upstream's)       (the upstream's)
+    │   ├── UpstreamUnavailable       502     server_error           server_error
+    │   ├── UpstreamBadResponse       502     server_error           server_error
+    │   └── UpstreamTimeout           504     server_error           timeout
+    └── InternalError                 500     server_error           server_error
+
+Foreign exceptions are translated at their boundary (request decoding in
+``handlers``, the upstream client in ``upstream``); everything that reaches the
+wire is a ``GatewayError``. ``envelope`` gives the body for an HTTP error
+before a stream starts; after that, the transcoder's ``fail`` reports in-band.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+
+class GatewayError(Exception):
+    status = 500
+    type = "server_error"
+    code: str | None = "server_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def body(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+
+class ClientError(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+    code = None
+
+
+class InvalidRequest(ClientError):
+    pass
+
+
+class Unsupported(InvalidRequest):
+    code = "unsupported_parameter"
+
+
+class NotFound(ClientError):
+    status = 404
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class MethodNotAllowed(ClientError):
+    status = 405
+
+
+class RequestTooLarge(ClientError):
+    status = 413
+    code = "request_too_large"
+
+
+class UpstreamError(GatewayError):
+    status = 502
+
+
+class UpstreamRejected(UpstreamError):
+    """The upstream answered 4xx: keep its status and message, in our envelope."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str | None = None,
+        param: str | None = None,
+        code: str | None = None,
+    ):
+        super().__init__(message, param=param)
+        self.status = status
+        self.type = type or "invalid_request_error"
+        self.code = code
+
+
+class UpstreamUnavailable(UpstreamError):
+    pass
+
+
+class UpstreamBadResponse(UpstreamError):
+    pass
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "timeout"
+
+
+class InternalError(GatewayError):
+    pass
+
+
+def upstream_error_from_body(status: int, body: bytes) -> GatewayError:
+    """Normalise an upstream error answer (vLLM, SGLang, Ollama, TGI shapes)."""
+    message, etype, param, code = _parse_error_body(body)
+    if not message:
+        message = f"The upstream server answered HTTP {status}."
+    if 400 <= status < 500:
+        return UpstreamRejected(status, message, type=etype, param=param, code=code)
+    return UpstreamUnavailable(f"The upstream server failed (HTTP {status}): {message}")
+
+
+def _parse_error_body(body: bytes) -> tuple[str, str | None, str | None, str | None]:
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body[:500].decode("utf-8", "replace").strip(), None, None, None
+    if not isinstance(doc, dict):
+        return str(doc)[:500], None, None, None
+    err = doc.get("error", doc)
+    if isinstance(err, str):  # Ollama {"error": "..."}, TGI {"error": "...", "error_type": ...}
+        etype = doc.get("error_type")
+        return err, etype if isinstance(etype, str) else None, None, None
+    if not isinstance(err, dict):
+        return str(err)[:500], None, None, None
+    message = err.get("message") or err.get("detail") or ""
+    etype, param, code = err.get("type"), err.get("param"), err.get("code")
+    return (
+        str(message),
+        etype if isinstance(etype, str) else None,
+        param if isinstance(param, str) else None,
+        str(code) if isinstance(code, (str, int)) and code != "" else None,
+    )

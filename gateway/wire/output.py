@@ -1,0 +1,140 @@
+"""Builders for the Responses output side: the response object, items, parts, usage.
+
+Output is built as plain dicts (orjson serialises dicts natively, not Structs).
+Any value may be an ``orjson.Fragment`` holding JSON that is already encoded
+(upstream text copied without decoding, echoed JSON schemas). Both the
+non-streaming path (``translate.to_response``) and the stream transcoder use
+these, so the two always agree on shapes.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import string
+from typing import Any
+
+# chat finish_reason -> (response status, incomplete_details.reason)
+_FINISH: dict[str | None, tuple[str, str | None]] = {
+    "stop": ("completed", None),
+    "tool_calls": ("completed", None),
+    "function_call": ("completed", None),
+    "length": ("incomplete", "max_output_tokens"),
+    "content_filter": ("incomplete", "content_filter"),
+}
+_COMPLETED: tuple[str, str | None] = ("completed", None)
+
+_ALNUM = string.ascii_letters + string.digits
+
+
+def new_id(prefix: str) -> str:
+    """``resp_``/``msg_``/``fc_`` + 48 hex characters, like OpenAI's ids."""
+    return prefix + os.urandom(24).hex()
+
+
+def new_call_id() -> str:
+    return "call_" + "".join(secrets.choice(_ALNUM) for _ in range(24))
+
+
+def finish_status(finish_reason: str | None) -> tuple[str, str | None]:
+    """Map a chat ``finish_reason`` to (status, incomplete reason); unknown → completed."""
+    return _FINISH.get(finish_reason, _COMPLETED)
+
+
+def response_base(response_id: str, created_at: int, model: str, echo: dict[str, Any]) -> dict:
+    """The in-progress response object: every field the spec lists, with echoed parameters."""
+    return {
+        "id": response_id,
+        "object": "response",
+        "created_at": created_at,
+        "status": "in_progress",
+        "background": False,
+        "completed_at": None,
+        "error": None,
+        "incomplete_details": None,
+        "model": model,
+        "output": [],
+        "usage": None,
+        **echo,
+    }
+
+
+def response_final(
+    base: dict,
+    status: str,
+    output: list,
+    usage: dict | None,
+    *,
+    incomplete_reason: str | None = None,
+    error: dict | None = None,
+    completed_at: int | None = None,
+) -> dict:
+    """A terminal response object (completed, incomplete or failed) from ``base``."""
+    final = dict(base)
+    final["status"] = status
+    final["output"] = output
+    final["usage"] = usage
+    if status == "completed":
+        final["completed_at"] = completed_at
+    if incomplete_reason is not None:
+        final["incomplete_details"] = {"reason": incomplete_reason}
+    if error is not None:
+        final["error"] = error
+    return final
+
+
+def output_text_part(text: Any) -> dict:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def refusal_part(text: Any) -> dict:
+    return {"type": "refusal", "refusal": text}
+
+
+def message_item(item_id: str, status: str, content: list) -> dict:
+    return {
+        "type": "message",
+        "id": item_id,
+        "status": status,
+        "role": "assistant",
+        "content": content,
+    }
+
+
+def function_call_item(item_id: str, call_id: str, name: Any, arguments: Any, status: str) -> dict:
+    return {
+        "type": "function_call",
+        "id": item_id,
+        "call_id": call_id,
+        "name": name,
+        "arguments": arguments,
+        "status": status,
+    }
+
+
+def usage_from_chat(usage: Any) -> dict | None:
+    """Chat ``usage`` (a dict, or a Struct with the same names) → Responses ``usage``.
+
+    No usage from the upstream gives ``None``, not zeros that look real.
+    """
+    if usage is None:
+        return None
+    if not isinstance(usage, dict):
+        usage = {f: getattr(usage, f, None) for f in usage.__struct_fields__}
+    prompt = usage.get("prompt_tokens") or 0
+    completion = usage.get("completion_tokens") or 0
+    total = usage.get("total_tokens")
+    pdet = usage.get("prompt_tokens_details") or {}
+    cdet = usage.get("completion_tokens_details") or {}
+    return {
+        "input_tokens": prompt,
+        "input_tokens_details": {"cached_tokens": _int_field(pdet, "cached_tokens")},
+        "output_tokens": completion,
+        "output_tokens_details": {"reasoning_tokens": _int_field(cdet, "reasoning_tokens")},
+        "total_tokens": total if isinstance(total, int) else prompt + completion,
+    }
+
+
+def _int_field(details: Any, name: str) -> int:
+    value = details.get(name) if isinstance(details, dict) else getattr(details, name, None)
+    return value if isinstance(value, int) else 0
