@@ -128,7 +128,11 @@ def usage_from_chat(usage: Any) -> dict | None:
     cdet = usage.get("completion_tokens_details") or {}
     return {
         "input_tokens": prompt,
-        "input_tokens_details": {"cached_tokens": _int_field(pdet, "cached_tokens")},
+        # cache_write_tokens: required by the newest SDK types; chat upstreams don't report it.
+        "input_tokens_details": {
+            "cached_tokens": _int_field(pdet, "cached_tokens"),
+            "cache_write_tokens": _int_field(pdet, "cache_write_tokens"),
+        },
         "output_tokens": completion,
         "output_tokens_details": {"reasoning_tokens": _int_field(cdet, "reasoning_tokens")},
         "total_tokens": total if isinstance(total, int) else prompt + completion,

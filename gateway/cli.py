@@ -1,0 +1,148 @@
+"""Command line: ``gateway serve``, ``gateway check-config``, ``gateway demo-upstream``.
+
+    python -m gateway serve --host H --port P --upstream URL [--model NAME ...]
+                            [--upstream-timeout S] [--workers N]
+    python -m gateway serve --config gateway.toml [--host H] [--port P] [--workers N]
+    python -m gateway check-config gateway.toml
+    python -m gateway demo-upstream [--port P] ...
+
+``serve`` with neither ``--upstream`` nor ``--config`` starts the bundled demo
+upstream (a fake model) and serves it, so the gateway works out of the box.
+This is the only module that reads files, argv and the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import msgspec
+
+from gateway import __version__
+from gateway.config import DEFAULT_READ_TIMEOUT, Config, ConfigError, Deployment, Listen, load
+
+log = logging.getLogger("gateway")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gateway", description=__doc__.split("\n\n")[0])
+    p.add_argument("--version", action="version", version=f"gateway {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="run the gateway")
+    s.add_argument("--config", help="TOML config file (see gateway/config.py)")
+    s.add_argument("--host", help="listen address (default 127.0.0.1)")
+    s.add_argument("--port", type=int, help="listen port (default 8080)")
+    s.add_argument("--upstream", help="chat-completions base URL, e.g. http://127.0.0.1:8000/v1")
+    s.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        help="model id to serve (repeatable); default: the upstream's /v1/models",
+    )
+    s.add_argument(
+        "--upstream-timeout",
+        type=float,
+        default=DEFAULT_READ_TIMEOUT,
+        help="seconds to wait for upstream headers and between chunks (default 600)",
+    )
+    s.add_argument("--workers", type=int, help="processes sharing the port (SO_REUSEPORT)")
+    s.add_argument("--log-level", default="INFO")
+    c = sub.add_parser("check-config", help="validate a config file and exit")
+    c.add_argument("file")
+    sub.add_parser(
+        "demo-upstream", help="run the bundled demo chat-completions server", add_help=False
+    )
+    return p
+
+
+def build_config(args: argparse.Namespace) -> Config:
+    if args.config:
+        if args.upstream or args.model:
+            raise ConfigError("--upstream/--model and --config cannot be combined")
+        cfg = load(args.config)
+    else:
+        dep = Deployment(
+            upstream=args.upstream,
+            models=tuple(args.model),
+            read_timeout=args.upstream_timeout,
+        )
+        cfg = Config(deployment=(dep,))
+    listen = Listen(
+        host=args.host or cfg.listen.host,
+        port=args.port if args.port is not None else cfg.listen.port,
+    )
+    return msgspec.structs.replace(
+        cfg, listen=listen, workers=args.workers if args.workers else cfg.workers
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_demo() -> tuple[subprocess.Popen[bytes], str]:
+    port = _free_port()
+    cmd = [sys.executable, "-m", "gateway.demo", "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(cmd)
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/models", timeout=1):
+                return proc, url
+        except OSError:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.1)
+    proc.kill()
+    raise ConfigError("the bundled demo upstream did not start")
+
+
+def serve(args: argparse.Namespace) -> int:
+    from gateway import server
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    demo = None
+    if not args.config and not args.upstream:
+        demo, args.upstream = start_demo()
+        log.warning(
+            "no upstream configured: serving the bundled DEMO upstream (a fake model) at %s",
+            args.upstream,
+        )
+    try:
+        cfg = build_config(args)
+        if cfg.workers > 1:
+            return server.run_workers(cfg)
+        server.run(cfg)
+        return 0
+    finally:
+        if demo is not None:
+            demo.terminate()
+            demo.wait(5)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["demo-upstream"]:
+        from gateway import demo
+
+        return demo.main(argv[1:])
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "check-config":
+            cfg = load(args.file)
+            print(f"{args.file}: OK ({len(cfg.deployment)} deployment(s))")
+            return 0
+        return serve(args)
+    except (ConfigError, ValueError, msgspec.ValidationError) as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,244 @@
+"""HTTP glue: one low-level aiohttp handler for every route.
+
+This is the one place where a ``GatewayError`` becomes an HTTP error response
+(before any byte of a stream was sent); after a Responses stream started,
+failures become the transcoder's ``response.failed`` event instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+import orjson
+from aiohttp import web
+
+from gateway.errors import (
+    GatewayError,
+    InternalError,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    RequestTooLarge,
+    UpstreamBadResponse,
+)
+from gateway.keepalive import KeepAlive
+from gateway.routing import Route, Router
+from gateway.transcoder import Transcoder
+from gateway.translate import to_chat_request, to_response
+from gateway.upstream import iter_chunks, read_all
+from gateway.wire import output
+from gateway.wire.chat import COMPLETION_DECODER, PASS_THROUGH_DECODER
+from gateway.wire.responses import REQUEST_DECODER
+
+log = logging.getLogger("gateway")
+
+JSON = "application/json"
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
+BAD_JSON = (
+    "We could not parse the JSON body of your request. The body must be a JSON object "
+    "(and the Content-Type application/json)."
+)
+NO_STORED = (
+    "Stored responses are not offered: this gateway is stateless, so responses cannot be "
+    "retrieved, deleted or cancelled after they were returned."
+)
+
+
+def error_response(exc: GatewayError) -> web.Response:
+    return web.Response(status=exc.status, body=exc.body(), content_type=JSON)
+
+
+def decode_error(exc: msgspec.ValidationError | msgspec.DecodeError) -> InvalidRequest:
+    """A msgspec error → a 400 naming the field path (``temperature``, ``input[0].role``)."""
+    if not isinstance(exc, msgspec.ValidationError):
+        return InvalidRequest(BAD_JSON)
+    text = str(exc)
+    path = ""
+    if " - at `$" in text:
+        text, _, at = text.rpartition(" - at `$")
+        path = at.rstrip("`").lstrip(".")
+    if text.startswith("Object missing required field `"):
+        field = text.split("`")[1]
+        param = f"{path}.{field}" if path else field
+        return InvalidRequest(
+            f"Missing required parameter: '{param}'.",
+            param=param,
+            code="missing_required_parameter",
+        )
+    code = "invalid_type" if text.startswith("Expected `") and " got `" in text else "invalid_value"
+    if not path:
+        return InvalidRequest(f"Invalid request body: {text}.", code=code)
+    return InvalidRequest(f"Invalid '{path}': {text}.", param=path, code=code)
+
+
+async def read_body(request: web.BaseRequest, limit: int) -> bytes:
+    size = request.content_length
+    if size is not None and size > limit:
+        raise RequestTooLarge(f"The request body is {size} bytes; the limit is {limit} bytes.")
+    content = request.content
+    if size is not None:
+        return await content.readexactly(size) if size else b""
+    chunks = []
+    total = 0
+    while data := await content.readany():
+        total += len(data)
+        if total > limit:
+            raise RequestTooLarge(f"The request body is over the limit of {limit} bytes.")
+        chunks.append(data)
+    return b"".join(chunks)
+
+
+class Gateway:
+    """Serves ``/v1/responses``, ``/v1/chat/completions`` and ``/v1/models``."""
+
+    def __init__(self, router: Router, keepalive: KeepAlive, max_body: int) -> None:
+        self.router = router
+        self.keepalive = keepalive
+        self.max_body = max_body
+        self.created = int(time.time())
+        self._routes: dict[tuple[str, str], Callable[[web.BaseRequest], Awaitable[Any]]] = {
+            ("POST", "/v1/responses"): self.responses,
+            ("POST", "/v1/chat/completions"): self.chat,
+            ("GET", "/v1/models"): self.models,
+        }
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        try:
+            route = self._routes.get((request.method, request.path))
+            if route is None:
+                route = self._not_routed(request)
+            return await route(request)
+        except GatewayError as exc:
+            return error_response(exc)
+        except (ConnectionError, asyncio.CancelledError):
+            raise
+        except Exception:
+            log.exception("unexpected error on %s %s", request.method, request.path)
+            return error_response(InternalError("The gateway failed unexpectedly."))
+
+    def _not_routed(self, request: web.BaseRequest) -> Callable[[web.BaseRequest], Awaitable[Any]]:
+        path = request.path
+        if path.startswith("/v1/responses/"):
+            raise NotFound(NO_STORED)
+        if path in ("/v1/responses", "/v1/chat/completions", "/v1/models"):
+            raise MethodNotAllowed(f"Method {request.method} is not allowed on {path}.")
+        raise NotFound(f"Unknown path: {request.method} {path}.")
+
+    async def models(self, request: web.BaseRequest) -> web.Response:
+        ids = self.router.model_ids()
+        if "default" not in ids:
+            ids.append("default")
+        data = [
+            {"id": m, "object": "model", "created": self.created, "owned_by": "gateway"}
+            for m in ids
+        ]
+        return web.Response(body=orjson.dumps({"object": "list", "data": data}), content_type=JSON)
+
+    # ---- /v1/chat/completions: pass-through -------------------------------------------
+
+    async def chat(self, request: web.BaseRequest) -> web.StreamResponse:
+        body = await read_body(request, self.max_body)
+        try:
+            view = PASS_THROUGH_DECODER.decode(body)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise decode_error(exc) from exc
+        route = await self.router.resolve(view.model)
+        self._check_size(route, body)
+        if route.upstream_model != view.model:
+            doc = orjson.loads(body)
+            doc["model"] = route.upstream_model
+            body = orjson.dumps(doc)
+        async with route.upstream.chat(body) as resp:
+            ctype = resp.headers.get("Content-Type", JSON)
+            if not ctype.startswith("text/event-stream"):
+                data = await read_all(resp)
+                return web.Response(status=resp.status, body=data, headers={"Content-Type": ctype})
+            out = web.StreamResponse(status=resp.status, headers=SSE_HEADERS)
+            await out.prepare(request)
+            try:
+                async for data in iter_chunks(resp):
+                    await out.write(data)
+            except GatewayError as exc:
+                # Bytes already went out: cut the connection, so that the client
+                # sees a broken stream rather than one that looks complete.
+                log.warning("chat stream from upstream broke: %s", exc.message)
+                if request.transport is not None:
+                    request.transport.close()
+                return out
+        await out.write_eof()
+        return out
+
+    # ---- /v1/responses ----------------------------------------------------------------
+
+    async def responses(self, request: web.BaseRequest) -> web.StreamResponse:
+        body = await read_body(request, self.max_body)
+        try:
+            req = REQUEST_DECODER.decode(body)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise decode_error(exc) from exc
+        route = await self.router.resolve(req.model)
+        self._check_size(route, body)
+        stream = bool(req.stream)
+        upstream_streams = stream and route.dep.supports.streaming
+        chat, echo = to_chat_request(req, route.dep, route.upstream_model, stream=upstream_streams)
+        base = output.response_base(output.new_id("resp_"), int(time.time()), req.model, echo)
+        payload = orjson.dumps(chat)
+        if stream:
+            return await self._stream(request, route, payload, Transcoder(base), upstream_streams)
+        async with route.upstream.chat(payload) as resp:
+            data = await read_all(resp)
+        try:
+            completion = COMPLETION_DECODER.decode(data)
+            result = to_response(completion, base, now=time.time)
+        except (msgspec.ValidationError, msgspec.DecodeError, IndexError) as exc:
+            raise UpstreamBadResponse(
+                f"The upstream's answer is not a chat completion: {exc}"
+            ) from exc
+        return web.Response(body=orjson.dumps(result), content_type=JSON)
+
+    async def _stream(
+        self, request: web.BaseRequest, route: Route, payload: bytes, tx: Transcoder, pump: bool
+    ) -> web.StreamResponse:
+        async with route.upstream.chat(payload) as resp:
+            out = web.StreamResponse(headers=SSE_HEADERS)
+            await out.prepare(request)
+            await out.write(tx.start())
+            try:
+                if pump:
+                    await self._pump(out, tx, iter_chunks(resp))
+                else:
+                    await out.write(tx.complete(await read_all(resp)))
+            except GatewayError as exc:
+                await out.write(tx.fail(exc.message))
+        await out.write_eof()
+        return out
+
+    async def _pump(self, out: web.StreamResponse, tx: Transcoder, chunks: Any) -> None:
+        watch = self.keepalive.watch(out)
+        try:
+            async for data in chunks:
+                watch.fresh = True
+                frames = tx.feed(data)
+                if frames:
+                    await out.write(frames)
+                if tx.done:
+                    return
+            await out.write(tx.finish())
+        finally:
+            self.keepalive.unwatch(watch)
+
+    def _check_size(self, route: Route, body: bytes) -> None:
+        limit = route.dep.max_body_bytes
+        if len(body) > limit:
+            raise RequestTooLarge(
+                f"The request body is {len(body)} bytes; the limit is {limit} bytes."
+            )

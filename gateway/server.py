@@ -1,0 +1,112 @@
+"""Process lifecycle: open the upstream session, serve, stop cleanly.
+
+``open_gateway`` builds everything a handler needs (the tests use it too);
+``serve`` runs it on a socket until SIGTERM/SIGINT; ``run_workers`` forks
+several processes that share the port through SO_REUSEPORT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+
+from aiohttp import web
+
+from gateway.config import Config, api_key
+from gateway.handlers import Gateway
+from gateway.keepalive import KeepAlive
+from gateway.routing import Router
+from gateway.upstream import Upstream, open_session
+
+log = logging.getLogger("gateway")
+
+# Seconds that in-flight requests get to finish after SIGTERM.
+SHUTDOWN_GRACE = 10.0
+
+
+@asynccontextmanager
+async def open_gateway(cfg: Config) -> AsyncIterator[Gateway]:
+    session = open_session()
+    keepalive = KeepAlive(cfg.stream.keepalive_interval)
+    try:
+        deployments = [(d, Upstream(d, session, api_key(d))) for d in cfg.deployment]
+        router = Router(deployments)
+        await router.discover()
+        max_body = max(d.max_body_bytes for d in cfg.deployment)
+        keepalive.start()
+        yield Gateway(router, keepalive, max_body)
+    finally:
+        keepalive.stop()
+        await session.close()
+
+
+def make_server(gateway: Gateway) -> web.Server:
+    # handler_cancellation: a client that goes away cancels its handler at once,
+    # which closes the upstream request instead of letting it run on.
+    return web.Server(gateway.handle, handler_cancellation=True, access_log=None)
+
+
+async def serve(cfg: Config, *, reuse_port: bool = False) -> None:
+    async with open_gateway(cfg) as gateway:
+        runner = web.ServerRunner(make_server(gateway), shutdown_timeout=SHUTDOWN_GRACE)
+        await runner.setup()
+        site = web.TCPSite(
+            runner, cfg.listen.host, cfg.listen.port, reuse_port=reuse_port or None, backlog=4096
+        )
+        await site.start()
+        log.info(
+            "gateway listening on http://%s:%d (models: %s)",
+            cfg.listen.host,
+            cfg.listen.port,
+            ", ".join(gateway.router.model_ids()) or "none yet",
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            await runner.cleanup()
+
+
+def run(cfg: Config, *, reuse_port: bool = False) -> None:
+    import uvloop
+
+    uvloop.run(serve(cfg, reuse_port=reuse_port))
+
+
+def run_workers(cfg: Config) -> int:
+    """Fork ``cfg.workers`` processes sharing the port; forward SIGTERM/SIGINT to them."""
+    children = []
+    for _ in range(cfg.workers):
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                run(cfg, reuse_port=True)
+                code = 0
+            except BaseException:
+                log.exception("worker failed")
+            finally:
+                os._exit(code)
+        children.append(pid)
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            with suppress(ProcessLookupError):
+                os.kill(child, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    status = 0
+    for child in children:
+        _, code = os.waitpid(child, 0)
+        status = status or os.waitstatus_to_exitcode(code)
+    sys.stdout.flush()
+    return 1 if status else 0

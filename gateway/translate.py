@@ -1,0 +1,482 @@
+"""Pure translation between the Responses API and chat completions.
+
+``to_chat_request``: a decoded ``ResponsesRequest`` → the chat body (a dict,
+values may be ``orjson.Fragment``) plus the fields the response echoes.
+``to_response``: a chat completion → the Responses object.
+Unsupported features raise ``errors.InvalidRequest``/``Unsupported`` naming
+the parameter; nothing here does I/O or reads configuration globals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+import orjson
+
+from gateway.config import Deployment
+from gateway.errors import InvalidRequest, Unsupported
+from gateway.wire import output
+from gateway.wire.chat import ChatCompletion
+from gateway.wire.responses import (
+    NOT_OFFERED,
+    TEXT_DECODER,
+    TOOL_CHOICE_DECODER,
+    ContentPart,
+    InputItem,
+    ResponsesRequest,
+    TextConfig,
+    Tool,
+    ToolChoice,
+    is_absent,
+)
+
+_ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
+_CHOICE_STRINGS = ("none", "auto", "required")
+_EMPTY_PARAMETERS = {"type": "object", "properties": {}}
+_TEXT_DEFAULT = {"format": {"type": "text"}}
+_REASONING_ECHO = {"effort": None, "summary": None}
+_PASS_EXTRAS = (
+    "seed",
+    "stop",
+    "frequency_penalty",
+    "presence_penalty",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "user",
+)
+
+
+def _fragment(raw: msgspec.Raw) -> orjson.Fragment:
+    return orjson.Fragment(bytes(raw))
+
+
+def _is_empty(value: Any) -> bool:
+    if value is None or value is False or value == [] or value == {}:
+        return True
+    # reasoning: {"effort": null, "summary": null} asks for nothing either.
+    return isinstance(value, dict) and all(v is None for v in value.values())
+
+
+def check_not_offered(req: ResponsesRequest) -> None:
+    for name in NOT_OFFERED:
+        if not _is_empty(getattr(req, name)):
+            raise Unsupported(
+                f"Unsupported parameter: '{name}' is not supported by this gateway "
+                "(it is stateless and serves chat-completions models).",
+                param=name,
+            )
+
+
+# ---- input → messages -------------------------------------------------------
+
+
+def to_messages(req: ResponsesRequest, dep: Deployment) -> list[dict]:
+    messages: list[dict] = []
+    if req.instructions:
+        messages.append({"role": "system", "content": req.instructions})
+    items = req.input
+    if isinstance(items, str):
+        messages.append({"role": "user", "content": items})
+    elif items:
+        for i, item in enumerate(items):
+            _add_item(messages, item, i, dep)
+    if not messages:
+        raise InvalidRequest(
+            "Missing required parameter: 'input' (or 'instructions').",
+            param="input",
+            code="missing_required_parameter",
+        )
+    return messages
+
+
+def _add_item(messages: list[dict], item: InputItem, i: int, dep: Deployment) -> None:
+    kind = item.type
+    if kind == "message":
+        messages.append(_message(item, i, dep))
+    elif kind == "function_call":
+        _add_function_call(messages, item, i)
+    elif kind == "function_call_output":
+        if not item.call_id:
+            raise _missing(f"input[{i}].call_id")
+        content = _tool_output(item.output, i)
+        messages.append({"role": "tool", "tool_call_id": item.call_id, "content": content})
+    elif kind == "reasoning":
+        return  # replayed reasoning cannot be used by a chat upstream; clients send it anyway
+    elif kind == "item_reference":
+        raise Unsupported(
+            "Item references need stored responses, which this gateway does not offer.",
+            param=f"input[{i}]",
+        )
+    else:
+        raise Unsupported(
+            f"Input items of type '{kind}' are not supported by this gateway.",
+            param=f"input[{i}].type",
+        )
+
+
+def _message(item: InputItem, i: int, dep: Deployment) -> dict:
+    if item.role is None:
+        raise _missing(f"input[{i}].role")
+    role = _ROLES.get(item.role)
+    if role is None:
+        raise InvalidRequest(
+            f"Invalid value: '{item.role}'. Supported values are: "
+            "'user', 'assistant', 'system' and 'developer'.",
+            param=f"input[{i}].role",
+            code="invalid_value",
+        )
+    content = item.content
+    if content is None:
+        raise _missing(f"input[{i}].content")
+    if isinstance(content, str):
+        return {"role": role, "content": content}
+    if role == "user":
+        return {"role": role, "content": _user_parts(content, i, dep)}
+    return {"role": role, "content": _joined_text(content, i)}
+
+
+def _user_parts(parts: list[ContentPart], i: int, dep: Deployment) -> str | list[dict]:
+    if len(parts) == 1 and parts[0].type in ("input_text", "output_text"):
+        return _part_text(parts[0], i, 0)
+    out: list[dict] = []
+    for j, part in enumerate(parts):
+        if part.type == "input_image":
+            out.append(_image(part, i, j, dep))
+        else:
+            out.append({"type": "text", "text": _part_text(part, i, j)})
+    return out
+
+
+def _image(part: ContentPart, i: int, j: int, dep: Deployment) -> dict:
+    where = f"input[{i}].content[{j}]"
+    if part.file_id is not None:
+        raise Unsupported(
+            "Images given by file_id need the Files API, which this gateway does not offer; "
+            "send image_url (a URL or a data: URL) instead.",
+            param=f"{where}.file_id",
+        )
+    if not part.image_url:
+        raise _missing(f"{where}.image_url")
+    if not dep.supports.images:
+        raise Unsupported("This model does not accept image input.", param=where)
+    image: dict[str, Any] = {"url": part.image_url}
+    if part.detail in ("low", "high", "auto"):
+        image["detail"] = part.detail
+    elif part.detail == "original":
+        image["detail"] = "high"
+    return {"type": "image_url", "image_url": image}
+
+
+def _part_text(part: ContentPart, i: int, j: int) -> str:
+    kind = part.type
+    if kind in ("input_text", "output_text", "text", "summary_text", "reasoning_text"):
+        if part.text is None:
+            raise _missing(f"input[{i}].content[{j}].text")
+        return part.text
+    if kind == "refusal":
+        return part.refusal or ""
+    raise Unsupported(
+        f"Content parts of type '{kind}' are not supported here by this gateway.",
+        param=f"input[{i}].content[{j}].type",
+    )
+
+
+def _joined_text(parts: list[ContentPart], i: int) -> str:
+    return "".join(_part_text(part, i, j) for j, part in enumerate(parts))
+
+
+def _tool_output(out: str | list[ContentPart] | None, i: int) -> str:
+    if out is None:
+        raise _missing(f"input[{i}].output")
+    if isinstance(out, str):
+        return out
+    texts = []
+    for j, part in enumerate(out):
+        if part.type == "input_image":
+            raise Unsupported(
+                "Images in function call outputs are not supported by this gateway.",
+                param=f"input[{i}].output[{j}]",
+            )
+        texts.append(_part_text(part, i, j))
+    return "".join(texts)
+
+
+def _add_function_call(messages: list[dict], item: InputItem, i: int) -> None:
+    if not item.call_id:
+        raise _missing(f"input[{i}].call_id")
+    if not item.name:
+        raise _missing(f"input[{i}].name")
+    call = {
+        "id": item.call_id,
+        "type": "function",
+        "function": {"name": item.name, "arguments": item.arguments or "{}"},
+    }
+    last = messages[-1] if messages else None
+    if last is not None and last["role"] == "assistant":
+        last.setdefault("tool_calls", []).append(call)
+    else:
+        messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+
+
+def _missing(param: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter"
+    )
+
+
+# ---- tools, tool_choice, text.format -------------------------------------------
+
+
+def to_chat_tools(tools: list[Tool]) -> tuple[list[dict], list[dict]]:
+    """(chat tools, echoed flat tools)."""
+    chat: list[dict] = []
+    echo: list[dict] = []
+    for i, tool in enumerate(tools):
+        if tool.type != "function":
+            raise Unsupported(
+                f"Tools of type '{tool.type}' are not supported by this gateway; "
+                "only function tools are (the client runs them).",
+                param=f"tools[{i}].type",
+            )
+        fn = tool.function
+        if fn is not None:  # chat form, accepted as given
+            name, desc, params, strict = fn.name, fn.description, fn.parameters, fn.strict
+        else:
+            if not tool.name:
+                raise _missing(f"tools[{i}].name")
+            name, desc, params, strict = tool.name, tool.description, tool.parameters, tool.strict
+        has_params = not is_absent(params)
+        function: dict[str, Any] = {"name": name}
+        if desc is not None:
+            function["description"] = desc
+        function["parameters"] = _fragment(params) if has_params else _EMPTY_PARAMETERS
+        if strict is not msgspec.UNSET and strict is not None:
+            function["strict"] = strict
+        chat.append({"type": "function", "function": function})
+        echo.append(
+            {
+                "type": "function",
+                "name": name,
+                "description": desc,
+                "parameters": _fragment(params) if has_params else None,
+                "strict": True if strict is msgspec.UNSET or strict is None else strict,
+            }
+        )
+    return chat, echo
+
+
+def to_chat_tool_choice(raw: msgspec.Raw, chat_tools: list[dict]) -> tuple[Any, Any, list[dict]]:
+    """(chat tool_choice or None, echo, possibly filtered chat tools)."""
+    if is_absent(raw):
+        return None, "auto", chat_tools
+    try:
+        choice = TOOL_CHOICE_DECODER.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise InvalidRequest(
+            f"Invalid 'tool_choice': {exc}", param="tool_choice", code="invalid_type"
+        ) from exc
+    if isinstance(choice, str):
+        if choice not in _CHOICE_STRINGS:
+            raise InvalidRequest(
+                f"Invalid value: '{choice}'. Supported values are: 'none', 'auto' and 'required'.",
+                param="tool_choice",
+                code="invalid_value",
+            )
+        return choice, choice, chat_tools
+    echo = orjson.Fragment(bytes(raw))
+    if choice.type == "function":
+        name = choice.name or (choice.function.name if choice.function else None)
+        if not name:
+            raise _missing("tool_choice.name")
+        return {"type": "function", "function": {"name": name}}, echo, chat_tools
+    if choice.type == "allowed_tools":
+        mode, kept = _allowed_tools(choice, chat_tools)
+        return mode, echo, kept
+    raise Unsupported(
+        f"tool_choice of type '{choice.type}' is not supported by this gateway; "
+        "only 'none', 'auto', 'required', function and allowed_tools choices are.",
+        param="tool_choice",
+    )
+
+
+def _allowed_tools(choice: ToolChoice, chat_tools: list[dict]) -> tuple[str, list[dict]]:
+    mode = choice.mode or "auto"
+    if mode not in ("auto", "required"):
+        raise InvalidRequest(
+            f"Invalid value: '{mode}'. Supported values are: 'auto' and 'required'.",
+            param="tool_choice.mode",
+            code="invalid_value",
+        )
+    names = set()
+    for k, t in enumerate(choice.tools or ()):
+        if t.type != "function" or not t.name:
+            raise Unsupported(
+                "Only function tools may be listed in allowed_tools.",
+                param=f"tool_choice.tools[{k}]",
+            )
+        names.add(t.name)
+    kept = [t for t in chat_tools if t["function"]["name"] in names]
+    if not kept:
+        raise InvalidRequest(
+            "tool_choice.tools names none of the function tools in 'tools'.",
+            param="tool_choice.tools",
+            code="invalid_value",
+        )
+    return mode, kept
+
+
+def to_response_format(raw: msgspec.Raw, dep: Deployment) -> tuple[dict | None, Any]:
+    """(chat response_format or None, echoed text config)."""
+    if is_absent(raw):
+        return None, _TEXT_DEFAULT
+    try:
+        text: TextConfig = TEXT_DECODER.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise InvalidRequest(f"Invalid 'text': {exc}", param="text", code="invalid_type") from exc
+    echo = orjson.loads(bytes(raw))
+    if echo.get("format") is None:
+        echo["format"] = {"type": "text"}
+    fmt = text.format
+    if fmt is None or fmt.type == "text":
+        return None, echo
+    if not dep.supports.structured_output:
+        raise Unsupported("This model does not support structured output.", param="text.format")
+    if fmt.type == "json_object":
+        return {"type": "json_object"}, echo
+    if fmt.type != "json_schema":
+        raise InvalidRequest(
+            f"Invalid value: '{fmt.type}'. Supported values are: "
+            "'text', 'json_object' and 'json_schema'.",
+            param="text.format.type",
+            code="invalid_value",
+        )
+    if not fmt.name:
+        raise _missing("text.format.name")
+    if is_absent(fmt.schema):
+        raise _missing("text.format.schema")
+    schema: dict[str, Any] = {"name": fmt.name, "schema": _fragment(fmt.schema)}
+    if fmt.strict is not msgspec.UNSET and fmt.strict is not None:
+        schema["strict"] = fmt.strict
+    if fmt.description is not None:
+        schema["description"] = fmt.description
+    return {"type": "json_schema", "json_schema": schema}, echo
+
+
+# ---- the whole request ------------------------------------------------------------
+
+
+def to_chat_request(
+    req: ResponsesRequest, dep: Deployment, upstream_model: str, *, stream: bool
+) -> tuple[dict, dict]:
+    """(chat body, echo fields for the response object)."""
+    check_not_offered(req)
+    messages = to_messages(req, dep)
+    body: dict[str, Any] = {"model": upstream_model, "messages": messages}
+    tools_echo: list[dict] = []
+    tool_choice_echo: Any = "auto"
+    if req.tools:
+        if not dep.supports.tools:
+            raise Unsupported("This model does not support tools.", param="tools")
+        chat_tools, tools_echo = to_chat_tools(req.tools)
+        choice, tool_choice_echo, chat_tools = to_chat_tool_choice(req.tool_choice, chat_tools)
+        body["tools"] = chat_tools
+        if choice is not None:
+            body["tool_choice"] = choice
+        if req.parallel_tool_calls is not None:
+            body["parallel_tool_calls"] = req.parallel_tool_calls
+    elif not is_absent(req.tool_choice):
+        _, tool_choice_echo, _ = to_chat_tool_choice(req.tool_choice, [])
+    response_format, text_echo = to_response_format(req.text, dep)
+    if response_format is not None:
+        body["response_format"] = response_format
+    if req.max_output_tokens is not None:
+        body[dep.token_field] = req.max_output_tokens
+    if req.temperature is not None:
+        body["temperature"] = req.temperature
+    if req.top_p is not None:
+        body["top_p"] = req.top_p
+    for name in _PASS_EXTRAS:
+        value = getattr(req, name)
+        if value is not None:
+            body[name] = value
+    if stream:
+        body["stream"] = True
+        if dep.supports.stream_usage:
+            body["stream_options"] = {"include_usage": True}
+    return body, _echo(req, tools_echo, tool_choice_echo, text_echo)
+
+
+def _echo(req: ResponsesRequest, tools: list[dict], tool_choice: Any, text: Any) -> dict:
+    return {
+        "instructions": req.instructions,
+        "max_output_tokens": req.max_output_tokens,
+        "max_tool_calls": req.max_tool_calls,
+        "parallel_tool_calls": True if req.parallel_tool_calls is None else req.parallel_tool_calls,
+        "previous_response_id": None,
+        "prompt_cache_key": req.prompt_cache_key,
+        "reasoning": _REASONING_ECHO,
+        "safety_identifier": req.safety_identifier,
+        "service_tier": req.service_tier or "default",
+        "store": False,
+        "temperature": 1.0 if req.temperature is None else req.temperature,
+        "text": text,
+        "tool_choice": tool_choice,
+        "tools": tools,
+        "top_logprobs": req.top_logprobs or 0,
+        "top_p": 1.0 if req.top_p is None else req.top_p,
+        "presence_penalty": req.presence_penalty or 0.0,
+        "frequency_penalty": req.frequency_penalty or 0.0,
+        "truncation": req.truncation or "disabled",
+        "user": req.user,
+        "metadata": req.metadata or {},
+    }
+
+
+# ---- chat completion → response ------------------------------------------------------
+
+
+def _has_text(raw: msgspec.Raw) -> bool:
+    return not is_absent(raw) and bytes(raw) != b'""'
+
+
+def to_response(
+    completion: ChatCompletion,
+    base: dict,
+    *,
+    now: Callable[[], float],
+    new_id: Callable[[str], str] = output.new_id,
+    new_call_id: Callable[[], str] = output.new_call_id,
+) -> dict:
+    choice = completion.choices[0]
+    status, reason = output.finish_status(choice.finish_reason)
+    item_status = "incomplete" if status == "incomplete" else "completed"
+    message = choice.message
+    items: list[dict] = []
+    parts = []
+    if _has_text(message.content):
+        parts.append(output.output_text_part(_fragment(message.content)))
+    if _has_text(message.refusal):
+        parts.append(output.refusal_part(_fragment(message.refusal)))
+    if parts:
+        items.append(output.message_item(new_id("msg_"), item_status, parts))
+    for call in message.tool_calls or ():
+        items.append(
+            output.function_call_item(
+                new_id("fc_"),
+                call.id or new_call_id(),
+                call.function.name,
+                call.function.arguments,
+                item_status,
+            )
+        )
+    return output.response_final(
+        base,
+        status,
+        items,
+        output.usage_from_chat(completion.usage),
+        incomplete_reason=reason,
+        completed_at=int(now()) if status == "completed" else None,
+    )

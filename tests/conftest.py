@@ -1,0 +1,205 @@
+"""Shared fixtures: a scripted fake upstream at the network boundary, and a real
+gateway (``open_gateway`` + the low-level aiohttp server) on a loopback port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+import openai
+import orjson
+import pytest
+from aiohttp import web
+
+from gateway.config import Config, Deployment, Listen, Stream, Supports
+from gateway.server import open_gateway
+
+
+def chunk(delta: dict | None = None, finish: str | None = None, **extra: Any) -> bytes:
+    """One vLLM-shaped ``chat.completion.chunk`` SSE event."""
+    doc: dict[str, Any] = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m",
+        "choices": [{"index": 0, "delta": delta or {}, "finish_reason": finish}],
+    }
+    doc.update(extra)
+    return b"data: " + orjson.dumps(doc) + b"\n\n"
+
+
+def usage_chunk(prompt: int = 5, completion: int = 7) -> bytes:
+    doc = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m",
+        "choices": [],
+        "usage": {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        },
+    }
+    return b"data: " + orjson.dumps(doc) + b"\n\n"
+
+
+DONE = b"data: [DONE]\n\n"
+
+
+def text_stream(*pieces: str, finish: str = "stop") -> list[bytes]:
+    out = [chunk({"role": "assistant", "content": ""})]
+    out += [chunk({"content": p}) for p in pieces]
+    return out + [chunk({}, finish), usage_chunk(), DONE]
+
+
+def completion(
+    content: str | None = "Hello!",
+    *,
+    finish: str = "stop",
+    tool_calls: list | None = None,
+    usage: dict | None = None,
+) -> dict:
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "m",
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+        "usage": usage
+        if usage is not None
+        else {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14},
+    }
+
+
+Reply = Callable[[web.BaseRequest, dict], Awaitable[web.StreamResponse]]
+
+
+class FakeUpstream:
+    """A chat-completions server whose every answer the test scripts.
+
+    ``received`` holds each decoded request body; ``headers`` their headers.
+    ``disconnects`` is set when a client of a streamed answer went away.
+    """
+
+    def __init__(self) -> None:
+        self.received: list[dict] = []
+        self.headers: list[dict] = []
+        self.models = ["m1"]
+        self.reply: Reply = self.json_reply(completion())
+        self.disconnected = asyncio.Event()
+        self.url = ""
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.path.endswith("/models"):
+            data = [{"id": m, "object": "model"} for m in self.models]
+            return web.json_response({"object": "list", "data": data})
+        body = orjson.loads(await request.read())
+        self.received.append(body)
+        self.headers.append(dict(request.headers))
+        return await self.reply(request, body)
+
+    @staticmethod
+    def json_reply(doc: Any, status: int = 200) -> Reply:
+        async def reply(request: web.BaseRequest, body: dict) -> web.StreamResponse:
+            return web.Response(
+                status=status, body=orjson.dumps(doc), content_type="application/json"
+            )
+
+        return reply
+
+    @staticmethod
+    def raw_reply(data: bytes, status: int, content_type: str = "text/plain") -> Reply:
+        async def reply(request: web.BaseRequest, body: dict) -> web.StreamResponse:
+            return web.Response(status=status, body=data, content_type=content_type)
+
+        return reply
+
+    def sse_reply(self, events: list[bytes], *, delay: float = 0.0, then: str = "end") -> Reply:
+        """Stream ``events`` (one write each); ``then``: end | drop | hang."""
+
+        async def reply(request: web.BaseRequest, body: dict) -> web.StreamResponse:
+            out = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await out.prepare(request)
+            try:
+                for ev in events:
+                    await out.write(ev)
+                    if delay:
+                        await asyncio.sleep(delay)
+                if then == "drop":
+                    assert request.transport is not None
+                    request.transport.close()
+                    return out
+                if then == "hang":
+                    while True:
+                        await asyncio.sleep(0.01)
+                        if request.transport is None or request.transport.is_closing():
+                            raise ConnectionResetError
+            except (ConnectionError, asyncio.CancelledError):
+                self.disconnected.set()
+                raise
+            await out.write_eof()
+            return out
+
+        return reply
+
+
+@pytest.fixture
+async def upstream(aiohttp_raw_server: Any) -> FakeUpstream:
+    fake = FakeUpstream()
+    server = await aiohttp_raw_server(fake.handle)
+    fake.url = str(server.make_url("/v1"))
+    return fake
+
+
+def make_config(url: str, **dep: Any) -> Config:
+    supports = dep.pop("supports", {})
+    keepalive = dep.pop("keepalive", 15.0)
+    dep.setdefault("models", ("m1",))
+    return Config(
+        listen=Listen(),
+        deployment=(Deployment(upstream=url, supports=Supports(**supports), **dep),),
+        stream=Stream(keepalive_interval=keepalive),
+    )
+
+
+GatewayFactory = Callable[..., Awaitable[str]]
+
+
+@pytest.fixture
+async def start_gateway(aiohttp_raw_server: Any) -> Any:
+    """``await start_gateway(config)`` → the gateway's base URL (``.../v1``)."""
+    stack: list[Any] = []
+
+    async def start(cfg: Config) -> str:
+        cm = open_gateway(cfg)
+        gateway = await cm.__aenter__()
+        stack.append(cm)
+        server = await aiohttp_raw_server(gateway.handle)
+        return str(server.make_url("/v1"))
+
+    yield start
+    for cm in reversed(stack):
+        await cm.__aexit__(None, None, None)
+
+
+@pytest.fixture
+async def gateway_url(upstream: FakeUpstream, start_gateway: Any) -> str:
+    return await start_gateway(make_config(upstream.url))
+
+
+@pytest.fixture
+async def client(gateway_url: str) -> Any:
+    c = openai.AsyncOpenAI(base_url=gateway_url, api_key="sk-test", max_retries=0)
+    yield c
+    await c.close()
+
+
+def struct_eq(a: Any, b: Any) -> bool:
+    return bool(msgspec.json.encode(a) == msgspec.json.encode(b))
