@@ -1,0 +1,161 @@
+"""Minimal "view" Structs for what upstream chat-completions servers send back.
+
+Only the fields the transcoder reads are declared; everything else in a chunk
+(``id``, ``model``, ``logprobs``, ``reasoning_content``, ...) is skipped by the
+decoder. Text fields that are copied into the output (``content``, ``refusal``,
+``arguments``) are ``msgspec.Raw``: the exact JSON bytes of the upstream value,
+escapes included, so they can be spliced into outgoing events without a
+decode/encode round trip. An absent field is an empty Raw (length 0) and an
+explicit ``null`` is the bytes ``null``; both mean "no text". A Raw default is
+used rather than ``Raw | None``, which msgspec does not support.
+
+Shapes (``stream: true``):
+
+    {"choices": [{"index": 0, "delta": {"role"?, "content"?, "refusal"?,
+                  "tool_calls"?: [{"index", "id"?, "function": {"name"?, "arguments"?}}]},
+                  "finish_reason": null | "stop" | ...}],
+     "usage"?: {...}}
+    {"choices": [], "usage": {...}}                  (the include_usage chunk)
+    {"error": {"message", ...}}  or  {"object": "error", "message", ...}   (in-band error)
+
+and the whole non-streaming ``chat.completion`` body, whose choices carry a
+``message`` instead of a ``delta``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import orjson
+from msgspec import Raw, Struct
+
+EMPTY_RAW = Raw()
+
+
+class Details(Struct, gc=False):
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
+
+
+class Usage(Struct, gc=False):
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    prompt_tokens_details: Details | None = None
+    completion_tokens_details: Details | None = None
+
+
+class FunctionDelta(Struct, gc=False):
+    name: str | None = None
+    arguments: Raw = EMPTY_RAW
+
+
+class ToolCallDelta(Struct, gc=False):
+    index: int = -1  # -1: the upstream sent no index (resolved by id / position)
+    id: str | None = None
+    function: FunctionDelta | None = None
+
+
+class Delta(Struct, gc=False):
+    content: Raw = EMPTY_RAW
+    refusal: Raw = EMPTY_RAW
+    tool_calls: list[ToolCallDelta] | None = None
+
+
+class Choice(Struct, gc=False):
+    index: int = 0
+    delta: Delta | None = None
+    finish_reason: str | None = None
+
+
+class Chunk(Struct, gc=False):
+    choices: list[Choice] | None = None
+    usage: Usage | None = None
+    error: Raw = EMPTY_RAW
+    object: str | None = None
+    message: str | None = None  # the old vLLM top-level error shape
+
+
+class CompletionChoice(Struct, gc=False):
+    index: int = 0
+    message: Delta | None = None
+    finish_reason: str | None = None
+
+
+class Completion(Struct, gc=False):
+    choices: list[CompletionChoice] | None = None
+    usage: Usage | None = None
+    error: Raw = EMPTY_RAW
+    object: str | None = None
+    message: str | None = None
+
+
+CHUNK_DECODER = msgspec.json.Decoder(Chunk)
+COMPLETION_DECODER = msgspec.json.Decoder(Completion)
+
+
+# ---- reading the views -----------------------------------------------------------------
+
+_NULL = b"null"
+_QUOTE = b'"'
+
+
+def join_tokens(pieces: list[bytes]) -> bytes:
+    """JSON string tokens → one token; escapes never cross a token boundary."""
+    if len(pieces) == 1:
+        return pieces[0]
+    return _QUOTE + b"".join([p[1:-1] for p in pieces]) + _QUOTE
+
+
+def string_token(raw: Raw) -> bytes | None:
+    """A non-empty JSON string token from a text Raw, else None (absent, null, ``""``).
+
+    A value that is neither a string nor null (``arguments`` sent as an object
+    by some servers) is turned into the JSON string of its text.
+    """
+    if len(raw) <= 2:
+        return None
+    token = bytes(raw)
+    if token[0] == 34:
+        return token if token.isascii() else valid_utf8(token)
+    if token == _NULL:
+        return None
+    return orjson.dumps(token.decode("utf-8", "replace"))
+
+
+def valid_utf8(token: bytes) -> bytes:
+    """``token`` when it is valid UTF-8, else a copy with U+FFFD replacements.
+
+    A ``Raw`` is not UTF-8-checked by msgspec (a ``str`` field would be).
+    """
+    try:
+        token.decode()
+    except UnicodeDecodeError:
+        return token.decode("utf-8", "replace").encode()
+    return token
+
+
+def first_choice(choices: list[Any] | None) -> Any:
+    """The choice with index 0 (the only one that matters: ``n`` is always 1)."""
+    for choice in choices or ():
+        if choice.index == 0:
+            return choice
+    return None
+
+
+def is_error(doc: Chunk | Completion) -> bool:
+    return (len(doc.error) > 0 and bytes(doc.error) != _NULL) or doc.object == "error"
+
+
+def error_message(doc: Chunk | Completion) -> str:
+    """The message of an in-band error (``{"error": {...}}``, ``{"error": "..."}``, old vLLM)."""
+    if doc.message:
+        return doc.message
+    try:
+        error = orjson.loads(bytes(doc.error))
+    except orjson.JSONDecodeError:
+        return "unknown error"
+    if isinstance(error, dict):
+        error = error.get("message")
+    return error if isinstance(error, str) and error else "unknown error"
