@@ -1,0 +1,79 @@
+"""Config files: decoding, unknown keys, and the check-config command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.config import ConfigError, api_key, load
+
+GOOD = """
+[listen]
+port = 9000
+
+[[deployment]]
+models = ["a", "b"]
+upstream = "http://127.0.0.1:8000/v1"
+upstream-model = "org/model"
+token-field = "max_completion_tokens"
+api-key-env = "MY_KEY"
+read-timeout = 30
+
+[deployment.supports]
+images = false
+
+[[deployment]]
+upstream = "https://other/v1"
+
+[stream]
+keepalive-interval = 5
+"""
+
+
+def test_load(tmp_path: Path) -> None:
+    f = tmp_path / "g.toml"
+    f.write_text(GOOD)
+    cfg = load(str(f))
+    assert cfg.listen.port == 9000 and cfg.listen.host == "127.0.0.1"
+    first, second = cfg.deployment
+    assert first.models == ("a", "b") and first.upstream_model == "org/model"
+    assert first.token_field == "max_completion_tokens" and first.read_timeout == 30
+    assert first.supports.images is False and first.supports.tools is True
+    assert second.models == () and second.token_field == "max_tokens"
+    assert cfg.stream.keepalive_interval == 5
+    assert api_key(first, {"MY_KEY": "sk-1"}) == "sk-1"
+    assert api_key(second, {"MY_KEY": "sk-1"}) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        (GOOD.replace("read-timeout", "read-timout"), "read-timout"),
+        (GOOD.replace('token-field = "max_completion_tokens"', 'token-field = "n"'), "token-field"),
+        (GOOD.replace("port = 9000", 'port = "x"'), "port"),
+        ("[listen]\nport = 1\n", "deployment"),
+        (GOOD.replace("http://127.0.0.1:8000/v1", "ftp://x"), "upstream"),
+        ("not toml [", "TOML"),
+    ],
+)
+def test_bad_files_name_the_key(tmp_path: Path, text: str, says: str) -> None:
+    f = tmp_path / "g.toml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load(str(f))
+    assert says in str(info.value)
+
+
+def test_check_config_command(tmp_path: Path) -> None:
+    good = tmp_path / "good.toml"
+    good.write_text(GOOD)
+    bad = tmp_path / "bad.toml"
+    bad.write_text(GOOD.replace("[stream]", "[streem]"))
+    cmd = [sys.executable, "-m", "gateway", "check-config"]
+    ok = subprocess.run([*cmd, str(good)], capture_output=True, text=True)
+    assert ok.returncode == 0 and "OK" in ok.stdout
+    no = subprocess.run([*cmd, str(bad)], capture_output=True, text=True)
+    assert no.returncode != 0 and "streem" in no.stderr
