@@ -395,8 +395,8 @@ class _Demo:
 
     async def stream(self, request: web.BaseRequest, frames: list[bytes]) -> web.StreamResponse:
         resp = web.StreamResponse(headers=SSE_HEADERS)
-        await resp.prepare(request)
         try:
+            await resp.prepare(request)
             if self.delay <= 0:
                 await resp.write(b"".join(frames))
             else:
