@@ -1,0 +1,158 @@
+"""Results of bench/run.py: collection, medians and spread, the table, the JSON file."""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+SERIES = ("baseline chat", "gateway chat", "gateway responses")
+
+# row -> [(metric key, label)]; the order of the printed table
+METRICS: dict[str, list[tuple[str, str]]] = {
+    "nonstream": [("rps", "req/s (64 conns)"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms")],
+    "stream": [
+        ("answers_s", "answers/s (64 conns)"),
+        ("events_s", "events/s"),
+        ("events_per_answer", "events/answer"),
+        ("p50_ms", "p50 ms (whole answer)"),
+        ("p99_ms", "p99 ms (whole answer)"),
+    ],
+    "cpu": [
+        ("us_per_req", "CPU us/request (non-stream)"),
+        ("us_per_answer", "CPU us/answer (stream)"),
+        ("us_per_event", "CPU us/event (stream)"),
+    ],
+    "latency": [
+        ("p50_ms", "p50 ms (conc. 1)"),
+        ("p99_ms", "p99 ms (conc. 1)"),
+        ("added_p50_ms", "added p50 ms vs direct"),
+        ("added_p99_ms", "added p99 ms vs direct"),
+    ],
+    "memory": [
+        ("kib_per_stream", "KiB per open stream"),
+        ("streams_open", "streams open"),
+        ("idle_mib", "idle RSS MiB"),
+        ("open_mib", "RSS MiB with streams open"),
+    ],
+    "workers": [("rps_w2", "req/s, --workers 2"), ("scaling", "scaling vs 1 worker")],
+}
+
+
+class Results:
+    def __init__(self) -> None:
+        self.values: dict[str, dict[str, dict[str, list[float]]]] = {}
+        self.errors: dict[str, dict[str, str]] = {}
+        self.notes: list[str] = []
+        self.extra: dict[str, Any] = {}
+
+    def add(self, row: str, series: str, metrics: dict[str, float]) -> None:
+        cell = self.values.setdefault(row, {}).setdefault(series, {})
+        for key, value in metrics.items():
+            cell.setdefault(key, []).append(float(value))
+
+    def fail(self, row: str, series: str, message: str) -> None:
+        self.errors.setdefault(row, {})[series] = message.strip()[:400]
+
+    def rep_value(self, row: str, series: str, key: str, rep: int) -> float | None:
+        vals = self.values.get(row, {}).get(series, {}).get(key, [])
+        return vals[rep] if rep < len(vals) else None
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for row, by_series in self.values.items():
+            for series, metrics in by_series.items():
+                for key, vals in metrics.items():
+                    med = statistics.median(vals)
+                    spread = (max(vals) - min(vals)) / 2 / abs(med) * 100 if med else 0.0
+                    out.setdefault(row, {}).setdefault(series, {})[key] = {
+                        "median": med,
+                        "min": min(vals),
+                        "max": max(vals),
+                        "spread_pct": spread,
+                        "values": vals,
+                    }
+        return out
+
+
+def fmt(v: float) -> str:
+    if v != v:  # NaN
+        return "n/a"
+    if abs(v) >= 100:
+        return f"{v:,.0f}"
+    if abs(v) >= 10:
+        return f"{v:.1f}"
+    return f"{v:.2f}"
+
+
+def table(results: Results) -> str:
+    summary = results.summary()
+    header = ["row", "metric", *SERIES, "gw chat / base", "gw resp / base"]
+    lines = [header]
+    for row, metrics in METRICS.items():
+        if row not in summary and row not in results.errors:
+            continue
+        for key, label in metrics:
+            cells = [row, label]
+            medians: dict[str, float] = {}
+            for series in SERIES:
+                stat = summary.get(row, {}).get(series, {}).get(key)
+                if stat is not None:
+                    medians[series] = stat["median"]
+                    spread = f" ±{stat['spread_pct']:.0f}%" if len(stat["values"]) > 1 else ""
+                    cells.append(fmt(stat["median"]) + spread)
+                elif series in results.errors.get(row, {}):
+                    cells.append("error")
+                else:
+                    cells.append("-")
+            base = medians.get("baseline chat")
+            for series in SERIES[1:]:
+                ok = base and series in medians and key not in ("streams_open", "scaling")
+                cells.append(f"{medians[series] / base:.2f}x" if ok and base else "-")
+            lines.append(cells)
+    widths = [max(len(r[i]) for r in lines) for i in range(len(header))]
+    text = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in lines]
+    text.insert(1, "  ".join("-" * w for w in widths))
+    direct = summary.get("latency", {}).get("direct upstream")
+    if direct:
+        p50, p99 = direct["p50_ms"]["median"], direct["p99_ms"]["median"]
+        text.append(f"latency, direct to the fake upstream: p50 {fmt(p50)} ms, p99 {fmt(p99)} ms")
+    for row, errs in results.errors.items():
+        for series, message in errs.items():
+            text.append(f"error [{row} / {series}]: {message}")
+    text.extend(f"note: {n}" for n in results.notes)
+    return "\n".join(text)
+
+
+def environment(repo: Path) -> dict[str, Any]:
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True)
+        return out.stdout.strip()
+
+    import aiohttp
+    import uvloop
+
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "python": platform.python_version(),
+        "loop": f"uvloop {uvloop.__version__}",
+        "aiohttp": aiohttp.__version__,
+        "commit": git("rev-parse", "--short", "HEAD") + ("-dirty" if dirty else ""),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+
+
+def write_json(path: Path, results: Results, meta: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {
+        **meta,
+        "rows": results.summary(),
+        "errors": results.errors,
+        "notes": results.notes,
+        **results.extra,
+    }
+    path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
