@@ -30,7 +30,7 @@ from gateway.keepalive import KeepAlive
 from gateway.routing import Route, Router
 from gateway.transcoder import Transcoder
 from gateway.translate import to_chat_request, to_response
-from gateway.upstream import iter_chunks, read_all
+from gateway.upstream import Response
 from gateway.wire import output
 from gateway.wire.chat import COMPLETION_DECODER, PASS_THROUGH_DECODER
 from gateway.wire.responses import REQUEST_DECODER
@@ -157,15 +157,15 @@ class Gateway:
             doc = orjson.loads(body)
             doc["model"] = route.upstream_model
             body = orjson.dumps(doc)
-        async with route.upstream.chat(body) as resp:
-            ctype = resp.headers.get("Content-Type", JSON)
+        resp = await route.upstream.chat(body)
+        try:
+            ctype = resp.content_type.decode("latin-1") or JSON
             if not ctype.startswith("text/event-stream"):
-                data = await read_all(resp)
-                return web.Response(status=resp.status, body=data, headers={"Content-Type": ctype})
-            out = web.StreamResponse(status=resp.status, headers=SSE_HEADERS)
+                return web.Response(body=await resp.read(), headers={"Content-Type": ctype})
+            out = web.StreamResponse(headers=SSE_HEADERS)
             await out.prepare(request)
             try:
-                async for data in iter_chunks(resp):
+                while data := await resp.read_some():
                     await out.write(data)
             except GatewayError as exc:
                 # Bytes already went out: cut the connection, so that the client
@@ -174,6 +174,8 @@ class Gateway:
                 if request.transport is not None:
                     request.transport.close()
                 return out
+        finally:
+            resp.release()
         await out.write_eof()
         return out
 
@@ -194,8 +196,11 @@ class Gateway:
         payload = orjson.dumps(chat)
         if stream:
             return await self._stream(request, route, payload, Transcoder(base), upstream_streams)
-        async with route.upstream.chat(payload) as resp:
-            data = await read_all(resp)
+        resp = await route.upstream.chat(payload)
+        try:
+            data = await resp.read()
+        finally:
+            resp.release()
         try:
             completion = COMPLETION_DECODER.decode(data)
             result = to_response(completion, base, now=time.time)
@@ -208,24 +213,28 @@ class Gateway:
     async def _stream(
         self, request: web.BaseRequest, route: Route, payload: bytes, tx: Transcoder, pump: bool
     ) -> web.StreamResponse:
-        async with route.upstream.chat(payload) as resp:
+        resp = await route.upstream.chat(payload)
+        try:
             out = web.StreamResponse(headers=SSE_HEADERS)
             await out.prepare(request)
             await out.write(tx.start())
             try:
                 if pump:
-                    await self._pump(out, tx, iter_chunks(resp))
+                    await self._pump(out, tx, resp)
                 else:
-                    await out.write(tx.complete(await read_all(resp)))
+                    await out.write(tx.complete(await resp.read()))
             except GatewayError as exc:
                 await out.write(tx.fail(exc.message))
+        finally:
+            resp.release()
         await out.write_eof()
         return out
 
-    async def _pump(self, out: web.StreamResponse, tx: Transcoder, chunks: Any) -> None:
+    async def _pump(self, out: web.StreamResponse, tx: Transcoder, resp: Response) -> None:
+        """Upstream bytes → transcoder → client, one write per upstream read."""
         watch = self.keepalive.watch(out)
         try:
-            async for data in chunks:
+            while data := await resp.read_some():
                 watch.fresh = True
                 frames = tx.feed(data)
                 if frames:

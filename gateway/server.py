@@ -21,7 +21,7 @@ from gateway.config import Config, api_key
 from gateway.handlers import Gateway
 from gateway.keepalive import KeepAlive
 from gateway.routing import Router
-from gateway.upstream import Upstream, open_session
+from gateway.upstream import Upstream
 
 log = logging.getLogger("gateway")
 
@@ -31,10 +31,9 @@ SHUTDOWN_GRACE = 10.0
 
 @asynccontextmanager
 async def open_gateway(cfg: Config) -> AsyncIterator[Gateway]:
-    session = open_session()
     keepalive = KeepAlive(cfg.stream.keepalive_interval)
+    deployments = [(d, Upstream(d, api_key(d))) for d in cfg.deployment]
     try:
-        deployments = [(d, Upstream(d, session, api_key(d))) for d in cfg.deployment]
         router = Router(deployments)
         await router.discover()
         max_body = max(d.max_body_bytes for d in cfg.deployment)
@@ -42,7 +41,8 @@ async def open_gateway(cfg: Config) -> AsyncIterator[Gateway]:
         yield Gateway(router, keepalive, max_body)
     finally:
         keepalive.stop()
-        await session.close()
+        for _, upstream in deployments:
+            upstream.close()
 
 
 def make_server(gateway: Gateway) -> web.Server:
