@@ -53,6 +53,7 @@ class Response(asyncio.Protocol):
         "paused",
         "idle_since",
         "framed",
+        "keep_alive",
     )
 
     def __init__(self, pool: Pool) -> None:
@@ -74,6 +75,7 @@ class Response(asyncio.Protocol):
         self.complete = False
         self.received = False
         self.framed = False  # Content-Length or Transfer-Encoding seen
+        self.keep_alive = False
 
     # ---- asyncio.Protocol ----------------------------------------------------------
 
@@ -120,6 +122,8 @@ class Response(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
+        # llhttp forgets keep-alive once feed_data returns: read it here.
+        self.keep_alive = self.parser.should_keep_alive()
         self.complete = True
         self._wake()
 
@@ -185,7 +189,7 @@ class Response(asyncio.Protocol):
         transport = self.transport
         if transport is None:
             return
-        if self.complete and self.parser.should_keep_alive() and not transport.is_closing():
+        if self.complete and self.keep_alive and not transport.is_closing():
             if self.paused:
                 transport.resume_reading()
                 self.paused = False

@@ -39,23 +39,25 @@ class Upstream:
         anything goes to the client. The caller must ``release()`` the result.
         """
         resp = await self.pool.request(self.chat_head, body)
-        if resp.status >= 400:
+        status = resp.status
+        if status >= 400:
             try:
                 err_body = await resp.read()
             finally:
-                resp.release()
-            raise upstream_error_from_body(resp.status, err_body)
+                resp.release()  # (resets resp for its next use)
+            raise upstream_error_from_body(status, err_body)
         return resp
 
     async def models(self) -> list[str]:
         """The model ids the upstream serves (``GET {base}/models``)."""
         resp = await self.pool.request(self.models_head, b"")
+        status = resp.status
         try:
             body = await resp.read()
         finally:
             resp.release()
-        if resp.status >= 400:
-            raise upstream_error_from_body(resp.status, body)
+        if status >= 400:
+            raise upstream_error_from_body(status, body)
         try:
             doc = orjson.loads(body)
             return [m["id"] for m in doc["data"] if isinstance(m["id"], str)]
