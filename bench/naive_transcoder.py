@@ -167,7 +167,7 @@ class NaiveTranscoder:
 
     def error_in(self, doc: dict) -> bool:
         error = doc.get("error")
-        if error is None and doc.get("object") != "error":
+        if error is None and doc.get("message") is None:
             return False
         message = doc.get("message")
         if not message:
@@ -179,9 +179,10 @@ class NaiveTranscoder:
 
     def on_payload(self, payload: bytes) -> None:
         if payload == b"[DONE]":
-            if self.state != "finishing":
-                self.on_finish(None)
-            self.terminal()
+            if self.state == "finishing":
+                self.terminal()
+            else:
+                self.failed("upstream ended the stream before finishing")
             return
         if not payload.strip():
             return

@@ -16,7 +16,7 @@ Shapes (``stream: true``):
                   "finish_reason": null | "stop" | ...}],
      "usage"?: {...}}
     {"choices": [], "usage": {...}}                  (the include_usage chunk)
-    {"error": {"message", ...}}  or  {"object": "error", "message", ...}   (in-band error)
+    {"error": {"message", ...}}  or  {"object": "error", "message", ...}   (in-band errors)
 
 and the whole non-streaming ``chat.completion`` body, whose choices carry a
 ``message`` instead of a ``delta``.
@@ -73,8 +73,7 @@ class Chunk(Struct, gc=False):
     choices: list[Choice] | None = None
     usage: Usage | None = None
     error: Raw = EMPTY_RAW
-    object: str | None = None
-    message: str | None = None  # the old vLLM top-level error shape
+    message: str | None = None  # the old vLLM error shape: {"object": "error", "message", ...}
 
 
 class CompletionChoice(Struct, gc=False):
@@ -87,7 +86,6 @@ class Completion(Struct, gc=False):
     choices: list[CompletionChoice] | None = None
     usage: Usage | None = None
     error: Raw = EMPTY_RAW
-    object: str | None = None
     message: str | None = None
 
 
@@ -98,6 +96,7 @@ COMPLETION_DECODER = msgspec.json.Decoder(Completion)
 # ---- reading the views -----------------------------------------------------------------
 
 _NULL = b"null"
+NULL_RAW = Raw(_NULL)
 _QUOTE = b'"'
 
 
@@ -145,7 +144,8 @@ def first_choice(choices: list[Any] | None) -> Any:
 
 
 def is_error(doc: Chunk | Completion) -> bool:
-    return (len(doc.error) > 0 and bytes(doc.error) != _NULL) or doc.object == "error"
+    """An in-band error: a non-null ``error`` or (old vLLM) a top-level ``message``."""
+    return doc.message is not None or (len(doc.error) > 0 and doc.error != NULL_RAW)
 
 
 def error_message(doc: Chunk | Completion) -> str:

@@ -33,6 +33,11 @@ TERMINAL = {
     "failed": prefix("response.failed"),
 }
 
+# sequence_number digits, precomputed for the first events of a stream (formatting
+# an int costs more than the rest of a text delta's framing).
+CACHED_SEQUENCE = 8192
+SEQUENCE = tuple(b"%d" % i for i in range(CACHED_SEQUENCE))
+
 COMMA = b","  # joins the sequence number to the rest of a dict payload
 FRAME_END = b"\n\n"  # after an orjson dict payload (which ends with its own "}")
 OBJECT_END = b"}\n\n"  # after a hand-built payload's last value

@@ -356,8 +356,13 @@ def test_other_choices_are_ignored() -> None:
     assert events[-1]["response"]["output"][0]["content"][0]["text"] == "mine"
 
 
-def test_done_without_finish_reason_completes() -> None:
-    assert types_of(run([chunk({"content": "x"}), DONE])).endswith("item. completed")
+def test_done_without_finish_reason_fails() -> None:
+    events = check(run([chunk({"content": "x"}), DONE]))
+    assert events[-1]["type"] == "response.failed"
+    assert events[-1]["response"]["output"][0]["status"] == "incomplete"
+    assert (
+        events[-1]["response"]["error"]["message"] == "upstream ended the stream before finishing"
+    )
 
 
 def test_old_vllm_error_shape_fails() -> None:

@@ -1,0 +1,181 @@
+"""The Responses side of the transcoder: events as SSE frames, items, ids and indexes.
+
+``EventEncoder`` knows nothing about the upstream; the transcoder tells it what
+happens (an item opens, a delta arrives, an item closes, the response ends) and
+it writes the events. It owns the three numberings a client checks:
+
+- ``sequence_number``: assigned in ``frame`` and nowhere else;
+- ``output_index``: assigned when an item opens (``open_message`` / ``open_call``);
+- ``content_index``: the number of parts the open message already has.
+
+Frames are queued as pieces (prefix, sequence digits, middle, body, end) and
+joined once per ``drain``. Text deltas are spliced in as raw JSON string tokens;
+``.done`` texts are those tokens joined, carried as ``orjson.Fragment``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from gateway.toolcalls import ToolCall
+from gateway.wire import events as ev
+from gateway.wire import output
+from gateway.wire.chunks import join_tokens
+
+
+class EventEncoder:
+    __slots__ = (
+        "base", "now", "new_id", "new_call_id", "seq", "out", "output", "next_index",
+        "msg_id", "msg_index", "parts", "pieces", "refusal", "mid",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        base: dict,
+        now: Callable[[], float],
+        new_id: Callable[[str], str],
+        new_call_id: Callable[[], str],
+    ) -> None:
+        self.base = base
+        self.now = now
+        self.new_id = new_id
+        self.new_call_id = new_call_id
+        self.seq = 0
+        self.out: list[Any] = []  # pieces of the frames not yet drained
+        self.output: list[dict] = []  # finished items, in output_index order
+        self.next_index = 0
+        self.msg_id = ""
+        self.msg_index = -1
+        self.parts: list[dict] = []  # finished parts of the open message
+        self.pieces: list[bytes] = []  # raw string tokens of the open part
+        self.refusal = False  # the open part is a refusal part
+        self.mid = b""  # the open part's / call's delta frame middle
+
+    # ---- framing -----------------------------------------------------------------------
+
+    def frame(self, prefix: bytes, mid: bytes, body: Any, end: bytes) -> None:
+        """Queue one event; the only place a sequence number is assigned."""
+        seq = self.seq
+        self.seq = seq + 1
+        digits = ev.SEQUENCE[seq] if seq < ev.CACHED_SEQUENCE else b"%d" % seq
+        self.out.extend((prefix, digits, mid, body, end))
+
+    def emit(self, prefix: bytes, fields: dict) -> None:
+        """Queue an event whose fields (after type and sequence_number) are a dict."""
+        self.frame(prefix, ev.COMMA, memoryview(orjson.dumps(fields))[1:], ev.FRAME_END)
+
+    def drain(self) -> bytes:
+        out = self.out
+        if not out:
+            return b""
+        self.out = []
+        return b"".join(out)
+
+    def created(self) -> None:
+        body = memoryview(orjson.dumps({"response": self.base}))[1:]
+        self.frame(ev.CREATED, ev.COMMA, body, ev.FRAME_END)
+        self.frame(ev.IN_PROGRESS, ev.COMMA, body, ev.FRAME_END)
+
+    def _take_index(self) -> int:
+        index = self.next_index
+        self.next_index = index + 1
+        return index
+
+    # ---- message items -------------------------------------------------------------------
+
+    def open_message(self) -> None:
+        self.msg_id = self.new_id("msg_")
+        self.msg_index = self._take_index()
+        self.parts = []
+        item = output.message_item(self.msg_id, "in_progress", [])
+        self.emit(ev.ITEM_ADDED, {"output_index": self.msg_index, "item": item})
+
+    def open_part(self, refusal: bool) -> None:
+        index = len(self.parts)
+        part = output.refusal_part("") if refusal else output.output_text_part("")
+        fields = {"item_id": self.msg_id, "output_index": self.msg_index, "content_index": index}
+        self.emit(ev.PART_ADDED, {**fields, "part": part})
+        self.mid = ev.text_delta_mid(orjson.dumps(self.msg_id), self.msg_index, index)
+        self.pieces = []
+        self.refusal = refusal
+
+    def text(self, token: bytes) -> None:
+        """A delta for the open part (the text hot path frames its deltas itself)."""
+        self.pieces.append(token)
+        if self.refusal:
+            self.frame(ev.REFUSAL_DELTA, self.mid, token, ev.OBJECT_END)
+        else:
+            self.frame(ev.TEXT_DELTA, self.mid, token, ev.TEXT_DELTA_END)
+
+    def close_part(self) -> None:
+        text = orjson.Fragment(join_tokens(self.pieces))
+        fields = {
+            "item_id": self.msg_id,
+            "output_index": self.msg_index,
+            "content_index": len(self.parts),
+        }
+        if self.refusal:
+            self.emit(ev.REFUSAL_DONE, {**fields, "refusal": text})
+            part = output.refusal_part(text)
+        else:
+            self.emit(ev.TEXT_DONE, {**fields, "text": text, "logprobs": []})
+            part = output.output_text_part(text)
+        self.emit(ev.PART_DONE, {**fields, "part": part})
+        self.parts.append(part)
+
+    def close_message(self, status: str) -> None:
+        self.close_part()
+        item = output.message_item(self.msg_id, status, self.parts)
+        self.emit(ev.ITEM_DONE, {"output_index": self.msg_index, "item": item})
+        self.output.append(item)
+
+    # ---- function_call items -------------------------------------------------------------
+
+    def open_call(self, call: ToolCall) -> None:
+        """Open a call's item; arguments buffered so far go out as one delta."""
+        if not call.call_id:
+            call.call_id = self.new_call_id()
+        call.item_id = self.new_id("fc_")
+        call.output_index = self._take_index()
+        item = output.function_call_item(call.item_id, call.call_id, call.name, "", "in_progress")
+        self.emit(ev.ITEM_ADDED, {"output_index": call.output_index, "item": item})
+        self.mid = ev.arguments_delta_mid(orjson.dumps(call.item_id), call.output_index)
+        if call.pieces:
+            self.frame(ev.ARGS_DELTA, self.mid, join_tokens(call.pieces), ev.OBJECT_END)
+
+    def arguments(self, call: ToolCall, token: bytes) -> None:
+        """More arguments for the open call."""
+        call.pieces.append(token)
+        self.frame(ev.ARGS_DELTA, self.mid, token, ev.OBJECT_END)
+
+    def close_call(self, call: ToolCall, status: str) -> None:
+        arguments = orjson.Fragment(join_tokens(call.pieces))
+        fields = {"item_id": call.item_id, "output_index": call.output_index}
+        self.emit(ev.ARGS_DONE, {**fields, "name": call.name, "arguments": arguments})
+        item = output.function_call_item(call.item_id, call.call_id, call.name, arguments, status)
+        self.emit(ev.ITEM_DONE, {"output_index": call.output_index, "item": item})
+        self.output.append(item)
+
+    # ---- the end -------------------------------------------------------------------------
+
+    def terminal(self, finish_reason: str | None, usage: Any) -> str:
+        """response.completed / response.incomplete; returns the status."""
+        status, reason = output.finish_status(finish_reason)
+        final = output.response_final(
+            self.base,
+            status,
+            self.output,
+            output.usage_from_chat(usage),
+            incomplete_reason=reason,
+            completed_at=int(self.now()) if status == "completed" else None,
+        )
+        self.emit(ev.TERMINAL[status], {"response": final})
+        return status
+
+    def failed(self, message: str, code: str) -> None:
+        error = {"code": code, "message": message}
+        final = output.response_final(self.base, "failed", self.output, None, error=error)
+        self.emit(ev.TERMINAL["failed"], {"response": final})
