@@ -11,6 +11,8 @@ from typing import Any
 import orjson
 import pydantic
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from openai._types import omit
 from openai.lib.streaming.responses._responses import ResponseStreamState
 from openai.types.responses import Response, ResponseStreamEvent
@@ -160,4 +162,65 @@ def test_complete_failures(body: bytes, message: str) -> None:
     events = check(replay(body))
     assert events[-1]["type"] == "response.failed"
     assert events[-1]["response"]["error"]["message"].startswith(message)
+    Response.model_validate(events[-1]["response"])
+
+
+# ---- random upstreams: invariants, SDK types and the baseline agree ----------------------
+
+TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=6)
+FACT = st.one_of(
+    st.tuples(st.just("content"), TEXT),
+    st.tuples(st.just("content"), st.none()),
+    st.tuples(st.just("refusal"), TEXT),
+    st.tuples(st.just("reasoning_content"), TEXT),
+    st.tuples(
+        st.just("tool"),
+        st.integers(0, 2),
+        st.sampled_from([None, "call_a", "call_b"]),
+        st.sampled_from([None, "f", "g"]),
+        st.sampled_from([None, "", "{", '"k": 1', "}", "[1]", "{}", 'x"\\u00e9']),
+    ),
+    st.tuples(
+        st.just("finish"), st.sampled_from(["stop", "length", "tool_calls", "content_filter"])
+    ),
+    st.tuples(st.just("usage")),
+    st.tuples(st.just("done")),
+)
+
+
+def upstream_bytes(facts: list[tuple]) -> bytes:
+    out = []
+    for fact in facts:
+        kind = fact[0]
+        if kind == "tool":
+            _, index, call_id, name, args = fact
+            function = {k: v for k, v in (("name", name), ("arguments", args)) if v is not None}
+            call: dict[str, Any] = {"index": index, "function": function}
+            if call_id:
+                call["id"] = call_id
+            doc: dict[str, Any] = {"choices": [{"index": 0, "delta": {"tool_calls": [call]}}]}
+        elif kind == "finish":
+            doc = {"choices": [{"index": 0, "delta": {}, "finish_reason": fact[1]}]}
+        elif kind == "usage":
+            doc = {"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 2}}
+        elif kind == "done":
+            out.append(b"data: [DONE]\n\n")
+            continue
+        else:
+            doc = {"choices": [{"index": 0, "delta": {kind: fact[1]}, "finish_reason": None}]}
+        out.append(b"data: " + orjson.dumps(doc) + b"\n\n")
+    return b"".join(out)
+
+
+@settings(max_examples=150, deadline=None)
+@given(facts=st.lists(FACT, max_size=14), cut=st.integers(0, 10_000))
+def test_random_upstreams(facts: list[tuple], cut: int) -> None:
+    data = upstream_bytes(facts)
+    out = run([data])
+    events = check(out)
+    cut %= len(data) + 1
+    assert run([data[:cut], data[cut:]]) == out
+    assert normalised(events) == normalised(check(run([data], impl=NaiveTranscoder)))
+    for event in events:
+        EVENT.validate_python(event)
     Response.model_validate(events[-1]["response"])
