@@ -238,11 +238,12 @@ def run_wrk(
 
 
 def machine() -> dict[str, object]:
-    model = ""
+    model, virtual = "", False
     with open("/proc/cpuinfo") as f:
         for line in f:
-            if line.startswith("model name"):
+            if line.startswith("model name") and not model:
                 model = line.split(":", 1)[1].strip()
-                break
+            elif line.startswith("flags"):
+                virtual = virtual or " hypervisor" in line
     wrk_v = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("\n")[0]
-    return {"nproc": os.cpu_count(), "cpu": model, "wrk": wrk_v.strip()}
+    return {"nproc": os.cpu_count(), "cpu": model, "virtual_machine": virtual, "wrk": wrk_v.strip()}

@@ -103,7 +103,9 @@ def table(results: Results) -> str:
                 stat = summary.get(row, {}).get(series, {}).get(key)
                 if stat is not None:
                     medians[series] = stat["median"]
-                    spread = f" ±{stat['spread_pct']:.0f}%" if len(stat["values"]) > 1 else ""
+                    pct = stat["spread_pct"]
+                    spread = f" ±{pct:.0f}%" if pct < 100 else " ±>99%"
+                    spread = spread if len(stat["values"]) > 1 else ""
                     cells.append(fmt(stat["median"]) + spread)
                 elif series in results.errors.get(row, {}):
                     cells.append("error")

@@ -269,7 +269,11 @@ class Bench:
                 except RuntimeError as exc:
                     self.res.fail("workers", series, str(exc))
                     continue
+                if m["errors"]:
+                    self.res.notes.append(f"workers {series}: {m['errors']:.0f} wrk errors/non-2xx")
                 one = self.res.rep_value("nonstream", series, "rps", rep)
+                if one is None and rep == 0:
+                    self.res.notes.append("workers: scaling needs the nonstream row in the run")
                 scaling = {"scaling": m["rps"] / one} if one else {}
                 self.res.add("workers", series, {"rps_w2": m["rps"], **scaling})
             self.halt(proc)

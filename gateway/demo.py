@@ -56,6 +56,7 @@ DONE_FRAME = b"data: [DONE]\n\n"
 _TOKEN = re.compile(r"\s*\S+\s*|\s+")
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+Json = dict[str, Any]
 
 
 @dataclass(slots=True)
@@ -171,25 +172,21 @@ def resolve_ref(root: Any, ref: str) -> Any:
     return node
 
 
-def pick_tool(tools: Any, choice: Any) -> dict[str, Any] | None:
+def pick_tool(tools: Any, choice: Any) -> Json | None:
     if not isinstance(tools, list) or choice == "none":
         return None
     wanted = None
     if isinstance(choice, dict) and isinstance(choice.get("function"), dict):
         wanted = choice["function"].get("name")
-    funcs = [
-        t["function"] for t in tools if isinstance(t, dict) and isinstance(t.get("function"), dict)
-    ]
-    funcs = [f for f in funcs if isinstance(f.get("name"), str)]
-    for func in funcs:
-        if wanted is None or func["name"] == wanted:
+    for tool in tools:
+        func = tool.get("function") if isinstance(tool, dict) else None
+        name = func.get("name") if isinstance(func, dict) else None
+        if isinstance(name, str) and wanted in (None, name):
             return func
     return None
 
 
-def answer_text(
-    body: dict[str, Any], messages: list[dict[str, Any]], words: int
-) -> tuple[str, bool]:
+def answer_text(body: Json, messages: list[Json], words: int) -> tuple[str, bool]:
     """The answer, and whether it is prose (split by words) rather than JSON (by characters)."""
     fmt = body.get("response_format")
     if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
@@ -201,7 +198,7 @@ def answer_text(
     last = messages[-1]
     if last.get("role") == "tool":
         return "The tool said: " + content_text(last.get("content"))[0][:ECHO_LIMIT], True
-    user: dict[str, Any] = next((m for m in reversed(messages) if m.get("role") == "user"), {})
+    user: Json = next((m for m in reversed(messages) if m.get("role") == "user"), {})
     said, images = content_text(user.get("content"))
     text = BASE_TEXT
     if images:
@@ -209,7 +206,7 @@ def answer_text(
     return pad_words(f"{text} You said: {said[:ECHO_LIMIT]}", words), True
 
 
-def token_limit(body: dict[str, Any]) -> int | None:
+def token_limit(body: Json) -> int | None:
     for key in ("max_completion_tokens", "max_tokens"):
         value = body.get(key)
         if value is None:
@@ -220,9 +217,7 @@ def token_limit(body: dict[str, Any]) -> int | None:
     return None
 
 
-def plan_answer(
-    body: dict[str, Any], messages: list[dict[str, Any]], opts: DemoOptions, n: int
-) -> Answer:
+def plan_answer(body: Json, messages: list[Json], opts: DemoOptions, n: int) -> Answer:
     prompt = sum(len(content_text(m.get("content"))[0].split()) for m in messages)
     limit = token_limit(body)
     func = pick_tool(body.get("tools"), body.get("tool_choice", "auto"))
@@ -254,31 +249,17 @@ def completion_body(answer: Answer, cid: str, created: int, model: str) -> bytes
         function = {"name": answer.tool[1], "arguments": text}
         call = {"id": answer.tool[0], "type": "function", "function": function}
         message = {"role": "assistant", "content": None, "tool_calls": [call]}
-    choice = {
-        "index": 0,
-        "message": message,
-        "logprobs": None,
-        "finish_reason": answer.finish_reason,
-    }
-    return orjson.dumps(
-        {
-            "id": cid,
-            "object": "chat.completion",
-            "created": created,
-            "model": model,
-            "choices": [choice],
-            "usage": usage(answer),
-        }
-    )
+    finish = answer.finish_reason
+    choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+    head = {"id": cid, "object": "chat.completion", "created": created, "model": model}
+    return orjson.dumps({**head, "choices": [choice], "usage": usage(answer)})
 
 
-def stream_frames(
-    answer: Answer, cid: str, created: int, model: str, with_usage: bool
-) -> list[bytes]:
+def stream_frames(answer: Answer, cid: str, created: int, model: str, usage_: bool) -> list[bytes]:
     """Every SSE frame of one streamed answer, ``data: [DONE]`` included."""
     head = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model}
 
-    def frame(delta: dict[str, Any], finish: str | None = None) -> bytes:
+    def frame(delta: Json, finish: str | None = None) -> bytes:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
         return b"data: " + orjson.dumps({**head, "choices": [choice]}) + b"\n\n"
 
@@ -292,7 +273,7 @@ def stream_frames(
     else:
         frames.extend(frame({"content": piece}) for piece in answer.pieces)
     frames.append(frame({}, answer.finish_reason))
-    if with_usage:
+    if usage_:
         tail = {**head, "choices": [], "usage": usage(answer)}
         frames.append(b"data: " + orjson.dumps(tail) + b"\n\n")
     frames.append(DONE_FRAME)
@@ -347,21 +328,15 @@ class _Demo:
         body = self.decode(await request.read(), request)
         model = body.get("model")
         if not isinstance(model, str):
-            raise BadRequest(
-                400, "Missing required parameter: 'model'.", "model", "missing_required_parameter"
-            )
+            message = "Missing required parameter: 'model'."
+            raise BadRequest(400, message, "model", "missing_required_parameter")
         if model not in self.opts.models:
             message = f"The model '{model}' does not exist or you do not have access to it."
             raise BadRequest(404, message, "model", "model_not_found")
         messages = body.get("messages")
-        if (
-            not isinstance(messages, list)
-            or not messages
-            or not all(isinstance(m, dict) for m in messages)
-        ):
-            raise BadRequest(
-                400, "'messages' must be a non-empty list of objects", "messages", "invalid_type"
-            )
+        if not (isinstance(messages, list) and messages and all(type(m) is dict for m in messages)):
+            message = "'messages' must be a non-empty list of objects"
+            raise BadRequest(400, message, "messages", "invalid_type")
         stream = body.get("stream") is True
         options = body.get("stream_options")
         with_usage = isinstance(options, dict) and options.get("include_usage") is True
@@ -379,13 +354,12 @@ class _Demo:
             )
         return await self.stream(request, stream_frames(answer, cid, created, model, with_usage))
 
-    def decode(self, raw: bytes, request: web.BaseRequest) -> dict[str, Any]:
+    def decode(self, raw: bytes, request: web.BaseRequest) -> Json:
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
-            raise BadRequest(
-                400, f"We could not parse the JSON body of your request: {exc}", None, None
-            ) from exc
+            message = f"We could not parse the JSON body of your request: {exc}"
+            raise BadRequest(400, message, None, None) from exc
         if not isinstance(body, dict):
             raise BadRequest(400, "The request body must be a JSON object", None, None)
         if self.opts.record:
