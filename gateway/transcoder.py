@@ -117,7 +117,9 @@ class Transcoder:
                     break
                 continue
             choices = chunk.choices
-            if choices and chunk.usage is None and not chunk.error and chunk.message is None:
+            if choices and not chunk.error and chunk.message is None:
+                if chunk.usage is not None:  # vLLM's continuous_usage_stats: on every chunk
+                    self._usage = chunk.usage
                 choice = choices[0]
                 delta = choice.delta
                 if (
@@ -127,7 +129,7 @@ class Transcoder:
                     and not delta.refusal
                 ):
                     calls = delta.tool_calls
-                    if calls is None and self._state is _TEXT:
+                    if not calls and self._state is _TEXT:
                         content = delta.content
                         if len(content) > 2:  # '""', absent: no text; 'null' fails the quote test
                             token = bytes(content)

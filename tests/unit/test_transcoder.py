@@ -343,6 +343,16 @@ def test_usage_from_any_chunk_last_wins() -> None:
         run([chunk({"content": "x"}, usage=usage), chunk(None, "stop", usage=later), DONE])
     )
     assert events[-1]["response"]["usage"]["total_tokens"] == 9
+    # on a plain text delta (the hot path), as vLLM's continuous_usage_stats sends it
+    pieces = [
+        chunk({"content": "x"}),
+        chunk({"content": "y"}, usage=usage),
+        chunk({}, "stop"),
+        DONE,
+    ]
+    events = check(run(pieces))
+    assert events[-1]["response"]["usage"]["total_tokens"] == 3
+    assert "".join(e.get("delta", "") for e in events) == "xy"
 
 
 def test_other_choices_are_ignored() -> None:
