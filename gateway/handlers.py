@@ -225,6 +225,12 @@ class Gateway:
                     await out.write(tx.complete(await resp.read()))
             except GatewayError as exc:
                 await out.write(tx.fail(exc.message))
+            except ConnectionError:
+                raise  # the client is gone: nothing can be written any more
+            except Exception:
+                # A bug of ours, after the 200 went out: still end the stream honestly.
+                log.exception("stream failed unexpectedly")
+                await out.write(tx.fail("The gateway failed unexpectedly."))
         finally:
             resp.release()
         await out.write_eof()

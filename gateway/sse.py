@@ -31,7 +31,17 @@ every read.
 
 from __future__ import annotations
 
-__all__ = ["SseParser"]
+__all__ = ["MAX_EVENT_BYTES", "SseParser", "SseTooLarge"]
+
+# An unterminated event is buffered until its blank line; an upstream that never
+# sends one must not grow the buffer without end. 16 MiB is far above any chat
+# chunk (a whole long answer in one chunk is a few hundred KiB).
+MAX_EVENT_BYTES = 16 * 1024 * 1024
+
+
+class SseTooLarge(ValueError):
+    """An event grew past ``MAX_EVENT_BYTES`` without ending."""
+
 
 _LF = b"\n"
 _CR = b"\r"
@@ -42,10 +52,11 @@ _DATA = b"data"
 
 
 class SseParser:
-    __slots__ = ("_parts", "_tail_lf", "_skip_lf")
+    __slots__ = ("_parts", "_size", "_tail_lf", "_skip_lf")
 
     def __init__(self) -> None:
         self._parts: list[bytes] = []  # unterminated event text, LF-normalised
+        self._size = 0  # bytes in _parts
         self._tail_lf = False  # the last kept piece ends with LF
         self._skip_lf = False  # the last fed byte was CR: drop a leading LF next
 
@@ -65,10 +76,14 @@ class SseParser:
             if _BLANK not in data and not (self._tail_lf and data[0] == 10):
                 parts.append(data)  # no event can have ended: just keep the piece
                 self._tail_lf = data[-1] == 10
+                self._size += len(data)
+                if self._size > MAX_EVENT_BYTES:
+                    raise SseTooLarge(f"an upstream event is over {MAX_EVENT_BYTES} bytes")
                 return []
             parts.append(data)
             data = b"".join(parts)
             parts.clear()
+            self._size = 0
         if data.endswith(_BLANK) and data.startswith(_DATA_SP):
             # The common read: whole `data: ...` events and nothing else; then the
             # only LFs are the two after each payload.
@@ -88,6 +103,9 @@ class SseParser:
         rest = blocks.pop()
         if rest:
             self._parts.append(rest)
+            self._size = len(rest)
+            if self._size > MAX_EVENT_BYTES:
+                raise SseTooLarge(f"an upstream event is over {MAX_EVENT_BYTES} bytes")
         self._tail_lf = rest[-1:] == _LF
         out: list[bytes] = []
         for block in blocks:
@@ -103,6 +121,7 @@ class SseParser:
         """At EOF: the data of an unterminated trailing event, or ``None``; resets."""
         block = b"".join(self._parts)
         self._parts.clear()
+        self._size = 0
         self._tail_lf = self._skip_lf = False
         return _event_data(block) if block else None
 

@@ -39,7 +39,7 @@ from collections.abc import Callable
 import msgspec
 
 from gateway.encoder import EventEncoder
-from gateway.sse import SseParser
+from gateway.sse import SseParser, SseTooLarge
 from gateway.toolcalls import ToolCalls
 from gateway.wire import chunks as ck
 from gateway.wire import events as ev
@@ -108,7 +108,12 @@ class Transcoder:
         # about 1.3x faster than dispatching every chunk): a chunk that only brings more
         # text for the open text part, or more arguments for the open function call, is
         # framed right here; anything else (or odd) goes to _on_undecodable / _on_chunk.
-        for payload in self._parser.feed(data):
+        try:
+            payloads = self._parser.feed(data)
+        except SseTooLarge as exc:
+            self._fail(str(exc))
+            return enc.drain()
+        for payload in payloads:
             try:
                 chunk = _decode(payload)
             except msgspec.DecodeError as exc:

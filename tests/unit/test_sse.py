@@ -135,3 +135,16 @@ def reference(lines: list[bytes]) -> tuple[list[bytes], bytes | None]:
         if name == b"data":
             data = (data or []) + [value]
     return events, None if data is None else b"\n".join(data)
+
+
+def test_unterminated_event_is_bounded() -> None:
+    from gateway.sse import MAX_EVENT_BYTES, SseTooLarge
+
+    parser = SseParser()
+    piece = b"data: " + b"x" * (1024 * 1024)
+    with pytest.raises(SseTooLarge):
+        for _ in range(MAX_EVENT_BYTES // len(piece) + 2):
+            parser.feed(piece)
+    whole = SseParser()
+    with pytest.raises(SseTooLarge):
+        whole.feed(b"data: " + b"y" * (MAX_EVENT_BYTES + 1))

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from transcript import STREAMS, check, expand, golden, make, run, summary
 
 from gateway.transcoder import State, Transcoder
+from gateway.wire import output
 
 TEXT = "created in_progress item+ part+"
 CLOSE_TEXT = "text. part. item."
@@ -450,3 +451,18 @@ def test_state_enum_is_explicit() -> None:
     tx = make()
     assert {s.name for s in State} >= {"NEW", "IDLE", "TEXT", "CALLS", "FINISHING", "DONE"}
     assert isinstance(tx, Transcoder) and not hasattr(tx, "__dict__")
+
+
+def test_runaway_upstream_event_fails_the_stream() -> None:
+    from gateway.sse import MAX_EVENT_BYTES
+
+    tx = Transcoder(output.response_base("resp_x", 1, "m", {}))
+    tx.start()
+    out = b""
+    piece = b'data: {"choices":[{"delta":{"content":"' + b"z" * (1024 * 1024)
+    for _ in range(MAX_EVENT_BYTES // len(piece) + 2):
+        out += tx.feed(piece)
+        if tx.done:
+            break
+    assert tx.done and tx.status == "failed"
+    assert b"event: response.failed" in out and b"over" in out
