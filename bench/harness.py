@@ -10,6 +10,7 @@ import contextlib
 import http.client
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -148,6 +149,12 @@ def cpu_seconds(pid: int) -> float:
     return ticks / CLK_TCK
 
 
+def reaped_cpu_seconds() -> float:
+    """CPU time of our own children that have exited (wrk runs), for load-core accounting."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def rss_kib(pid: int) -> int:
     total = 0
     for p in tree(pid):
@@ -229,6 +236,7 @@ def run_wrk(
     return {
         "rps": raw["requests"] / (raw["duration_us"] / 1e6),
         "requests": raw["requests"],
+        "seconds": raw["duration_us"] / 1e6,
         "p50_ms": raw["p50_us"] / 1000,
         "p90_ms": raw["p90_us"] / 1000,
         "p99_ms": raw["p99_us"] / 1000,

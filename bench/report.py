@@ -14,13 +14,21 @@ SERIES = ("baseline chat", "gateway chat", "gateway responses")
 
 # row -> [(metric key, label)]; the order of the printed table
 METRICS: dict[str, list[tuple[str, str]]] = {
-    "nonstream": [("rps", "req/s (64 conns)"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms")],
+    "nonstream": [
+        ("rps", "req/s (64 conns)"),
+        ("p50_ms", "p50 ms"),
+        ("p99_ms", "p99 ms"),
+        ("proxy_cpu_pct", "proxy core busy %"),
+        ("load_cpu_pct", "load core busy % (wrk+upstream)"),
+    ],
     "stream": [
         ("answers_s", "answers/s (64 conns)"),
         ("events_s", "events/s"),
         ("events_per_answer", "events/answer"),
         ("p50_ms", "p50 ms (whole answer)"),
         ("p99_ms", "p99 ms (whole answer)"),
+        ("proxy_cpu_pct", "proxy core busy %"),
+        ("load_cpu_pct", "load core busy % (wrk+upstream)"),
     ],
     "cpu": [
         ("us_per_req", "CPU us/request (non-stream)"),
@@ -41,6 +49,9 @@ METRICS: dict[str, list[tuple[str, str]]] = {
     ],
     "workers": [("rps_w2", "req/s, --workers 2"), ("scaling", "scaling vs 1 worker")],
 }
+
+
+NO_RATIO = ("streams_open", "scaling", "proxy_cpu_pct", "load_cpu_pct", "added_p99_ms")
 
 
 class Results:
@@ -113,7 +124,7 @@ def table(results: Results) -> str:
                     cells.append("-")
             base = medians.get("baseline chat")
             for series in SERIES[1:]:
-                ok = base and series in medians and key not in ("streams_open", "scaling")
+                ok = base and series in medians and key not in NO_RATIO
                 cells.append(f"{medians[series] / base:.2f}x" if ok and base else "-")
             lines.append(cells)
     widths = [max(len(r[i]) for r in lines) for i in range(len(header))]

@@ -98,6 +98,7 @@ class Bench:
     def setup(self) -> None:
         self.fast = self.upstream("upstream-fast", 0)
         self.fast_port = int(self.fast.rsplit(":", 1)[1].split("/")[0])
+        self.fast_pid = self.procs[-1].pid
         for target in self.args.targets:
             try:
                 self.ports[target] = self.target(target, self.fast, 1, self.args.proxy_cpus, "w1")
@@ -136,10 +137,12 @@ class Bench:
                 self.res.fail(row, series, str(exc))
 
     def wrk_row(self, row: str, series: str, port: int, api: str, stream: bool) -> None:
-        a = self.args
-        m = h.run_wrk(
-            self.pin_load, port, PATHS[api], self.scripts[api, stream], a.conns, a.duration
-        )
+        a, pid = self.args, self.pid(series.split()[0])
+        cpu0, load0 = h.cpu_seconds(pid), h.cpu_seconds(self.fast_pid) + h.reaped_cpu_seconds()
+        script = self.scripts[api, stream]
+        m = h.run_wrk(self.pin_load, port, PATHS[api], script, a.conns, a.duration)
+        cpu = h.cpu_seconds(pid) - cpu0
+        load = h.cpu_seconds(self.fast_pid) + h.reaped_cpu_seconds() - load0
         if m["errors"]:
             self.res.notes.append(f"{row} {series}: {m['errors']:.0f} wrk errors/non-2xx")
         if stream:
@@ -147,11 +150,16 @@ class Bench:
             metrics = {"answers_s": m["rps"], "events_s": m["rps"] * ev, "events_per_answer": ev}
         else:
             metrics = {"rps": m["rps"]}
-        self.res.add(row, series, {**metrics, "p50_ms": m["p50_ms"], "p99_ms": m["p99_ms"]})
+        metrics |= {"p50_ms": m["p50_ms"], "p99_ms": m["p99_ms"]}
+        metrics |= {"proxy_cpu_pct": cpu / m["seconds"] * 100}
+        metrics |= {"load_cpu_pct": load / m["seconds"] * 100}
+        self.res.add(row, series, metrics)
+
+    def pid(self, target: str) -> int:
+        return next(p.pid for p in self.procs if p.name == f"{target}-w1")
 
     def cpu_row(self, row: str, series: str, port: int, api: str) -> None:
-        target = series.split()[0]
-        pid = next(p.pid for p in self.procs if p.name == f"{target}-w1")
+        pid = self.pid(series.split()[0])
         metrics: dict[str, float] = {}
         for stream, rate in ((False, self.args.rate), (True, self.args.stream_rate)):
             cmd = [
