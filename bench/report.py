@@ -100,10 +100,10 @@ def fmt(v: float) -> str:
     return f"{v:.2f}"
 
 
-def table(results: Results) -> str:
+def grid(results: Results) -> list[list[str]]:
+    """Header plus one line per (row, metric): medians ± half the range, and ratios."""
     summary = results.summary()
-    header = ["row", "metric", *SERIES, "gw chat / base", "gw resp / base"]
-    lines = [header]
+    lines = [["row", "metric", *SERIES, "gw chat / base", "gw resp / base"]]
     for row, metrics in METRICS.items():
         if row not in summary and row not in results.errors:
             continue
@@ -127,7 +127,20 @@ def table(results: Results) -> str:
                 ok = base and series in medians and key not in NO_RATIO
                 cells.append(f"{medians[series] / base:.2f}x" if ok and base else "-")
             lines.append(cells)
-    widths = [max(len(r[i]) for r in lines) for i in range(len(header))]
+    return lines
+
+
+def markdown(results: Results) -> str:
+    lines = grid(results)
+    out = ["| " + " | ".join(r) + " |" for r in lines]
+    out.insert(1, "|" + "---|" * len(lines[0]))
+    return "\n".join(out) + "\n"
+
+
+def table(results: Results) -> str:
+    lines = grid(results)
+    summary = results.summary()
+    widths = [max(len(r[i]) for r in lines) for i in range(len(lines[0]))]
     text = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in lines]
     text.insert(1, "  ".join("-" * w for w in widths))
     direct = summary.get("latency", {}).get("direct upstream")

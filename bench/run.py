@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import harness as h
-from report import SERIES, Results, environment, table, write_json
+from report import SERIES, Results, environment, markdown, table, write_json
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -384,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     meta["elapsed_s"] = round(time.monotonic() - started, 1)
     print("\n" + table(bench.res), flush=True)
     write_json(args.output, bench.res, meta)
+    args.output.with_suffix(".md").write_text(markdown(bench.res))
     print(f"\nwrote {args.output} in {meta['elapsed_s']}s; logs in {log_dir}", flush=True)
     return 0
 
