@@ -158,6 +158,7 @@ class Gateway:
             doc["model"] = route.upstream_model
             body = orjson.dumps(doc)
         resp = await route.upstream.chat(body)
+        del body  # not needed while the answer streams
         try:
             ctype = resp.content_type.decode("latin-1") or JSON
             if not ctype.startswith("text/event-stream"):
@@ -190,17 +191,20 @@ class Gateway:
         route = await self.router.resolve(req.model)
         self._check_size(route, body)
         stream = bool(req.stream)
-        upstream_streams = stream and route.dep.supports.streaming
-        chat, echo = to_chat_request(req, route.dep, route.upstream_model, stream=upstream_streams)
+        pump = stream and route.dep.supports.streaming
+        chat, echo = to_chat_request(req, route.dep, route.upstream_model, stream=pump)
         base = output.response_base(output.new_id("resp_"), int(time.time()), req.model, echo)
         payload = orjson.dumps(chat)
-        if stream:
-            return await self._stream(request, route, payload, Transcoder(base), upstream_streams)
-        resp = await route.upstream.chat(payload)
+        # This frame lives as long as the stream: keep only what the stream needs.
+        del body, req, chat, echo
+        upstream = await route.upstream.chat(payload)
+        del payload
         try:
-            data = await resp.read()
+            if stream:
+                return await self._stream(request, upstream, Transcoder(base), pump)
+            data = await upstream.read()
         finally:
-            resp.release()
+            upstream.release()
         try:
             completion = COMPLETION_DECODER.decode(data)
             result = to_response(completion, base, now=time.time)
@@ -211,43 +215,42 @@ class Gateway:
         return web.Response(body=orjson.dumps(result), content_type=JSON)
 
     async def _stream(
-        self, request: web.BaseRequest, route: Route, payload: bytes, tx: Transcoder, pump: bool
+        self, request: web.BaseRequest, upstream: Response, tx: Transcoder, pump: bool
     ) -> web.StreamResponse:
-        resp = await route.upstream.chat(payload)
+        out = web.StreamResponse(headers=SSE_HEADERS)
+        await out.prepare(request)
+        await out.write(tx.start())
         try:
-            out = web.StreamResponse(headers=SSE_HEADERS)
-            await out.prepare(request)
-            await out.write(tx.start())
-            try:
-                if pump:
-                    await self._pump(out, tx, resp)
-                else:
-                    await out.write(tx.complete(await resp.read()))
-            except GatewayError as exc:
-                await out.write(tx.fail(exc.message))
-            except ConnectionError:
-                raise  # the client is gone: nothing can be written any more
-            except Exception:
-                # A bug of ours, after the 200 went out: still end the stream honestly.
-                log.exception("stream failed unexpectedly")
-                await out.write(tx.fail("The gateway failed unexpectedly."))
-        finally:
-            resp.release()
-        await out.write_eof()
+            if pump:
+                last = await self._pump(out, tx, upstream)
+            else:
+                last = tx.complete(await upstream.read())
+        except GatewayError as exc:
+            last = tx.fail(exc.message)
+        except ConnectionError:
+            raise  # the client is gone: nothing can be written any more
+        except Exception:
+            # A bug of ours, after the 200 went out: still end the stream honestly.
+            log.exception("stream failed unexpectedly")
+            last = tx.fail("The gateway failed unexpectedly.")
+        await out.write_eof(last)  # the terminal event and the end of the body: one write
         return out
 
-    async def _pump(self, out: web.StreamResponse, tx: Transcoder, resp: Response) -> None:
-        """Upstream bytes → transcoder → client, one write per upstream read."""
+    async def _pump(self, out: web.StreamResponse, tx: Transcoder, upstream: Response) -> bytes:
+        """Upstream bytes → transcoder → client, one write per upstream read.
+
+        Returns the frames that end the stream, for the caller's final write.
+        """
         watch = self.keepalive.watch(out)
         try:
-            while data := await resp.read_some():
+            while data := await upstream.read_some():
                 watch.fresh = True
                 frames = tx.feed(data)
+                if tx.done:
+                    return frames
                 if frames:
                     await out.write(frames)
-                if tx.done:
-                    return
-            await out.write(tx.finish())
+            return tx.finish()
         finally:
             self.keepalive.unwatch(watch)
 
