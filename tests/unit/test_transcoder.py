@@ -6,7 +6,7 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from transcript import STREAMS, check, expand, golden, make, run, summary
+from transcript import STREAMS, check, expand, frames, golden, make, run, summary
 
 from gateway.transcoder import State, Transcoder
 from gateway.wire import output
@@ -466,3 +466,49 @@ def test_runaway_upstream_event_fails_the_stream() -> None:
             break
     assert tx.done and tx.status == "failed"
     assert b"event: response.failed" in out and b"over" in out
+
+
+def _text_chunk(content: str | bytes, **extra: object) -> bytes:
+    token = content if isinstance(content, bytes) else orjson.dumps(content)
+    head = b'{"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":'
+    tail = b'},"logprobs":null,"finish_reason":null}]'
+    if extra:
+        tail += b"," + orjson.dumps(extra)[1:-1]
+    return b"data: " + head + token + tail + b"}\n\n"
+
+
+def test_text_chunks_of_every_shape() -> None:
+    """Plain text chunks, and ones with usage, quotes, escapes or odd tokens."""
+    pieces = [
+        _text_chunk("Hello"),
+        _text_chunk(" world"),  # learns the template
+        _text_chunk(" again"),  # template
+        _text_chunk('say "hi"'),  # quotes inside: decoded
+        _text_chunk("back\\slash\\"),  # ends with an escaped backslash: decoded
+        _text_chunk("tab\tand é 🙂"),
+        _text_chunk("u", usage={"prompt_tokens": 1, "completion_tokens": 2}),
+        _text_chunk(b"null"),  # no text
+        _text_chunk(b'""'),  # no text
+        _text_chunk(b"7"),  # not a string: ignored
+        _text_chunk("end"),
+        b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n',
+        b"data: [DONE]\n\n",
+    ]
+    want = 'Hello world againsay "hi"back\\slash\\tab\tand é 🙂uend'
+    out = run(pieces)
+    events = check(out)
+    assert events[-1]["type"] == "response.completed"
+    deltas = [e["delta"] for e in events if e["type"] == "response.output_text.delta"]
+    assert "".join(deltas) == want
+    assert events[-1]["response"]["output"][0]["content"][0]["text"] == want
+    assert events[-1]["response"]["usage"]["output_tokens"] == 2
+    from bench.naive_transcoder import NaiveTranscoder
+
+    assert frames(run(pieces, NaiveTranscoder)) == frames(out)
+
+
+def test_a_raw_control_byte_in_text_is_malformed() -> None:
+    pieces = [_text_chunk("a"), _text_chunk("b"), _text_chunk(b'"bad\x01byte"')]
+    events = check(run([*pieces, b"data: [DONE]\n\n"]))
+    assert events[-1]["type"] == "response.failed"
+    assert "malformed" in events[-1]["response"]["error"]["message"]
