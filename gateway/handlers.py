@@ -32,7 +32,8 @@ from gateway.transcoder import Transcoder
 from gateway.translate import to_chat_request, to_response
 from gateway.upstream import Response
 from gateway.wire import output
-from gateway.wire.chat import COMPLETION_DECODER, PASS_THROUGH_DECODER
+from gateway.wire.chat import PASS_THROUGH_DECODER
+from gateway.wire.chunks import COMPLETION_DECODER
 from gateway.wire.responses import REQUEST_DECODER
 
 log = logging.getLogger("gateway")
@@ -145,14 +146,23 @@ class Gateway:
 
     # ---- /v1/chat/completions: pass-through -------------------------------------------
 
-    async def chat(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def _read(self, request: web.BaseRequest, decoder: Any) -> tuple[bytes, Any, Route]:
+        """The body, decoded, and the deployment of the model it names."""
         body = await read_body(request, self.max_body)
         try:
-            view = PASS_THROUGH_DECODER.decode(body)
+            doc = decoder.decode(body)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             raise decode_error(exc) from exc
-        route = await self.router.resolve(view.model)
-        self._check_size(route, body)
+        route = await self.router.resolve(doc.model)
+        limit = route.dep.max_body_bytes
+        if len(body) > limit:
+            raise RequestTooLarge(
+                f"The request body is {len(body)} bytes; the limit is {limit} bytes."
+            )
+        return body, doc, route
+
+    async def chat(self, request: web.BaseRequest) -> web.StreamResponse:
+        body, view, route = await self._read(request, PASS_THROUGH_DECODER)
         if route.upstream_model != view.model:
             doc = orjson.loads(body)
             doc["model"] = route.upstream_model
@@ -183,13 +193,7 @@ class Gateway:
     # ---- /v1/responses ----------------------------------------------------------------
 
     async def responses(self, request: web.BaseRequest) -> web.StreamResponse:
-        body = await read_body(request, self.max_body)
-        try:
-            req = REQUEST_DECODER.decode(body)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            raise decode_error(exc) from exc
-        route = await self.router.resolve(req.model)
-        self._check_size(route, body)
+        body, req, route = await self._read(request, REQUEST_DECODER)
         stream = bool(req.stream)
         pump = stream and route.dep.supports.streaming
         chat, echo = to_chat_request(req, route.dep, route.upstream_model, stream=pump)
@@ -207,11 +211,11 @@ class Gateway:
             upstream.release()
         try:
             completion = COMPLETION_DECODER.decode(data)
-            result = to_response(completion, base, now=time.time)
-        except (msgspec.ValidationError, msgspec.DecodeError, IndexError) as exc:
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             raise UpstreamBadResponse(
                 f"The upstream's answer is not a chat completion: {exc}"
             ) from exc
+        result = to_response(completion, base, now=time.time)
         return web.Response(body=orjson.dumps(result), content_type=JSON)
 
     async def _stream(
@@ -253,10 +257,3 @@ class Gateway:
             return tx.finish()
         finally:
             self.keepalive.unwatch(watch)
-
-    def _check_size(self, route: Route, body: bytes) -> None:
-        limit = route.dep.max_body_bytes
-        if len(body) > limit:
-            raise RequestTooLarge(
-                f"The request body is {len(body)} bytes; the limit is {limit} bytes."
-            )

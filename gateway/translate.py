@@ -16,9 +16,9 @@ import msgspec
 import orjson
 
 from gateway.config import Deployment
-from gateway.errors import InvalidRequest, Unsupported
+from gateway.errors import InvalidRequest, Unsupported, UpstreamBadResponse
+from gateway.wire import chunks as ck
 from gateway.wire import output
-from gateway.wire.chat import ChatCompletion
 from gateway.wire.responses import (
     NOT_OFFERED,
     TEXT_DECODER,
@@ -438,37 +438,44 @@ def _echo(req: ResponsesRequest, tools: list[dict], tool_choice: Any, text: Any)
 # ---- chat completion → response ------------------------------------------------------
 
 
-def _has_text(raw: msgspec.Raw) -> bool:
-    return not is_absent(raw) and bytes(raw) != b'""'
-
-
 def to_response(
-    completion: ChatCompletion,
+    completion: ck.Completion,
     base: dict,
     *,
     now: Callable[[], float],
     new_id: Callable[[str], str] = output.new_id,
     new_call_id: Callable[[], str] = output.new_call_id,
 ) -> dict:
-    choice = completion.choices[0]
+    """A whole chat completion (the view the transcoder decodes too) → the response."""
+    if ck.is_error(completion):
+        raise UpstreamBadResponse(
+            "The upstream answered with an error: " + ck.error_message(completion)
+        )
+    choice = ck.first_choice(completion.choices)
+    if choice is None or choice.message is None:
+        raise UpstreamBadResponse("The upstream's answer has no choice with a message.")
     status, reason = output.finish_status(choice.finish_reason)
     item_status = "incomplete" if status == "incomplete" else "completed"
     message = choice.message
     items: list[dict] = []
     parts = []
-    if _has_text(message.content):
-        parts.append(output.output_text_part(_fragment(message.content)))
-    if _has_text(message.refusal):
-        parts.append(output.refusal_part(_fragment(message.refusal)))
+    text = ck.string_token(message.content)
+    if text is not None:
+        parts.append(output.output_text_part(orjson.Fragment(text)))
+    refusal = ck.string_token(message.refusal)
+    if refusal is not None:
+        parts.append(output.refusal_part(orjson.Fragment(refusal)))
     if parts:
         items.append(output.message_item(new_id("msg_"), item_status, parts))
     for call in message.tool_calls or ():
+        function = call.function
+        arguments = ck.string_token(function.arguments) if function is not None else None
         items.append(
             output.function_call_item(
                 new_id("fc_"),
                 call.id or new_call_id(),
-                call.function.name,
-                call.function.arguments,
+                (function.name if function is not None else None) or "",
+                orjson.Fragment(arguments) if arguments is not None else "",
                 item_status,
             )
         )

@@ -10,7 +10,7 @@ from gateway.config import Deployment, Supports
 from gateway.errors import InvalidRequest, Unsupported
 from gateway.translate import to_chat_request, to_response
 from gateway.wire import output
-from gateway.wire.chat import COMPLETION_DECODER
+from gateway.wire.chunks import COMPLETION_DECODER
 from gateway.wire.responses import REQUEST_DECODER
 
 DEP = Deployment(upstream="http://u/v1")
