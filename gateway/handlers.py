@@ -1,4 +1,4 @@
-"""HTTP glue: one low-level aiohttp handler for every route.
+"""HTTP glue: one handler (for ``gateway.http_server``) for every route.
 
 This is the one place where a ``GatewayError`` becomes an HTTP error response
 (before any byte of a stream was sent); after a Responses stream started,
@@ -15,8 +15,8 @@ from typing import Any
 
 import msgspec
 import orjson
-from aiohttp import web
 
+from gateway import http_messages as http
 from gateway.errors import (
     GatewayError,
     InternalError,
@@ -54,8 +54,8 @@ NO_STORED = (
 )
 
 
-def error_response(exc: GatewayError) -> web.Response:
-    return web.Response(status=exc.status, body=exc.body(), content_type=JSON)
+def error_response(exc: GatewayError) -> http.Response:
+    return http.Response(status=exc.status, body=exc.body(), content_type=JSON)
 
 
 def decode_error(exc: msgspec.ValidationError | msgspec.DecodeError) -> InvalidRequest:
@@ -81,20 +81,25 @@ def decode_error(exc: msgspec.ValidationError | msgspec.DecodeError) -> InvalidR
     return InvalidRequest(f"Invalid '{path}': {text}.", param=path, code=code)
 
 
-async def read_body(request: web.BaseRequest, limit: int) -> bytes:
+async def read_body(request: http.Request, limit: int) -> bytes:
     size = request.content_length
     if size is not None and size > limit:
         raise RequestTooLarge(f"The request body is {size} bytes; the limit is {limit} bytes.")
     content = request.content
-    if size is not None:
-        return await content.readexactly(size) if size else b""
-    chunks = []
-    total = 0
-    while data := await content.readany():
-        total += len(data)
-        if total > limit:
-            raise RequestTooLarge(f"The request body is over the limit of {limit} bytes.")
-        chunks.append(data)
+    try:
+        if size is not None:
+            return await content.readexactly(size) if size else b""
+        chunks = []
+        total = 0
+        while data := await content.readany():
+            total += len(data)
+            if total > limit:
+                raise RequestTooLarge(f"The request body is over the limit of {limit} bytes.")
+            chunks.append(data)
+    except http.BodyTooLarge as exc:
+        raise RequestTooLarge(f"The request body is over the limit of {limit} bytes.") from exc
+    except http.BadRequest as exc:
+        raise InvalidRequest(f"The request body could not be read: {exc}") from exc
     return b"".join(chunks)
 
 
@@ -106,13 +111,13 @@ class Gateway:
         self.keepalive = keepalive
         self.max_body = max_body
         self.created = int(time.time())
-        self._routes: dict[tuple[str, str], Callable[[web.BaseRequest], Awaitable[Any]]] = {
+        self._routes: dict[tuple[str, str], Callable[[http.Request], Awaitable[Any]]] = {
             ("POST", "/v1/responses"): self.responses,
             ("POST", "/v1/chat/completions"): self.chat,
             ("GET", "/v1/models"): self.models,
         }
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def handle(self, request: http.Request) -> http.Reply:
         try:
             route = self._routes.get((request.method, request.path))
             if route is None:
@@ -126,7 +131,7 @@ class Gateway:
             log.exception("unexpected error on %s %s", request.method, request.path)
             return error_response(InternalError("The gateway failed unexpectedly."))
 
-    def _not_routed(self, request: web.BaseRequest) -> Callable[[web.BaseRequest], Awaitable[Any]]:
+    def _not_routed(self, request: http.Request) -> Callable[[http.Request], Awaitable[Any]]:
         path = request.path
         if path.startswith("/v1/responses/"):
             raise NotFound(NO_STORED)
@@ -134,7 +139,7 @@ class Gateway:
             raise MethodNotAllowed(f"Method {request.method} is not allowed on {path}.")
         raise NotFound(f"Unknown path: {request.method} {path}.")
 
-    async def models(self, request: web.BaseRequest) -> web.Response:
+    async def models(self, request: http.Request) -> http.Response:
         ids = self.router.model_ids()
         if "default" not in ids:
             ids.append("default")
@@ -142,11 +147,11 @@ class Gateway:
             {"id": m, "object": "model", "created": self.created, "owned_by": "gateway"}
             for m in ids
         ]
-        return web.Response(body=orjson.dumps({"object": "list", "data": data}), content_type=JSON)
+        return http.Response(body=orjson.dumps({"object": "list", "data": data}), content_type=JSON)
 
     # ---- /v1/chat/completions: pass-through -------------------------------------------
 
-    async def _read(self, request: web.BaseRequest, decoder: Any) -> tuple[bytes, Any, Route]:
+    async def _read(self, request: http.Request, decoder: Any) -> tuple[bytes, Any, Route]:
         """The body, decoded, and the deployment of the model it names."""
         body = await read_body(request, self.max_body)
         try:
@@ -161,7 +166,7 @@ class Gateway:
             )
         return body, doc, route
 
-    async def chat(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def chat(self, request: http.Request) -> http.Reply:
         body, view, route = await self._read(request, PASS_THROUGH_DECODER)
         if route.upstream_model != view.model:
             doc = orjson.loads(body)
@@ -172,8 +177,8 @@ class Gateway:
         try:
             ctype = resp.content_type.decode("latin-1") or JSON
             if not ctype.startswith("text/event-stream"):
-                return web.Response(body=await resp.read(), headers={"Content-Type": ctype})
-            out = web.StreamResponse(headers=SSE_HEADERS)
+                return http.Response(body=await resp.read(), content_type=ctype)
+            out = http.StreamResponse(headers=SSE_HEADERS)
             await out.prepare(request)
             try:
                 while data := await resp.read_some():
@@ -192,7 +197,7 @@ class Gateway:
 
     # ---- /v1/responses ----------------------------------------------------------------
 
-    async def responses(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def responses(self, request: http.Request) -> http.Reply:
         body, req, route = await self._read(request, REQUEST_DECODER)
         stream = bool(req.stream)
         pump = stream and route.dep.supports.streaming
@@ -216,12 +221,12 @@ class Gateway:
                 f"The upstream's answer is not a chat completion: {exc}"
             ) from exc
         result = to_response(completion, base, now=time.time)
-        return web.Response(body=orjson.dumps(result), content_type=JSON)
+        return http.Response(body=orjson.dumps(result), content_type=JSON)
 
     async def _stream(
-        self, request: web.BaseRequest, upstream: Response, tx: Transcoder, pump: bool
-    ) -> web.StreamResponse:
-        out = web.StreamResponse(headers=SSE_HEADERS)
+        self, request: http.Request, upstream: Response, tx: Transcoder, pump: bool
+    ) -> http.StreamResponse:
+        out = http.StreamResponse(headers=SSE_HEADERS)
         await out.prepare(request)
         await out.write(tx.start())
         try:
@@ -240,7 +245,7 @@ class Gateway:
         await out.write_eof(last)  # the terminal event and the end of the body: one write
         return out
 
-    async def _pump(self, out: web.StreamResponse, tx: Transcoder, upstream: Response) -> bytes:
+    async def _pump(self, out: http.StreamResponse, tx: Transcoder, upstream: Response) -> bytes:
         """Upstream bytes → transcoder → client, one write per upstream read.
 
         Returns the frames that end the stream, for the caller's final write.

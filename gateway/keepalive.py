@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from aiohttp import web
+from gateway import http_messages as http
 
 COMMENT = b": keepalive\n\n"
 TICKS = 3
@@ -21,7 +21,7 @@ TICKS = 3
 class Watch:
     __slots__ = ("out", "fresh", "idle")
 
-    def __init__(self, out: web.StreamResponse) -> None:
+    def __init__(self, out: http.StreamResponse) -> None:
         self.out = out
         self.fresh = True
         self.idle = 0
@@ -43,7 +43,7 @@ class KeepAlive:
             self._handle.cancel()
             self._handle = None
 
-    def watch(self, out: web.StreamResponse) -> Watch:
+    def watch(self, out: http.StreamResponse) -> Watch:
         w = Watch(out)
         self._watches.add(w)
         return w
@@ -70,6 +70,6 @@ class KeepAlive:
         self._schedule()
 
     @staticmethod
-    async def _ping(out: web.StreamResponse) -> None:
+    async def _ping(out: http.StreamResponse) -> None:
         with contextlib.suppress(ConnectionError, RuntimeError):
             await out.write(COMMENT)

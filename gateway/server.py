@@ -1,6 +1,7 @@
 """Process lifecycle: open the upstream session, serve, stop cleanly.
 
 ``open_gateway`` builds everything a handler needs (the tests use it too);
+``listen`` serves it with the lean HTTP server (``gateway.http_server``);
 ``serve`` runs it on a socket until SIGTERM/SIGINT; ``run_workers`` forks
 several processes that share the port through SO_REUSEPORT.
 """
@@ -15,10 +16,9 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
-from aiohttp import web
-
 from gateway.config import Config, api_key
 from gateway.handlers import Gateway
+from gateway.http_server import Server
 from gateway.keepalive import KeepAlive
 from gateway.routing import Router
 from gateway.upstream import Upstream
@@ -45,20 +45,28 @@ async def open_gateway(cfg: Config) -> AsyncIterator[Gateway]:
             upstream.close()
 
 
-def make_server(gateway: Gateway) -> web.Server:
-    # handler_cancellation: a client that goes away cancels its handler at once,
-    # which closes the upstream request instead of letting it run on.
-    return web.Server(gateway.handle, handler_cancellation=True, access_log=None)
+@asynccontextmanager
+async def listen(
+    gateway: Gateway, host: str, port: int, *, reuse_port: bool = False
+) -> AsyncIterator[asyncio.Server]:
+    """Serve ``gateway`` on host:port; on exit, stop listening and let requests finish."""
+    loop = asyncio.get_running_loop()
+    server = Server(gateway.handle, max_body=gateway.max_body)
+    sock_server = await loop.create_server(
+        server, host, port, reuse_port=reuse_port or None, backlog=4096
+    )
+    try:
+        yield sock_server
+    finally:
+        sock_server.close()
+        await server.shutdown(SHUTDOWN_GRACE)
 
 
 async def serve(cfg: Config, *, reuse_port: bool = False) -> None:
-    async with open_gateway(cfg) as gateway:
-        runner = web.ServerRunner(make_server(gateway), shutdown_timeout=SHUTDOWN_GRACE)
-        await runner.setup()
-        site = web.TCPSite(
-            runner, cfg.listen.host, cfg.listen.port, reuse_port=reuse_port or None, backlog=4096
-        )
-        await site.start()
+    async with (
+        open_gateway(cfg) as gateway,
+        listen(gateway, cfg.listen.host, cfg.listen.port, reuse_port=reuse_port),
+    ):
         log.info(
             "gateway listening on http://%s:%d (models: %s)",
             cfg.listen.host,
@@ -69,10 +77,7 @@ async def serve(cfg: Config, *, reuse_port: bool = False) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        try:
-            await stop.wait()
-        finally:
-            await runner.cleanup()
+        await stop.wait()
 
 
 def run(cfg: Config, *, reuse_port: bool = False) -> None:

@@ -1,5 +1,5 @@
 """Shared fixtures: a scripted fake upstream at the network boundary, and a real
-gateway (``open_gateway`` + the low-level aiohttp server) on a loopback port.
+gateway (``open_gateway`` + the gateway's own HTTP server) on a loopback port.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 
 from gateway.config import Config, Deployment, Listen, Stream, Supports
-from gateway.server import open_gateway
+from gateway.server import listen, open_gateway
 
 
 def chunk(delta: dict | None = None, finish: str | None = None, **extra: Any) -> bytes:
@@ -173,7 +173,7 @@ GatewayFactory = Callable[..., Awaitable[str]]
 
 
 @pytest.fixture
-async def start_gateway(aiohttp_raw_server: Any) -> Any:
+async def start_gateway() -> Any:
     """``await start_gateway(config)`` → the gateway's base URL (``.../v1``)."""
     stack: list[Any] = []
 
@@ -181,8 +181,11 @@ async def start_gateway(aiohttp_raw_server: Any) -> Any:
         cm = open_gateway(cfg)
         gateway = await cm.__aenter__()
         stack.append(cm)
-        server = await aiohttp_raw_server(gateway.handle)
-        return str(server.make_url("/v1"))
+        server_cm = listen(gateway, "127.0.0.1", 0)
+        server = await server_cm.__aenter__()
+        stack.append(server_cm)
+        port = server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}/v1"
 
     yield start
     for cm in reversed(stack):
