@@ -240,7 +240,9 @@ class StreamResponse:
         """Build the head; it goes out with the first body bytes."""
         conn = self._conn = request._conn
         conn.started = True
-        keep = conn.keep(request) and not request.http10
+        if request.http10:
+            request.keep_alive = False  # no chunked framing: the end of the body is the close
+        keep = conn.keep(request)
         self._chunked = not request.http10
         line = STATUS_LINES.get(self.status) or b"HTTP/1.1 %d Unknown\r\n" % self.status
         framing = b"Transfer-Encoding: chunked\r\n" if self._chunked else b""
