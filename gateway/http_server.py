@@ -43,6 +43,7 @@ log = logging.getLogger("gateway")
 MAX_HEAD = 64 * 1024  # bytes of request line + headers
 MAX_QUEUED = 8  # pipelined requests waiting before the socket stops being read
 KEEPALIVE_TIMEOUT = 75.0
+LINGER = 2.0  # seconds to drop an unread request body after answering, before closing
 METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH")}
 
 
@@ -110,6 +111,7 @@ class Connection(asyncio.Protocol):
         "drain_waiters",
         "idle_since",
         "timer",
+        "closed",
     )
 
     def __init__(self, server: Server) -> None:
@@ -134,6 +136,7 @@ class Connection(asyncio.Protocol):
         self.drain_waiters: list[asyncio.Future[None]] = []
         self.idle_since = 0.0
         self.timer: asyncio.TimerHandle | None = None
+        self.closed = False  # _close was called
 
     # ---- asyncio.Protocol ------------------------------------------------------------
 
@@ -401,8 +404,23 @@ class Connection(asyncio.Protocol):
 
     def _close(self) -> None:
         self.stopped = True
-        if self.transport is not None:
-            self.transport.close()
+        transport = self.transport
+        if transport is None or self.closed:
+            return
+        self.closed = True
+        if (self.parsing is None and not self.bad) or not transport.can_write_eof():
+            transport.close()
+            return
+        # The client may still be sending a body we will not read: closing now would
+        # reset the connection, which can destroy our answer before the client reads
+        # it. Send our end and drop what comes until the client closes (or LINGER s).
+        if self.read_paused:
+            self.read_paused = False
+            transport.resume_reading()
+        transport.write_eof()
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = self.loop.call_later(LINGER, transport.close)
 
     def abort(self) -> None:
         if self.task is not None:

@@ -268,6 +268,16 @@ async def test_oversized_body_is_413(connect: Open) -> None:
     assert status == 413
     assert await closed(reader)
 
+    # answered before the body came: the rest of the body is read and dropped (no reset)
+    reader, writer = await connect()
+    writer.write(b"POST /echo HTTP/1.1\r\nContent-Length: 300000\r\n\r\n")
+    status, headers, _ = await read_response(reader)
+    assert status == 413 and headers["connection"] == "close"
+    for _ in range(30):
+        writer.write(b"x" * 10_000)
+        await writer.drain()
+    assert await closed(reader)
+
 
 async def test_handler_error_is_500(connect: Open) -> None:
     reader, writer = await connect()
