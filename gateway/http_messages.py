@@ -59,15 +59,21 @@ def date_line() -> bytes:
     return _date_line
 
 
+def status_line(status: int) -> bytes:
+    return STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status
+
+
+def header_line(name: str, value: str) -> bytes:
+    line = f"{name}: {value}\r\n"
+    if line.count("\n") != 1 or "\r" in line[:-2]:
+        raise ValueError(f"a line break in header {name!r}")
+    return line.encode("latin-1")
+
+
 def header_lines(headers: dict[str, str] | None) -> bytes:
     if not headers:
         return b""
-    out = []
-    for k, v in headers.items():
-        if "\n" in v or "\r" in v or "\n" in k or "\r" in k:
-            raise ValueError(f"a line break in header {k!r}")
-        out.append(f"{k}: {v}\r\n")
-    return "".join(out).encode("latin-1")
+    return b"".join([header_line(k, v) for k, v in headers.items()])
 
 
 class Body:
@@ -214,6 +220,26 @@ class Response:
         self.content_type = content_type
         self.headers = headers
 
+    def encode(self, keep: bool, http10: bool, head_only: bool) -> bytes:
+        """The whole answer as bytes: status line, headers, and (unless HEAD) the body."""
+        if not keep:
+            conn = b"Connection: close\r\n"
+        elif http10:
+            conn = b"Connection: keep-alive\r\n"
+        else:
+            conn = b""
+        body = self.body
+        ctype = self.content_type
+        head = b"%s%s%s%sContent-Length: %d\r\n%s\r\n" % (
+            status_line(self.status),
+            header_line("Content-Type", ctype) if ctype else b"",
+            header_lines(self.headers),
+            date_line(),
+            len(body),
+            conn,
+        )
+        return head if head_only else head + body
+
 
 class StreamResponse:
     """An answer written piece by piece: chunked (HTTP/1.0: until the connection closes)."""
@@ -244,11 +270,10 @@ class StreamResponse:
             request.keep_alive = False  # no chunked framing: the end of the body is the close
         keep = conn.keep(request)
         self._chunked = not request.http10
-        line = STATUS_LINES.get(self.status) or b"HTTP/1.1 %d Unknown\r\n" % self.status
         framing = b"Transfer-Encoding: chunked\r\n" if self._chunked else b""
         close = b"" if keep else b"Connection: close\r\n"
         self._head = b"%s%s%s%s%s\r\n" % (
-            line,
+            status_line(self.status),
             header_lines(self.headers),
             date_line(),
             framing,

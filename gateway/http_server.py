@@ -26,7 +26,6 @@ from urllib.parse import unquote
 import httptools
 
 from gateway.http_messages import (
-    STATUS_LINES,
     BadRequest,
     BodyTooLarge,
     Handler,
@@ -34,8 +33,6 @@ from gateway.http_messages import (
     Request,
     Response,
     StreamResponse,
-    date_line,
-    header_lines,
 )
 
 log = logging.getLogger("gateway")
@@ -327,33 +324,14 @@ class Connection(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             raise ConnectionResetError("Cannot write to closing transport")
-        keep = self.keep(req)
-        if not keep:
-            conn = b"Connection: close\r\n"
-        elif req.http10:
-            conn = b"Connection: keep-alive\r\n"
-        else:
-            conn = b""
-        body = resp.body
-        ctype = header_lines({"Content-Type": resp.content_type}) if resp.content_type else b""
-        status = STATUS_LINES.get(resp.status) or b"HTTP/1.1 %d Unknown\r\n" % resp.status
-        head = b"%s%s%s%sContent-Length: %d\r\n%s\r\n" % (
-            status,
-            ctype,
-            header_lines(resp.headers),
-            date_line(),
-            len(body),
-            conn,
-        )
-        transport.write(head if req.method == "HEAD" else head + body)
+        data = resp.encode(self.keep(req), req.http10, req.method == "HEAD")
+        transport.write(data)
 
     def _write_error(self, status: int, message: bytes) -> None:
         transport = self.transport
         if transport is not None and not transport.is_closing():
-            transport.write(
-                b"%sContent-Type: text/plain\r\nContent-Length: %d\r\n%sConnection: close\r\n\r\n%s"
-                % (STATUS_LINES[status], len(message), date_line(), message)
-            )
+            resp = Response(status=status, body=message, content_type="text/plain")
+            transport.write(resp.encode(False, False, False))
         self._close()
 
     def _malformed(self) -> None:
