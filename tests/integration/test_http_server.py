@@ -314,3 +314,19 @@ async def test_shutdown_closes_idle_and_finishes_busy(app: App) -> None:
     assert await closed(idle_r) and await closed(busy_r)
     idle_w.close()
     busy_w.close()
+
+
+async def test_idle_connection_closed_after_keepalive_timeout(app: App) -> None:
+    loop = asyncio.get_running_loop()
+    server = Server(app.handle, max_body=MAX_BODY, keepalive_timeout=0.2)
+    listener = await loop.create_server(server, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await read_response(reader))[2] == b"slow"
+    t0 = time.monotonic()
+    assert await closed(reader)
+    assert 0.15 < time.monotonic() - t0 < 2
+    writer.close()
+    listener.close()
+    await server.shutdown(1.0)
