@@ -113,10 +113,14 @@ class Transcoder:
         except SseTooLarge as exc:
             self._fail(str(exc))
             return enc.drain()
+        texts: list[bytes] = []  # a run of text deltas, framed together (enc.texts)
         for payload in payloads:
             try:
                 chunk = _decode(payload)
             except msgspec.DecodeError as exc:
+                if texts:
+                    enc.texts(texts)
+                    texts = []
                 self._on_undecodable(payload, exc)
                 if self._state is _DONE:
                     break
@@ -139,10 +143,7 @@ class Transcoder:
                         if len(content) > 2:  # '""', absent: no text; 'null' fails the quote test
                             token = bytes(content)
                             if token[0] == 34:
-                                if not token.isascii():
-                                    token = ck.valid_utf8(token)
-                                enc.pieces.append(token)
-                                enc.frame(ev.TEXT_DELTA, enc.mid, token, ev.TEXT_DELTA_END)
+                                texts.append(token if token.isascii() else ck.valid_utf8(token))
                         continue
                     if calls and self._state is _CALLS and len(calls) == 1:
                         call = calls[0]
@@ -161,9 +162,14 @@ class Transcoder:
                             if piece is not None:
                                 enc.arguments(current, piece)
                             continue
+            if texts:
+                enc.texts(texts)
+                texts = []
             self._on_chunk(chunk)
             if self._state is _DONE:
                 break
+        if texts:
+            enc.texts(texts)
         return enc.drain()
 
     def finish(self) -> bytes:
