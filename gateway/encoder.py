@@ -75,7 +75,7 @@ class EventEncoder:
         seq = self.seq
         end = seq + len(tokens)
         if end <= ev.CACHED_SEQUENCE:
-            for digits, token in zip(ev.SEQUENCE[seq:end], tokens):
+            for digits, token in zip(ev.SEQUENCE[seq:end], tokens, strict=True):
                 out += (ev.TEXT_DELTA, digits, mid, token, ev.TEXT_DELTA_END)
             self.seq = end
         else:

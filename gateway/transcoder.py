@@ -42,7 +42,6 @@ from gateway.encoder import EventEncoder
 from gateway.sse import SseParser, SseTooLarge
 from gateway.toolcalls import ToolCalls
 from gateway.wire import chunks as ck
-from gateway.wire import events as ev
 from gateway.wire import output
 
 __all__ = ["State", "Transcoder"]
