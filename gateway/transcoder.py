@@ -64,6 +64,7 @@ class State(enum.Enum):
 
 _NEW, _TEXT, _CALLS, _DONE = State.NEW, State.TEXT, State.CALLS, State.DONE  # for the hot loop
 _decode = ck.CHUNK_DECODER.decode
+_decode_plain = ck.PLAIN_DECODER.decode
 
 
 class Transcoder:
@@ -113,7 +114,22 @@ class Transcoder:
             self._fail(str(exc))
             return enc.drain()
         texts: list[bytes] = []  # a run of text deltas, framed together (enc.texts)
+        plain = self._state is _TEXT
         for payload in payloads:
+            if plain:  # a text part is open: most chunks only bring more text
+                try:
+                    view = _decode_plain(payload)
+                except msgspec.DecodeError:
+                    pass  # not a plain text chunk (or not JSON): the general path decides
+                else:
+                    if view.usage is not None:
+                        self._usage = view.usage
+                    content = view.choices[0].delta.content
+                    if len(content) > 2:  # '""': no text; 'null' fails the quote test
+                        token = bytes(content)
+                        if token[0] == 34:
+                            texts.append(token if token.isascii() else ck.valid_utf8(token))
+                    continue
             try:
                 chunk = _decode(payload)
             except msgspec.DecodeError as exc:
@@ -123,6 +139,7 @@ class Transcoder:
                 self._on_undecodable(payload, exc)
                 if self._state is _DONE:
                     break
+                plain = self._state is _TEXT
                 continue
             choices = chunk.choices
             if choices and not chunk.error and chunk.message is None:
@@ -167,6 +184,7 @@ class Transcoder:
             self._on_chunk(chunk)
             if self._state is _DONE:
                 break
+            plain = self._state is _TEXT
         if texts:
             enc.texts(texts)
         return enc.drain()

@@ -24,7 +24,7 @@ and the whole non-streaming ``chat.completion`` body, whose choices carry a
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 import orjson
@@ -89,7 +89,34 @@ class Completion(Struct, gc=False):
     message: str | None = None
 
 
+class PlainDelta(Struct, gc=False):
+    content: Raw
+    refusal: None = None
+    tool_calls: None = None
+
+
+class PlainChoice(Struct, gc=False):
+    delta: PlainDelta
+    index: Literal[0] = 0
+    finish_reason: None = None
+
+
+class PlainChunk(Struct, gc=False):
+    """A chunk that only brings text: what most chunks of a stream are.
+
+    Decoding into it succeeds only for one choice, index 0, a ``content`` and no
+    refusal, tool calls, finish_reason or error: the type checks that the
+    transcoder's hot loop would otherwise make in Python, done by msgspec.
+    """
+
+    choices: tuple[PlainChoice]
+    usage: Usage | None = None
+    error: None = None
+    message: None = None
+
+
 CHUNK_DECODER = msgspec.json.Decoder(Chunk)
+PLAIN_DECODER = msgspec.json.Decoder(PlainChunk)
 COMPLETION_DECODER = msgspec.json.Decoder(Completion)
 
 

@@ -490,11 +490,14 @@ def test_text_chunks_of_every_shape() -> None:
         _text_chunk(b"null"),  # no text
         _text_chunk(b'""'),  # no text
         _text_chunk(b"7"),  # not a string: ignored
+        b'data: {"choices":[{"index":0,"delta":{"content":"N","refusal":null,"tool_calls":null}}]}\n\n',
+        b'data: {"choices":[{"index":1,"delta":{"content":"(other choice)"}}]}\n\n',
+        b'data: {"choices":[{"index":0,"delta":{"content":"A"}},{"index":1,"delta":{"content":"B"}}]}\n\n',
         _text_chunk("end"),
-        b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n',
+        b'data: {"choices":[{"index":0,"delta":{"content":"!"},"finish_reason":"stop"}]}\n\n',
         b"data: [DONE]\n\n",
     ]
-    want = 'Hello world againsay "hi"back\\slash\\tab\tand é 🙂uend'
+    want = 'Hello world againsay "hi"back\\slash\\tab\tand é 🙂uNAend!'
     out = run(pieces)
     events = check(out)
     assert events[-1]["type"] == "response.completed"
