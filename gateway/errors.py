@@ -124,6 +124,13 @@ class InternalError(GatewayError):
     pass
 
 
+def missing(param: str) -> InvalidRequest:
+    """The 400 for a required parameter that is absent (``param`` is its path)."""
+    return InvalidRequest(
+        f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter"
+    )
+
+
 def upstream_error_from_body(status: int, body: bytes) -> GatewayError:
     """Normalise an upstream error answer (vLLM, SGLang, Ollama, TGI shapes)."""
     message, etype, param, code = _parse_error_body(body)

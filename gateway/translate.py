@@ -1,7 +1,9 @@
 """Pure translation between the Responses API and chat completions.
 
 ``to_chat_request``: a decoded ``ResponsesRequest`` → the chat body (a dict,
-values may be ``orjson.Fragment``) plus the fields the response echoes.
+values may be ``orjson.Fragment``) plus the fields the response echoes; its
+messages come from ``messages.to_messages``, tools, ``tool_choice`` and
+``text.format`` from here.
 ``to_response``: a chat completion → the Responses object.
 Unsupported features raise ``errors.InvalidRequest``/``Unsupported`` naming
 the parameter; nothing here does I/O or reads configuration globals.
@@ -16,15 +18,14 @@ import msgspec
 import orjson
 
 from gateway.config import Deployment
-from gateway.errors import InvalidRequest, Unsupported, UpstreamBadResponse
+from gateway.errors import InvalidRequest, Unsupported, UpstreamBadResponse, missing
+from gateway.messages import to_messages
 from gateway.wire import chunks as ck
 from gateway.wire import output
 from gateway.wire.responses import (
     NOT_OFFERED,
     TEXT_DECODER,
     TOOL_CHOICE_DECODER,
-    ContentPart,
-    InputItem,
     ResponsesRequest,
     TextConfig,
     Tool,
@@ -32,7 +33,6 @@ from gateway.wire.responses import (
     is_absent,
 )
 
-_ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
 _CHOICE_STRINGS = ("none", "auto", "required")
 _EMPTY_PARAMETERS = {"type": "object", "properties": {}}
 _TEXT_DEFAULT = {"format": {"type": "text"}}
@@ -70,163 +70,6 @@ def check_not_offered(req: ResponsesRequest) -> None:
             )
 
 
-# ---- input → messages -------------------------------------------------------
-
-
-def to_messages(req: ResponsesRequest, dep: Deployment) -> list[dict]:
-    messages: list[dict] = []
-    if req.instructions:
-        messages.append({"role": "system", "content": req.instructions})
-    items = req.input
-    if isinstance(items, str):
-        messages.append({"role": "user", "content": items})
-    elif items:
-        for i, item in enumerate(items):
-            _add_item(messages, item, i, dep)
-    if not messages:
-        raise InvalidRequest(
-            "Missing required parameter: 'input' (or 'instructions').",
-            param="input",
-            code="missing_required_parameter",
-        )
-    return messages
-
-
-def _add_item(messages: list[dict], item: InputItem, i: int, dep: Deployment) -> None:
-    kind = item.type
-    if kind == "message":
-        messages.append(_message(item, i, dep))
-    elif kind == "function_call":
-        _add_function_call(messages, item, i)
-    elif kind == "function_call_output":
-        if not item.call_id:
-            raise _missing(f"input[{i}].call_id")
-        content = _tool_output(item.output, i)
-        messages.append({"role": "tool", "tool_call_id": item.call_id, "content": content})
-    elif kind == "reasoning":
-        return  # replayed reasoning cannot be used by a chat upstream; clients send it anyway
-    elif kind == "item_reference":
-        raise Unsupported(
-            "Item references need stored responses, which this gateway does not offer.",
-            param=f"input[{i}]",
-        )
-    else:
-        raise Unsupported(
-            f"Input items of type '{kind}' are not supported by this gateway.",
-            param=f"input[{i}].type",
-        )
-
-
-def _message(item: InputItem, i: int, dep: Deployment) -> dict:
-    if item.role is None:
-        raise _missing(f"input[{i}].role")
-    role = _ROLES.get(item.role)
-    if role is None:
-        raise InvalidRequest(
-            f"Invalid value: '{item.role}'. Supported values are: "
-            "'user', 'assistant', 'system' and 'developer'.",
-            param=f"input[{i}].role",
-            code="invalid_value",
-        )
-    content = item.content
-    if content is None:
-        raise _missing(f"input[{i}].content")
-    if isinstance(content, str):
-        return {"role": role, "content": content}
-    if role == "user":
-        return {"role": role, "content": _user_parts(content, i, dep)}
-    return {"role": role, "content": _joined_text(content, i)}
-
-
-def _user_parts(parts: list[ContentPart], i: int, dep: Deployment) -> str | list[dict]:
-    if len(parts) == 1 and parts[0].type in ("input_text", "output_text"):
-        return _part_text(parts[0], i, 0)
-    out: list[dict] = []
-    for j, part in enumerate(parts):
-        if part.type == "input_image":
-            out.append(_image(part, i, j, dep))
-        else:
-            out.append({"type": "text", "text": _part_text(part, i, j)})
-    return out
-
-
-def _image(part: ContentPart, i: int, j: int, dep: Deployment) -> dict:
-    where = f"input[{i}].content[{j}]"
-    if part.file_id is not None:
-        raise Unsupported(
-            "Images given by file_id need the Files API, which this gateway does not offer; "
-            "send image_url (a URL or a data: URL) instead.",
-            param=f"{where}.file_id",
-        )
-    if not part.image_url:
-        raise _missing(f"{where}.image_url")
-    if not dep.supports.images:
-        raise Unsupported("This model does not accept image input.", param=where)
-    image: dict[str, Any] = {"url": part.image_url}
-    if part.detail in ("low", "high", "auto"):
-        image["detail"] = part.detail
-    elif part.detail == "original":
-        image["detail"] = "high"
-    return {"type": "image_url", "image_url": image}
-
-
-def _part_text(part: ContentPart, i: int, j: int) -> str:
-    kind = part.type
-    if kind in ("input_text", "output_text", "text", "summary_text", "reasoning_text"):
-        if part.text is None:
-            raise _missing(f"input[{i}].content[{j}].text")
-        return part.text
-    if kind == "refusal":
-        return part.refusal or ""
-    raise Unsupported(
-        f"Content parts of type '{kind}' are not supported here by this gateway.",
-        param=f"input[{i}].content[{j}].type",
-    )
-
-
-def _joined_text(parts: list[ContentPart], i: int) -> str:
-    return "".join(_part_text(part, i, j) for j, part in enumerate(parts))
-
-
-def _tool_output(out: str | list[ContentPart] | None, i: int) -> str:
-    if out is None:
-        raise _missing(f"input[{i}].output")
-    if isinstance(out, str):
-        return out
-    texts = []
-    for j, part in enumerate(out):
-        if part.type == "input_image":
-            raise Unsupported(
-                "Images in function call outputs are not supported by this gateway.",
-                param=f"input[{i}].output[{j}]",
-            )
-        texts.append(_part_text(part, i, j))
-    return "".join(texts)
-
-
-def _add_function_call(messages: list[dict], item: InputItem, i: int) -> None:
-    if not item.call_id:
-        raise _missing(f"input[{i}].call_id")
-    if not item.name:
-        raise _missing(f"input[{i}].name")
-    call = {
-        "id": item.call_id,
-        "type": "function",
-        "function": {"name": item.name, "arguments": item.arguments or "{}"},
-    }
-    last = messages[-1] if messages else None
-    if last is not None and last["role"] == "assistant":
-        last.setdefault("tool_calls", []).append(call)
-    else:
-        messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
-
-
-def _missing(param: str) -> InvalidRequest:
-    return InvalidRequest(
-        f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter"
-    )
-
-
 # ---- tools, tool_choice, text.format -------------------------------------------
 
 
@@ -246,7 +89,7 @@ def to_chat_tools(tools: list[Tool]) -> tuple[list[dict], list[dict]]:
             name, desc, params, strict = fn.name, fn.description, fn.parameters, fn.strict
         else:
             if not tool.name:
-                raise _missing(f"tools[{i}].name")
+                raise missing(f"tools[{i}].name")
             name, desc, params, strict = tool.name, tool.description, tool.parameters, tool.strict
         has_params = not is_absent(params)
         function: dict[str, Any] = {"name": name}
@@ -290,7 +133,7 @@ def to_chat_tool_choice(raw: msgspec.Raw, chat_tools: list[dict]) -> tuple[Any, 
     if choice.type == "function":
         name = choice.name or (choice.function.name if choice.function else None)
         if not name:
-            raise _missing("tool_choice.name")
+            raise missing("tool_choice.name")
         return {"type": "function", "function": {"name": name}}, echo, chat_tools
     if choice.type == "allowed_tools":
         mode, kept = _allowed_tools(choice, chat_tools)
@@ -354,9 +197,9 @@ def to_response_format(raw: msgspec.Raw, dep: Deployment) -> tuple[dict | None, 
             code="invalid_value",
         )
     if not fmt.name:
-        raise _missing("text.format.name")
+        raise missing("text.format.name")
     if is_absent(fmt.schema):
-        raise _missing("text.format.schema")
+        raise missing("text.format.schema")
     schema: dict[str, Any] = {"name": fmt.name, "schema": _fragment(fmt.schema)}
     if fmt.strict is not msgspec.UNSET and fmt.strict is not None:
         schema["strict"] = fmt.strict

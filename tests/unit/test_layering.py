@@ -15,6 +15,7 @@ PURE = [
     "gateway.wire.chunks",
     "gateway.wire.events",
     "gateway.wire.output",
+    "gateway.messages",
     "gateway.translate",
     "gateway.sse",
     "gateway.encoder",

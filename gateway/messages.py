@@ -1,0 +1,166 @@
+"""Pure translation of a Responses ``input`` (and ``instructions``) into chat messages.
+
+Items fold the way chat templates expect: ``function_call`` items join the
+assistant message before them (parallel calls: one message with several
+``tool_calls``), ``function_call_output`` becomes a ``tool`` message, replayed
+``reasoning`` items are dropped, and anything that needs server state or a
+hosted tool is refused with the parameter's path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.config import Deployment
+from gateway.errors import InvalidRequest, Unsupported, missing
+from gateway.wire.responses import ContentPart, InputItem, ResponsesRequest
+
+_ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
+
+
+def to_messages(req: ResponsesRequest, dep: Deployment) -> list[dict]:
+    messages: list[dict] = []
+    if req.instructions:
+        messages.append({"role": "system", "content": req.instructions})
+    items = req.input
+    if isinstance(items, str):
+        messages.append({"role": "user", "content": items})
+    elif items:
+        for i, item in enumerate(items):
+            _add_item(messages, item, i, dep)
+    if not messages:
+        raise InvalidRequest(
+            "Missing required parameter: 'input' (or 'instructions').",
+            param="input",
+            code="missing_required_parameter",
+        )
+    return messages
+
+
+def _add_item(messages: list[dict], item: InputItem, i: int, dep: Deployment) -> None:
+    kind = item.type
+    if kind == "message":
+        messages.append(_message(item, i, dep))
+    elif kind == "function_call":
+        _add_function_call(messages, item, i)
+    elif kind == "function_call_output":
+        if not item.call_id:
+            raise missing(f"input[{i}].call_id")
+        content = _tool_output(item.output, i)
+        messages.append({"role": "tool", "tool_call_id": item.call_id, "content": content})
+    elif kind == "reasoning":
+        return  # replayed reasoning cannot be used by a chat upstream; clients send it anyway
+    elif kind == "item_reference":
+        raise Unsupported(
+            "Item references need stored responses, which this gateway does not offer.",
+            param=f"input[{i}]",
+        )
+    else:
+        raise Unsupported(
+            f"Input items of type '{kind}' are not supported by this gateway.",
+            param=f"input[{i}].type",
+        )
+
+
+def _message(item: InputItem, i: int, dep: Deployment) -> dict:
+    if item.role is None:
+        raise missing(f"input[{i}].role")
+    role = _ROLES.get(item.role)
+    if role is None:
+        raise InvalidRequest(
+            f"Invalid value: '{item.role}'. Supported values are: "
+            "'user', 'assistant', 'system' and 'developer'.",
+            param=f"input[{i}].role",
+            code="invalid_value",
+        )
+    content = item.content
+    if content is None:
+        raise missing(f"input[{i}].content")
+    if isinstance(content, str):
+        return {"role": role, "content": content}
+    if role == "user":
+        return {"role": role, "content": _user_parts(content, i, dep)}
+    return {"role": role, "content": _joined_text(content, i)}
+
+
+def _user_parts(parts: list[ContentPart], i: int, dep: Deployment) -> str | list[dict]:
+    if len(parts) == 1 and parts[0].type in ("input_text", "output_text"):
+        return _part_text(parts[0], i, 0)
+    out: list[dict] = []
+    for j, part in enumerate(parts):
+        if part.type == "input_image":
+            out.append(_image(part, i, j, dep))
+        else:
+            out.append({"type": "text", "text": _part_text(part, i, j)})
+    return out
+
+
+def _image(part: ContentPart, i: int, j: int, dep: Deployment) -> dict:
+    where = f"input[{i}].content[{j}]"
+    if part.file_id is not None:
+        raise Unsupported(
+            "Images given by file_id need the Files API, which this gateway does not offer; "
+            "send image_url (a URL or a data: URL) instead.",
+            param=f"{where}.file_id",
+        )
+    if not part.image_url:
+        raise missing(f"{where}.image_url")
+    if not dep.supports.images:
+        raise Unsupported("This model does not accept image input.", param=where)
+    image: dict[str, Any] = {"url": part.image_url}
+    if part.detail in ("low", "high", "auto"):
+        image["detail"] = part.detail
+    elif part.detail == "original":
+        image["detail"] = "high"
+    return {"type": "image_url", "image_url": image}
+
+
+def _part_text(part: ContentPart, i: int, j: int) -> str:
+    kind = part.type
+    if kind in ("input_text", "output_text", "text", "summary_text", "reasoning_text"):
+        if part.text is None:
+            raise missing(f"input[{i}].content[{j}].text")
+        return part.text
+    if kind == "refusal":
+        return part.refusal or ""
+    raise Unsupported(
+        f"Content parts of type '{kind}' are not supported here by this gateway.",
+        param=f"input[{i}].content[{j}].type",
+    )
+
+
+def _joined_text(parts: list[ContentPart], i: int) -> str:
+    return "".join(_part_text(part, i, j) for j, part in enumerate(parts))
+
+
+def _tool_output(out: str | list[ContentPart] | None, i: int) -> str:
+    if out is None:
+        raise missing(f"input[{i}].output")
+    if isinstance(out, str):
+        return out
+    texts = []
+    for j, part in enumerate(out):
+        if part.type == "input_image":
+            raise Unsupported(
+                "Images in function call outputs are not supported by this gateway.",
+                param=f"input[{i}].output[{j}]",
+            )
+        texts.append(_part_text(part, i, j))
+    return "".join(texts)
+
+
+def _add_function_call(messages: list[dict], item: InputItem, i: int) -> None:
+    if not item.call_id:
+        raise missing(f"input[{i}].call_id")
+    if not item.name:
+        raise missing(f"input[{i}].name")
+    call = {
+        "id": item.call_id,
+        "type": "function",
+        "function": {"name": item.name, "arguments": item.arguments or "{}"},
+    }
+    last = messages[-1] if messages else None
+    if last is not None and last["role"] == "assistant":
+        last.setdefault("tool_calls", []).append(call)
+    else:
+        messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
