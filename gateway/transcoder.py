@@ -106,8 +106,9 @@ class Transcoder:
         enc = self._enc
         # The hot loop, measured by bench/micro_transcoder.py (text-* and tool-* rows,
         # about 1.3x faster than dispatching every chunk): a chunk that only brings more
-        # text for the open text part, or more arguments for the open function call, is
-        # framed right here; anything else (or odd) goes to _on_undecodable / _on_chunk.
+        # text for the open text part (decoded as a PlainChunk), or more arguments for
+        # the open function call, is taken right here; anything else (or odd) goes to
+        # _on_undecodable / _on_chunk.
         try:
             payloads = self._parser.feed(data)
         except SseTooLarge as exc:
@@ -142,42 +143,36 @@ class Transcoder:
                 plain = self._state is _TEXT
                 continue
             choices = chunk.choices
-            if choices and not chunk.error and chunk.message is None:
-                if chunk.usage is not None:  # vLLM's continuous_usage_stats: on every chunk
-                    self._usage = chunk.usage
+            if self._state is _CALLS and choices and not chunk.error and chunk.message is None:
+                # More arguments for the open call, and nothing else?
                 choice = choices[0]
                 delta = choice.delta
                 if (
                     delta is not None
+                    and (calls := delta.tool_calls)
+                    and len(calls) == 1
                     and choice.finish_reason is None
                     and choice.index == 0
                     and not delta.refusal
+                    and not delta.content
                 ):
-                    calls = delta.tool_calls
-                    if not calls and self._state is _TEXT:
-                        content = delta.content
-                        if len(content) > 2:  # '""', absent: no text; 'null' fails the quote test
-                            token = bytes(content)
-                            if token[0] == 34:
-                                texts.append(token if token.isascii() else ck.valid_utf8(token))
+                    call = calls[0]
+                    current = self._calls.open
+                    function = call.function
+                    if (
+                        current is not None
+                        and call.index == current.key
+                        and call.id is None
+                        and function is not None
+                        and function.name is None
+                        and not self._calls.queue
+                    ):
+                        if chunk.usage is not None:  # vLLM's continuous_usage_stats
+                            self._usage = chunk.usage
+                        piece = ck.string_token(function.arguments)
+                        if piece is not None:
+                            enc.arguments(current, piece)
                         continue
-                    if calls and self._state is _CALLS and len(calls) == 1:
-                        call = calls[0]
-                        current = self._calls.open
-                        function = call.function
-                        if (
-                            current is not None
-                            and call.index == current.key
-                            and call.id is None
-                            and function is not None
-                            and function.name is None
-                            and not delta.content
-                            and not self._calls.queue
-                        ):
-                            piece = ck.string_token(function.arguments)
-                            if piece is not None:
-                                enc.arguments(current, piece)
-                            continue
             if texts:
                 enc.texts(texts)
                 texts = []
