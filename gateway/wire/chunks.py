@@ -69,11 +69,16 @@ class Choice(Struct, gc=False):
     finish_reason: str | None = None
 
 
-class Chunk(Struct, gc=False):
-    choices: list[Choice] | None = None
+class Answer(Struct, gc=False):
+    """What a chunk and a whole completion share: usage and the in-band error shapes."""
+
     usage: Usage | None = None
     error: Raw = EMPTY_RAW
     message: str | None = None  # the old vLLM error shape: {"object": "error", "message", ...}
+
+
+class Chunk(Answer, gc=False):
+    choices: list[Choice] | None = None
 
 
 class CompletionChoice(Struct, gc=False):
@@ -82,11 +87,8 @@ class CompletionChoice(Struct, gc=False):
     finish_reason: str | None = None
 
 
-class Completion(Struct, gc=False):
+class Completion(Answer, gc=False):
     choices: list[CompletionChoice] | None = None
-    usage: Usage | None = None
-    error: Raw = EMPTY_RAW
-    message: str | None = None
 
 
 class PlainDelta(Struct, gc=False):
@@ -170,12 +172,12 @@ def first_choice(choices: list[Any] | None) -> Any:
     return None
 
 
-def is_error(doc: Chunk | Completion) -> bool:
+def is_error(doc: Answer) -> bool:
     """An in-band error: a non-null ``error`` or (old vLLM) a top-level ``message``."""
     return doc.message is not None or (len(doc.error) > 0 and doc.error != NULL_RAW)
 
 
-def error_message(doc: Chunk | Completion) -> str:
+def error_message(doc: Answer) -> str:
     """The message of an in-band error (``{"error": {...}}``, ``{"error": "..."}``, old vLLM)."""
     if doc.message:
         return doc.message
