@@ -18,6 +18,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
+from functools import lru_cache
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
@@ -63,7 +64,10 @@ def status_line(status: int) -> bytes:
     return STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status
 
 
+@lru_cache(maxsize=256)
 def header_line(name: str, value: str) -> bytes:
+    """``name: value\r\n``, checked for line breaks; the same few headers go out with
+    every answer, so each is built and checked once."""
     line = f"{name}: {value}\r\n"
     if line.count("\n") != 1 or "\r" in line[:-2]:
         raise ValueError(f"a line break in header {name!r}")
