@@ -8,7 +8,6 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import msgspec
 import openai
 import orjson
 import pytest
@@ -197,12 +196,27 @@ async def gateway_url(upstream: FakeUpstream, start_gateway: Any) -> str:
     return await start_gateway(make_config(upstream.url))
 
 
+def sdk(url: str, api_key: str = "sk-test") -> openai.AsyncOpenAI:
+    """The official async client for a gateway at ``url``, without retries."""
+    return openai.AsyncOpenAI(base_url=url, api_key=api_key, max_retries=0)
+
+
 @pytest.fixture
 async def client(gateway_url: str) -> Any:
-    c = openai.AsyncOpenAI(base_url=gateway_url, api_key="sk-test", max_retries=0)
+    c = sdk(gateway_url)
     yield c
     await c.close()
 
 
-def struct_eq(a: Any, b: Any) -> bool:
-    return bool(msgspec.json.encode(a) == msgspec.json.encode(b))
+# A function tool as clients declare it (flat Responses form).
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "Weather for a city",
+    "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+        "additionalProperties": False,
+    },
+}

@@ -8,7 +8,7 @@ import aiohttp
 import openai
 import orjson
 
-from tests.conftest import DONE, FakeUpstream, chunk, completion, make_config, usage_chunk
+from tests.conftest import DONE, FakeUpstream, chunk, completion, make_config, sdk, usage_chunk
 
 
 async def test_body_and_answer_unchanged(
@@ -35,7 +35,7 @@ async def test_body_and_answer_unchanged(
 
 async def test_alias_rewritten(upstream: FakeUpstream, start_gateway: Any) -> None:
     url = await start_gateway(make_config(upstream.url, models=("alias",), upstream_model="real"))
-    async with openai.AsyncOpenAI(base_url=url, api_key="k", max_retries=0) as c:
+    async with sdk(url) as c:
         resp = await c.chat.completions.create(
             model="alias", messages=[{"role": "user", "content": "x"}]
         )

@@ -18,20 +18,7 @@ import pydantic
 import pytest
 
 from gateway.demo import DemoOptions, make_handler
-from tests.conftest import make_config
-
-TOOL = {
-    "type": "function",
-    "name": "get_weather",
-    "description": "Weather for a city",
-    "parameters": {
-        "type": "object",
-        "properties": {"city": {"type": "string"}},
-        "required": ["city"],
-        "additionalProperties": False,
-    },
-    "strict": True,
-}
+from tests.conftest import WEATHER, make_config, sdk
 
 
 class Forecast(pydantic.BaseModel):
@@ -47,7 +34,7 @@ async def demo(
     options = DemoOptions(models=("demo",))
     server = await aiohttp_raw_server(make_handler(options))
     url = await start_gateway(make_config(str(server.make_url("/v1")), models=()))
-    client = openai.AsyncOpenAI(base_url=url, api_key="k", max_retries=0)
+    client = sdk(url)
     yield options, client
     await client.close()
 
@@ -62,7 +49,7 @@ async def test_tool_round_trip_with_demo(demo: tuple[DemoOptions, Any], stream: 
         async with client.responses.stream(model="default", **kw) as s:
             return await s.get_final_response()
 
-    first = await ask(input="What is the weather in Paris?", tools=[TOOL])
+    first = await ask(input="What is the weather in Paris?", tools=[{**WEATHER, "strict": True}])
     (call,) = [o for o in first.output if o.type == "function_call"]
     assert call.name == "get_weather" and "city" in json.loads(call.arguments)
     sent = options.received[-1]["body"]
@@ -81,7 +68,7 @@ async def test_tool_round_trip_with_demo(demo: tuple[DemoOptions, Any], stream: 
             },
             {"type": "function_call_output", "call_id": call.call_id, "output": "24C and sunny"},
         ],  # fmt: skip
-        tools=[TOOL],
+        tools=[{**WEATHER, "strict": True}],
     )
     assert "24C and sunny" in second.output_text
     msgs = options.received[-1]["body"]["messages"]

@@ -10,7 +10,7 @@ import openai
 import orjson
 import pytest
 
-from tests.conftest import FakeUpstream, make_config
+from tests.conftest import FakeUpstream, make_config, sdk
 
 
 async def expect(
@@ -241,7 +241,7 @@ async def test_upstream_5xx_is_502(client: openai.AsyncOpenAI, upstream: FakeUps
 
 async def test_upstream_unreachable_is_502(start_gateway: Any) -> None:
     url = await start_gateway(make_config("http://127.0.0.1:9/v1"))
-    async with openai.AsyncOpenAI(base_url=url, api_key="k", max_retries=0) as c:
+    async with sdk(url) as c:
         await expect(
             openai.InternalServerError,
             c.responses.create(model="m1", input="x"),
@@ -257,7 +257,7 @@ async def test_upstream_timeout_is_504(upstream: FakeUpstream, start_gateway: An
 
     upstream.reply = slow
     url = await start_gateway(make_config(upstream.url, read_timeout=0.3))
-    async with openai.AsyncOpenAI(base_url=url, api_key="k", max_retries=0) as c:
+    async with sdk(url) as c:
         await expect(
             openai.InternalServerError,
             c.responses.create(model="m1", input="x"),
@@ -286,7 +286,7 @@ async def test_capabilities(upstream: FakeUpstream, start_gateway: Any) -> None:
             supports={"tools": False, "structured_output": False, "images": False},
         )
     )
-    async with openai.AsyncOpenAI(base_url=url, api_key="k", max_retries=0) as c:
+    async with sdk(url) as c:
         tool = {"type": "function", "name": "f", "parameters": {}}
         cases = [
             ({"tools": [tool]}, "tools"),

@@ -10,7 +10,7 @@ import pydantic
 import pytest
 from openai.types.responses import Response
 
-from tests.conftest import FakeUpstream, completion, make_config
+from tests.conftest import WEATHER, FakeUpstream, completion, make_config, sdk
 
 # Spec §2.2: the fields an Open Responses validator requires on every response.
 REQUIRED_FIELDS = {
@@ -148,19 +148,6 @@ async def test_item_array_input_mapping(client: openai.AsyncOpenAI, upstream: Fa
         {"role": "assistant", "content": "I see it."},
         {"role": "user", "content": "thanks"},
     ]  # fmt: skip
-
-
-WEATHER = {
-    "type": "function",
-    "name": "get_weather",
-    "description": "Weather for a city",
-    "parameters": {
-        "type": "object",
-        "properties": {"city": {"type": "string"}},
-        "required": ["city"],
-        "additionalProperties": False,
-    },
-}
 
 
 async def test_function_tool_round_trip(client: openai.AsyncOpenAI, upstream: FakeUpstream) -> None:
@@ -310,7 +297,7 @@ async def test_models_list(client: openai.AsyncOpenAI) -> None:
 async def test_default_model_and_discovery(upstream: FakeUpstream, start_gateway: Any) -> None:
     upstream.models = ["up-a", "up-b"]
     url = await start_gateway(make_config(upstream.url, models=()))
-    async with openai.AsyncOpenAI(base_url=url, api_key="k", max_retries=0) as c:
+    async with sdk(url) as c:
         ids = [m.id async for m in c.models.list()]
         assert ids == ["up-a", "up-b", "default"]
         resp = await c.responses.create(model="default", input="x")
@@ -335,7 +322,7 @@ async def test_alias_and_token_field(upstream: FakeUpstream, start_gateway: Any)
         url = await start_gateway(cfg)
     finally:
         del os.environ["GATEWAY_TEST_KEY"]
-    async with openai.AsyncOpenAI(base_url=url, api_key="client-key", max_retries=0) as c:
+    async with sdk(url, "client-key") as c:
         resp = await c.responses.create(model="alias", input="x", max_output_tokens=20)
     assert resp.model == "alias"
     sent = upstream.received[-1]

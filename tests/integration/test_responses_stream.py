@@ -16,10 +16,12 @@ from aiohttp import web
 
 from tests.conftest import (
     DONE,
+    WEATHER,
     FakeUpstream,
     chunk,
     completion,
     make_config,
+    sdk,
     text_stream,
     usage_chunk,
 )
@@ -58,13 +60,6 @@ async def post_stream(url: str, body: dict) -> tuple[int, bytes]:
     async with aiohttp.ClientSession() as s:
         async with s.post(url + "/responses", json={**body, "stream": True}) as r:
             return r.status, await r.read()
-
-
-WEATHER = {
-    "type": "function",
-    "name": "get_weather",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
-}
 
 
 def tool_call_chunks(index: int, call_id: str, name: str, *args: str) -> list[bytes]:
@@ -285,7 +280,7 @@ async def test_non_streaming_deployment_still_streams(
     assert "response.output_text.delta" in names
     assert "response.function_call_arguments.delta" in names
     assert [o["type"] for o in final["output"]] == ["message", "function_call"]
-    async with openai.AsyncOpenAI(base_url=url, api_key="k", max_retries=0) as c:
+    async with sdk(url) as c:
         async with c.responses.stream(model="m1", input="x", tools=[WEATHER]) as s:
             resp = await s.get_final_response()
     assert resp.output_text == "Let me look."
