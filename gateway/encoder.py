@@ -70,17 +70,21 @@ class EventEncoder:
         (bench/micro_transcoder.py, text-* rows).
         """
         self.pieces += tokens
-        out = self.out
-        mid = self.mid
         seq = self.seq
-        end = seq + len(tokens)
-        if end <= ev.CACHED_SEQUENCE:
-            for digits, token in zip(ev.SEQUENCE[seq:end], tokens, strict=True):
-                out += (ev.TEXT_DELTA, digits, mid, token, ev.TEXT_DELTA_END)
-            self.seq = end
-        else:
+        n = len(tokens)
+        end = seq + n
+        if end > ev.CACHED_SEQUENCE:
             for token in tokens:
-                self.frame(ev.TEXT_DELTA, mid, token, ev.TEXT_DELTA_END)
+                self.frame(ev.TEXT_DELTA, self.mid, token, ev.TEXT_DELTA_END)
+            return
+        # Five pieces per event, interleaved by slice assignment (no Python loop).
+        frames: list[Any] = [ev.TEXT_DELTA] * (5 * n)
+        frames[1::5] = ev.SEQUENCE[seq:end]
+        frames[2::5] = [self.mid] * n
+        frames[3::5] = tokens
+        frames[4::5] = [ev.TEXT_DELTA_END] * n
+        self.out += frames
+        self.seq = end
 
     def emit(self, prefix: bytes, fields: dict) -> None:
         """Queue an event whose fields (after type and sequence_number) are a dict."""

@@ -53,9 +53,11 @@ _DATA = b"data"
 
 
 class SseParser:
-    __slots__ = ("_parts", "_size", "_tail_lf", "_skip_lf")
+    __slots__ = ("_parts", "_size", "_tail_lf", "_skip_lf", "lf_free")
 
     def __init__(self) -> None:
+        # No payload of the last feed holds an LF (only multi-line ``data`` makes one).
+        self.lf_free = True
         self._parts: list[bytes] = []  # unterminated event text, LF-normalised
         self._size = 0  # bytes in _parts
         self._tail_lf = False  # the last kept piece ends with LF
@@ -92,6 +94,7 @@ class SseParser:
             payloads = data[6:-2].split(_NEXT)
             if _LF not in (payloads[0] if len(payloads) == 1 else b"".join(payloads)):
                 self._tail_lf = False
+                self.lf_free = True
                 return payloads
         return self._blocks(data)
 
@@ -106,6 +109,7 @@ class SseParser:
                 raise SseTooLarge(f"an upstream event is over {MAX_EVENT_BYTES} bytes")
         self._tail_lf = rest[-1:] == _LF
         out: list[bytes] = []
+        lf_free = True
         for block in blocks:
             if block[:6] == _DATA_SP and _LF not in block:
                 out.append(block[6:])  # one `data: ...` line
@@ -113,6 +117,8 @@ class SseParser:
                 payload = _event_data(block)
                 if payload is not None:
                     out.append(payload)
+                    lf_free = lf_free and _LF not in payload
+        self.lf_free = lf_free
         return out
 
     def flush(self) -> bytes | None:

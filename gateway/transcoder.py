@@ -38,6 +38,7 @@ from collections.abc import Callable
 
 import msgspec
 
+from gateway.chunk_template import ChunkTemplate
 from gateway.encoder import EventEncoder
 from gateway.sse import SseParser, SseTooLarge
 from gateway.toolcalls import ToolCalls
@@ -50,6 +51,8 @@ DONE_MARKER = b"[DONE]"
 COMPLETED = "completed"
 INCOMPLETE = "incomplete"
 UNFINISHED = "upstream ended the stream before finishing"
+LEARNS = 4  # template (re)learning attempts per stream: chunk_template.py
+RUNS_PER_READ = 3  # ChunkTemplate.run attempts per upstream read (each is O(read))
 
 
 class State(enum.Enum):
@@ -68,7 +71,10 @@ _decode_plain = ck.PLAIN_DECODER.decode
 
 
 class Transcoder:
-    __slots__ = ("_enc", "_parser", "_state", "_status", "_finish", "_usage", "_calls")
+    __slots__ = (
+        "_enc", "_parser", "_state", "_status", "_finish", "_usage", "_calls", "_template",
+        "_learns",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -85,6 +91,8 @@ class Transcoder:
         self._finish: str | None = None  # the upstream's finish_reason
         self._usage: ck.Usage | None = None  # the upstream's latest usage
         self._calls = ToolCalls()
+        self._template: ChunkTemplate | None = None  # of this stream's text chunks
+        self._learns = LEARNS  # attempts left to learn (or learn again) a template
 
     @property
     def done(self) -> bool:
@@ -116,8 +124,27 @@ class Transcoder:
             return enc.drain()
         texts: list[bytes] = []  # a run of text deltas, framed together (enc.texts)
         plain = self._state is _TEXT
-        for payload in payloads:
+        template = self._template
+        runs = RUNS_PER_READ if self._parser.lf_free else 0
+        count = len(payloads)
+        i = 0
+        while i < count:
+            payload = payloads[i]
+            i += 1
             if plain:  # a text part is open: most chunks only bring more text
+                if template is not None:  # no decoding while the chunks fit the template
+                    if runs and i < count:
+                        runs -= 1
+                        matched, tokens = template.run(payloads, i - 1)
+                        if matched:
+                            texts += tokens
+                            i += matched - 1
+                            continue
+                    token = template.token(payload)
+                    if token is not None:
+                        if len(token) > 2:
+                            texts.append(token)
+                        continue
                 try:
                     view = _decode_plain(payload)
                 except msgspec.DecodeError:
@@ -130,6 +157,9 @@ class Transcoder:
                         token = bytes(content)
                         if token[0] == 34:
                             texts.append(token if token.isascii() else ck.valid_utf8(token))
+                            if self._learns and view.usage is None:
+                                self._learns -= 1
+                                template = self._template = ChunkTemplate.learn(payload, token)
                     continue
             try:
                 chunk = _decode(payload)

@@ -127,13 +127,23 @@ COMPLETION_DECODER = msgspec.json.Decoder(Completion)
 _NULL = b"null"
 NULL_RAW = Raw(_NULL)
 _QUOTE = b'"'
+_QUOTES = b'""'
 
 
 def join_tokens(pieces: list[bytes]) -> bytes:
-    """JSON string tokens → one token; escapes never cross a token boundary."""
+    """JSON string tokens → one token; escapes never cross a token boundary.
+
+    Inside a token a quote is escaped (backslash, quote), so two adjacent quotes
+    only occur where the tokens meet: a closing quote and the next opening one,
+    possibly right after an escaped quote (then the run has three quotes, and
+    dropping any adjacent pair of it leaves the same bytes). With the last
+    closing quote held back, one ``replace`` drops every meeting.
+    """
     if len(pieces) == 1:
         return pieces[0]
-    return _QUOTE + b"".join([p[1:-1] for p in pieces]) + _QUOTE
+    if not pieces:
+        return _QUOTES
+    return b"".join(pieces)[:-1].replace(_QUOTES, b"") + _QUOTE
 
 
 def string_token(raw: Raw) -> bytes | None:

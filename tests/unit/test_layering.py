@@ -21,6 +21,7 @@ PURE = [
     "gateway.encoder",
     "gateway.toolcalls",
     "gateway.transcoder",
+    "gateway.chunk_template",
 ]
 IO = ("asyncio", "aiohttp", "socket", "httptools", "uvloop")
 

@@ -1,0 +1,148 @@
+"""Text chunks recognised by their bytes: a per-stream template of the plain text chunk.
+
+The servers we front send the text chunks of one stream byte-identical but for
+the content string: vLLM, SGLang and Ollama repeat the same id, created, model
+and field order in every chunk. Once the transcoder has decoded one such chunk
+as a ``PlainChunk`` (one choice, index 0, only text), the bytes before and after
+its content token are the stream's template; a later payload that is exactly
+``prefix + token + suffix``, with ``token`` one valid JSON string, is the same
+JSON document with another string in the same place, so it is a plain text
+chunk with that content, and needs no decoding of its own.
+
+Why it is sound:
+
+- ``learn`` proves where the content slot is: it puts a probe string in the
+  candidate place, decodes that document as a ``PlainChunk`` and requires the
+  content to be the probe (which occurs once in the document) and no usage.
+  Any other valid JSON string token in that place parses the same way.
+- A candidate token must start and end with a quote and decode as one JSON
+  string (msgspec checks escapes, control characters and UTF-8): nothing
+  around it, so the token is spliced into the output exactly as the slower
+  path would splice it.
+
+A stream whose chunks differ in more than the content (a usage block in every
+chunk, a ``created`` that ticks) simply does not match and takes the decoding
+path; the transcoder may learn again from a later chunk.
+
+``run`` checks a whole run of payloads with a handful of C-level calls (one
+join, one split, one decode of the tokens alone): what makes an upstream read
+that holds many chunks cheap. See bench/README.md for the measured effect.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from gateway.wire.chunks import PLAIN_DECODER
+
+__all__ = ["ChunkTemplate"]
+
+# Valid JSON, and not something a model streams as a token.
+PROBE = b'"\\u0000gateway-probe\\u0000"'
+
+_LF = b"\n"
+_NUL = b"\x00"
+_QUOTE = 34
+_TOKENS = msgspec.json.Decoder(list[str])
+_TOKEN = msgspec.json.Decoder(str)
+
+
+class ChunkTemplate:
+    __slots__ = ("prefix", "suffix", "_lp", "_ls", "_sep")
+
+    def __init__(self, prefix: bytes, suffix: bytes) -> None:
+        self.prefix = prefix
+        self.suffix = suffix
+        self._lp = len(prefix)
+        self._ls = len(suffix)
+        # Between two matching payloads joined with LF (payloads given to ``run``
+        # hold no LF, and neither does the template).
+        self._sep = suffix + _LF + prefix
+
+    @classmethod
+    def learn(cls, payload: bytes, token: bytes) -> ChunkTemplate | None:
+        """The template of ``payload``, a plain text chunk whose content is ``token``.
+
+        ``None`` when the content's place cannot be proven (or the payload holds
+        an LF, which ``run`` uses as its separator).
+        """
+        if _LF in payload or token == PROBE:
+            return None
+        start = payload.find(token)
+        while start >= 0:
+            prefix = payload[:start]
+            suffix = payload[start + len(token) :]
+            doc = prefix + PROBE + suffix
+            if doc.count(PROBE) == 1:
+                try:
+                    view = PLAIN_DECODER.decode(doc)
+                except msgspec.DecodeError:
+                    pass
+                else:
+                    if view.usage is None and bytes(view.choices[0].delta.content) == PROBE:
+                        return cls(prefix, suffix)
+            start = payload.find(token, start + 1)
+        return None
+
+    def token(self, payload: bytes) -> bytes | None:
+        """The content token of a payload that matches, else ``None``.
+
+        The token may be ``b'""'`` (a chunk with empty text).
+        """
+        if not (payload.startswith(self.prefix) and payload.endswith(self.suffix)):
+            return None
+        token = payload[self._lp : len(payload) - self._ls]
+        if len(token) < 2 or token[0] != _QUOTE or token[-1] != _QUOTE:
+            return None
+        try:
+            _TOKEN.decode(token)
+        except ValueError:  # msgspec.DecodeError, or UnicodeDecodeError for bad UTF-8
+            return None
+        return token
+
+    def run(self, payloads: list[bytes], start: int) -> tuple[int, list[bytes]]:
+        """How many payloads from ``start`` on match, and their non-empty tokens.
+
+        The run ends before the payloads at the end that do not end like the
+        template (a read's finish, usage and ``[DONE]`` chunks). ``(0, [])``
+        when the run cannot be confirmed as a whole; the caller then goes
+        payload by payload. The payloads must hold no LF (the SSE parser says so).
+        """
+        suffix = self.suffix
+        end = len(payloads)
+        while end > start and not payloads[end - 1].endswith(suffix):
+            end -= 1
+        count = end - start
+        if count < 2:
+            return 0, []
+        block = payloads[start:end]
+        lp = self._lp
+        tokens = [payload[lp : -self._ls] for payload in block]
+        # The block, joined with LF, must equal prefix + tokens joined with
+        # suffix+LF+prefix + suffix: then every payload is prefix + its token +
+        # suffix (a payload shorter than prefix + suffix makes the lengths differ).
+        whole = _LF.join(block)
+        expected = self._sep.join(tokens)
+        if not (
+            len(whole) == lp + len(expected) + self._ls
+            and whole.startswith(self.prefix)
+            and whole.startswith(expected, lp)
+            and whole.endswith(suffix)
+        ):
+            return 0, []
+        try:
+            texts = _TOKENS.decode(b"[" + b",".join(tokens) + b"]")
+        except ValueError:  # msgspec.DecodeError, or UnicodeDecodeError for bad UTF-8
+            return 0, []
+        # As many strings as tokens: each token is one JSON value (an empty one
+        # makes the list invalid). Every token starts and ends with a quote: no
+        # whitespace around a value. NUL cannot occur in valid JSON, so the
+        # NULs of this join are exactly the count - 1 boundaries.
+        if len(texts) != count:
+            return 0, []
+        bounds = _NUL.join(tokens)
+        if bounds[0] != _QUOTE or bounds[-1] != _QUOTE or bounds.count(b'"\x00"') != count - 1:
+            return 0, []
+        if "" in texts:
+            tokens = [token for token in tokens if len(token) > 2]
+        return count, tokens
