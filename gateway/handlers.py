@@ -44,6 +44,8 @@ SSE_HEADERS = {
     "Cache-Control": "no-cache",
     "X-Accel-Buffering": "no",
 }
+# Frames held back while more upstream bytes are already in: at most this much.
+WRITE_AHEAD = 64 * 1024
 BAD_JSON = (
     "We could not parse the JSON body of your request. The body must be a JSON object "
     "(and the Content-Type application/json)."
@@ -228,11 +230,12 @@ class Gateway:
     ) -> http.StreamResponse:
         out = http.StreamResponse(headers=SSE_HEADERS)
         await out.prepare(request)
-        await out.write(tx.start())
+        frames = tx.start()
         try:
             if pump:
-                last = await self._pump(out, tx, upstream)
+                last = await self._pump(out, tx, upstream, frames)
             else:
+                await out.write(frames)
                 last = tx.complete(await upstream.read())
         except GatewayError as exc:
             last = tx.fail(exc.message)
@@ -245,20 +248,29 @@ class Gateway:
         await out.write_eof(last)  # the terminal event and the end of the body: one write
         return out
 
-    async def _pump(self, out: http.StreamResponse, tx: Transcoder, upstream: Response) -> bytes:
-        """Upstream bytes → transcoder → client, one write per upstream read.
+    async def _pump(
+        self, out: http.StreamResponse, tx: Transcoder, upstream: Response, frames: bytes
+    ) -> bytes:
+        """Upstream bytes → transcoder → client.
 
-        Returns the frames that end the stream, for the caller's final write.
+        Frames go out whenever the next upstream read would have to wait, so the
+        client never waits for bytes the gateway holds (``frames`` starts with
+        ``created`` and ``in_progress``), and what arrived together leaves
+        together (a whole answer in one read: one write). Returns the frames that
+        end the stream, for the caller's final write.
         """
         watch = self.keepalive.watch(out)
         try:
-            while data := await upstream.read_some():
+            while True:
+                if frames and (not upstream.ready() or len(frames) > WRITE_AHEAD):
+                    await out.write(frames)
+                    frames = b""
+                data = await upstream.read_some()
+                if not data:
+                    return frames + tx.finish()
                 watch.fresh = True
-                frames = tx.feed(data)
+                frames += tx.feed(data)
                 if tx.done:
                     return frames
-                if frames:
-                    await out.write(frames)
-            return tx.finish()
         finally:
             self.keepalive.unwatch(watch)

@@ -161,6 +161,10 @@ class Response(asyncio.Protocol):
         while not self.headers_done:
             await self._wait()
 
+    def ready(self) -> bool:
+        """``read_some`` would return without waiting."""
+        return bool(self.chunks) or self.complete or self.error is not None
+
     async def read_some(self) -> bytes:
         """The body bytes that arrived since the last call (waiting for some); b"" at the end."""
         while True:
