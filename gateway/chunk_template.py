@@ -31,6 +31,8 @@ that holds many chunks cheap. See bench/README.md for the measured effect.
 
 from __future__ import annotations
 
+from operator import itemgetter
+
 import msgspec
 
 from gateway.wire.chunks import PLAIN_DECODER
@@ -48,7 +50,7 @@ _TOKEN = msgspec.json.Decoder(str)
 
 
 class ChunkTemplate:
-    __slots__ = ("prefix", "suffix", "_lp", "_ls", "_sep")
+    __slots__ = ("prefix", "suffix", "_lp", "_ls", "_sep", "_cut")
 
     def __init__(self, prefix: bytes, suffix: bytes) -> None:
         self.prefix = prefix
@@ -58,6 +60,7 @@ class ChunkTemplate:
         # Between two matching payloads joined with LF (payloads given to ``run``
         # hold no LF, and neither does the template).
         self._sep = suffix + _LF + prefix
+        self._cut = itemgetter(slice(self._lp, -self._ls))  # payload -> its token
 
     @classmethod
     def learn(cls, payload: bytes, token: bytes) -> ChunkTemplate | None:
@@ -117,7 +120,7 @@ class ChunkTemplate:
             return 0, []
         block = payloads[start:end]
         lp = self._lp
-        tokens = [payload[lp : -self._ls] for payload in block]
+        tokens = list(map(self._cut, block))
         # The block, joined with LF, must equal prefix + tokens joined with
         # suffix+LF+prefix + suffix: then every payload is prefix + its token +
         # suffix (a payload shorter than prefix + suffix makes the lengths differ).

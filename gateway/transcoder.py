@@ -161,6 +161,12 @@ class Transcoder:
                                 self._learns -= 1
                                 template = self._template = ChunkTemplate.learn(payload, token)
                     continue
+            if payload == DONE_MARKER:  # (checked first: a failed decode raises, which costs)
+                if texts:
+                    enc.texts(texts)
+                    texts = []
+                self._on_done()
+                break
             try:
                 chunk = _decode(payload)
             except msgspec.DecodeError as exc:
@@ -255,14 +261,16 @@ class Transcoder:
 
     # ---- upstream facts ------------------------------------------------------------------
 
+    def _on_done(self) -> None:
+        """``[DONE]``: the end; without a finish_reason, a broken one."""
+        if self._state is State.FINISHING:
+            self._terminal()
+        else:
+            self._fail(UNFINISHED)
+
     def _on_undecodable(self, payload: bytes, exc: msgspec.DecodeError) -> None:
-        """A payload that is not a JSON chunk: ``[DONE]``, blank, or garbage."""
-        if payload == DONE_MARKER:  # the end; without a finish_reason, a broken one
-            if self._state is State.FINISHING:
-                self._terminal()
-            else:
-                self._fail(UNFINISHED)
-        elif payload.strip():
+        """A payload that is not a JSON chunk (nor ``[DONE]``): blank, or garbage."""
+        if payload.strip():
             self._fail(f"upstream sent a malformed chunk: {exc}")
 
     def _on_chunk(self, chunk: ck.Chunk) -> None:
