@@ -73,6 +73,10 @@ class EventEncoder:
         seq = self.seq
         n = len(tokens)
         end = seq + n
+        if n == 1 and seq < ev.CACHED_SEQUENCE:  # one delta per read: a token-by-token stream
+            self.out += (ev.TEXT_DELTA, ev.SEQUENCE[seq], self.mid, tokens[0], ev.TEXT_DELTA_END)
+            self.seq = end
+            return
         if end > ev.CACHED_SEQUENCE:
             for token in tokens:
                 self.frame(ev.TEXT_DELTA, self.mid, token, ev.TEXT_DELTA_END)

@@ -324,7 +324,7 @@ class Transcoder:
         if call is calls.open:
             if token is not None:
                 self._enc.arguments(call, token)
-                if calls.queue and (b"}" in token or b"]" in token):
+                if calls.queue and (125 in token or 93 in token):  # "}" or "]"
                     self._advance()
         elif not call.item_id:  # queued: buffer, then open whatever can open
             if token is not None:
