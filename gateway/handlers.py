@@ -50,6 +50,7 @@ BAD_JSON = (
     "We could not parse the JSON body of your request. The body must be a JSON object "
     "(and the Content-Type application/json)."
 )
+BAD_UTF8 = "The JSON body of your request is not valid UTF-8"
 NO_STORED = (
     "Stored responses are not offered: this gateway is stateless, so responses cannot be "
     "retrieved, deleted or cancelled after they were returned."
@@ -60,8 +61,14 @@ def error_response(exc: GatewayError) -> http.Response:
     return http.Response(status=exc.status, body=exc.body(), content_type=JSON)
 
 
-def decode_error(exc: msgspec.ValidationError | msgspec.DecodeError) -> InvalidRequest:
-    """A msgspec error → a 400 naming the field path (``temperature``, ``input[0].role``)."""
+def decode_error(exc: ValueError) -> InvalidRequest:
+    """A msgspec error → a 400 naming the field path (``temperature``, ``input[0].role``).
+
+    msgspec raises ``UnicodeDecodeError`` (not one of its own errors) for a
+    string that is not UTF-8.
+    """
+    if isinstance(exc, UnicodeDecodeError):
+        return InvalidRequest(f"{BAD_UTF8}: {exc}", code="invalid_value")
     if not isinstance(exc, msgspec.ValidationError):
         return InvalidRequest(BAD_JSON)
     text = str(exc)
@@ -158,7 +165,7 @@ class Gateway:
         body = await read_body(request, self.max_body)
         try:
             doc = decoder.decode(body)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        except ValueError as exc:  # msgspec's errors and UnicodeDecodeError
             raise decode_error(exc) from exc
         route = await self.router.resolve(doc.model)
         limit = route.dep.max_body_bytes
@@ -218,7 +225,7 @@ class Gateway:
             upstream.release()
         try:
             completion = COMPLETION_DECODER.decode(data)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        except ValueError as exc:  # msgspec's errors and UnicodeDecodeError
             raise UpstreamBadResponse(
                 f"The upstream's answer is not a chat completion: {exc}"
             ) from exc

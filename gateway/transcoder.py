@@ -36,8 +36,6 @@ import enum
 import time
 from collections.abc import Callable
 
-import msgspec
-
 from gateway.chunk_template import ChunkTemplate
 from gateway.encoder import EventEncoder
 from gateway.sse import SseParser, SseTooLarge
@@ -147,7 +145,7 @@ class Transcoder:
                         continue
                 try:
                     view = _decode_plain(payload)
-                except msgspec.DecodeError:
+                except ValueError:
                     pass  # not a plain text chunk (or not JSON): the general path decides
                 else:
                     if view.usage is not None:
@@ -169,7 +167,7 @@ class Transcoder:
                 break
             try:
                 chunk = _decode(payload)
-            except msgspec.DecodeError as exc:
+            except ValueError as exc:  # msgspec's errors, or UnicodeDecodeError in a str field
                 if texts:
                     enc.texts(texts)
                     texts = []
@@ -243,7 +241,7 @@ class Transcoder:
             return b""
         try:
             body = ck.COMPLETION_DECODER.decode(completion)
-        except msgspec.DecodeError as exc:
+        except ValueError as exc:  # msgspec's errors, or UnicodeDecodeError in a str field
             self._fail(f"upstream sent a malformed completion: {exc}")
         else:
             self._on_completion(body)
@@ -268,7 +266,7 @@ class Transcoder:
         else:
             self._fail(UNFINISHED)
 
-    def _on_undecodable(self, payload: bytes, exc: msgspec.DecodeError) -> None:
+    def _on_undecodable(self, payload: bytes, exc: ValueError) -> None:
         """A payload that is not a JSON chunk (nor ``[DONE]``): blank, or garbage."""
         if payload.strip():
             self._fail(f"upstream sent a malformed chunk: {exc}")

@@ -117,7 +117,7 @@ def to_chat_tool_choice(raw: msgspec.Raw, chat_tools: list[dict]) -> tuple[Any, 
         return None, "auto", chat_tools
     try:
         choice = TOOL_CHOICE_DECODER.decode(raw)
-    except msgspec.ValidationError as exc:
+    except ValueError as exc:  # msgspec errors, or UnicodeDecodeError (Raw is not UTF-8-checked)
         raise InvalidRequest(
             f"Invalid 'tool_choice': {exc}", param="tool_choice", code="invalid_type"
         ) from exc
@@ -177,7 +177,7 @@ def to_response_format(raw: msgspec.Raw, dep: Deployment) -> tuple[dict | None, 
         return None, _TEXT_DEFAULT
     try:
         text: TextConfig = TEXT_DECODER.decode(raw)
-    except msgspec.ValidationError as exc:
+    except ValueError as exc:  # msgspec errors, or UnicodeDecodeError (Raw is not UTF-8-checked)
         raise InvalidRequest(f"Invalid 'text': {exc}", param="text", code="invalid_type") from exc
     echo = orjson.loads(bytes(raw))
     if echo.get("format") is None:

@@ -161,6 +161,26 @@ async def test_malformed_json(gateway_url: str) -> None:
     assert status == 400 and body["error"]["code"] == "invalid_type"
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"model": "m1\xff", "input": "x"}',
+        b'{"model": "m1", "input": "caf\xe9"}',
+        b'{"model": "m1", "input": "x", "text": {"format": {"type": "json_schema",'
+        b' "name": "n\xff", "schema": {}}}}',
+        b'{"model": "m1", "input": "x", "tool_choice": {"type": "function", "name": "\xff"}}',
+    ],
+)
+async def test_invalid_utf8_is_a_400(gateway_url: str, body: bytes) -> None:
+    """A string that is not UTF-8 is the client's error, wherever it is (never a 500)."""
+    status, doc = await raw(gateway_url, "POST", "/responses", body)
+    assert status == 400, doc
+    assert doc["error"]["type"] == "invalid_request_error"
+    if b'"model": "m1\xff"' in body:
+        status, doc = await raw(gateway_url, "POST", "/chat/completions", body)
+        assert status == 400 and "UTF-8" in doc["error"]["message"]
+
+
 async def test_stored_responses_refused(client: openai.AsyncOpenAI, gateway_url: str) -> None:
     await expect(
         openai.NotFoundError,
@@ -270,6 +290,20 @@ async def test_upstream_timeout_is_504(upstream: FakeUpstream, start_gateway: An
 
 async def test_upstream_garbage_is_502(client: openai.AsyncOpenAI, upstream: FakeUpstream) -> None:
     upstream.reply = upstream.json_reply({"choices": "nope"})
+    await expect(
+        openai.InternalServerError,
+        client.responses.create(model="m1", input="x"),
+        status=502,
+        code="server_error",
+        type_="server_error",
+    )
+
+
+async def test_upstream_completion_not_utf8_is_502(
+    client: openai.AsyncOpenAI, upstream: FakeUpstream
+) -> None:
+    body = b'{"choices":[{"index":0,"message":{"content":"hi"},"finish_reason":"st\xffp"}]}'
+    upstream.reply = upstream.raw_reply(body, 200, "application/json")
     await expect(
         openai.InternalServerError,
         client.responses.create(model="m1", input="x"),

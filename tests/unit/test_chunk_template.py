@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from transcript import check, run
 
 from gateway import transcoder
-from gateway.chunk_template import PROBE, ChunkTemplate
+from gateway.chunk_template import LEARN_TRIES, PROBE, ChunkTemplate
 from gateway.sse import SseParser
 from gateway.wire.chunks import PLAIN_DECODER
 
@@ -112,6 +112,10 @@ BAD = [
     b'"\xff"',  # bad UTF-8
     b'"tab\x01"',  # raw control byte
     b"",
+    b'"","',  # a string and the start of another
+    b'"',
+    b'"\\"',  # an escaped quote, no closing one
+    b'",""',
 ]
 
 
@@ -147,6 +151,28 @@ def test_run_refuses_a_block_with_an_odd_payload_inside(odd: bytes) -> None:
     inner = odd if odd == FINISH else payload("vllm", odd)
     payloads = [payload("vllm", b'"a"'), inner, payload("vllm", b'"b"')]
     assert template.run(payloads, 0) == (0, [])
+
+
+@pytest.mark.parametrize(
+    "pair", [(b'"","', b'"'), (b'"\\"', b'",""'), (b'"a\\"', b'",'), (b'"",', b'"b"')]
+)
+def test_run_refuses_tokens_that_straddle_the_join(pair: tuple[bytes, bytes]) -> None:
+    """Joined as a list, '"","' and '"' give two valid strings: a count is not enough."""
+    template = learned("vllm")
+    payloads = [payload("vllm", token) for token in pair]
+    assert template.run(payloads, 0) == (0, [])
+    assert template.token(payloads[0]) is None
+
+
+def test_learn_tries_a_bounded_number_of_places() -> None:
+    """Each try decodes the chunk: a token repeated all over it must not cost more."""
+    decoys = "".join(f',"k{i}":"x"' for i in range(LEARN_TRIES))
+    head = b'{"o":"x"' + decoys.encode() + b',"choices":[{"index":0,"delta":{"content":'
+    chunk = head + b'"x"}}]}'
+    assert ChunkTemplate.learn(chunk, b'"x"') is None  # the content is place LEARN_TRIES + 2
+    assert ChunkTemplate.learn(chunk.replace(b',"k0":"x"', b""), b'"x"') is None
+    fewer = b'{"o":"x","choices":[{"index":0,"delta":{"content":"x"}}]}'
+    assert ChunkTemplate.learn(fewer, b'"x"') is not None
 
 
 # ---- properties -------------------------------------------------------------------------

@@ -515,3 +515,21 @@ def test_a_raw_control_byte_in_text_is_malformed() -> None:
     events = check(run([*pieces, b"data: [DONE]\n\n"]))
     assert events[-1]["type"] == "response.failed"
     assert "malformed" in events[-1]["response"]["error"]["message"]
+
+
+def test_a_chunk_that_is_not_utf8_fails_the_stream_and_keeps_what_came_before() -> None:
+    """msgspec raises UnicodeDecodeError (not a DecodeError) for a str field."""
+    pieces = [
+        _text_chunk("a")
+        + _text_chunk("b")
+        + _text_chunk("c")
+        + b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"st\xffp"}]}\n\n'
+    ]
+    events = check(run(pieces))
+    assert [e["delta"] for e in events if e["type"] == "response.output_text.delta"] == list("abc")
+    assert events[-1]["type"] == "response.failed"
+    assert "malformed" in events[-1]["response"]["error"]["message"]
+    tx = make()
+    out = tx.start() + tx.complete(b'{"choices":[{"index":0,"finish_reason":"\xff"}]}')
+    events = check(out + tx.finish())
+    assert events[-1]["type"] == "response.failed"
