@@ -19,15 +19,14 @@ Why it is sound:
   a quote and decodes as one string with nothing after it (msgspec checks
   escapes, control characters and UTF-8), so it is spliced into the output
   exactly as the slower path would splice it. ``run`` checks a whole run's
-  tokens at once: decoded as a list, they must give as many values as there
-  are tokens, each exactly as long as its token.
+  tokens at once: decoded as a list, the values must be the tokens themselves.
 
 A stream whose chunks differ in more than the content (a usage block in every
 chunk, a ``created`` that ticks) simply does not match and takes the decoding
 path; the transcoder may learn again from a later chunk.
 
 ``run`` checks a whole run of payloads with a handful of C-level calls (two
-joins and a comparison against the template, two decodes of the tokens alone):
+joins and a comparison against the template, one decode of the tokens alone):
 what makes an upstream read that holds many chunks cheap. See bench/README.md
 for the measured effect.
 """
@@ -48,8 +47,8 @@ LEARN_TRIES = 4  # places of the token in a chunk tried as the content's place
 PROBE = b'"\\u0000gateway-probe\\u0000"'
 
 _LF = b"\n"
+_NUL = b"\x00"
 _QUOTE = 34  # '"'
-_TOKENS = msgspec.json.Decoder(list[str])
 _RAWS = msgspec.json.Decoder(list[msgspec.Raw])
 _TOKEN = msgspec.json.Decoder(str)
 
@@ -142,20 +141,24 @@ class ChunkTemplate:
             and whole.endswith(suffix)
         ):
             return 0, []
-        # Each token must be exactly one JSON string. Decoded as a list of str,
-        # every value is a valid string (escapes, UTF-8); decoded as a list of Raw,
-        # the values must be as many as the tokens and each exactly as long as its
-        # token: then, with no room left for whitespace, each value spans exactly
-        # its token. (A count alone is not enough: the tokens '"","' and '"' join to
-        # '["",","]', two valid strings that straddle the join's comma.)
+        # Each token must be exactly one JSON string. Decoded as a list of Raw, the
+        # values are checked JSON (escapes, control characters, surrogates; not
+        # UTF-8, hence the decode) and must be the tokens themselves: joined with
+        # NUL (which valid JSON cannot hold), values and tokens are the same
+        # bytes; and each starts with a quote. A count alone is not enough: the tokens '"","' and '"' join to
+        # '["",","]', two valid strings that straddle the join's comma.
         joined = b"[" + b",".join(tokens) + b"]"
         try:
-            texts = _TOKENS.decode(joined)
-            spans = _RAWS.decode(joined)
+            values = _RAWS.decode(joined)
+            joined.isascii() or joined.decode()
         except ValueError:  # msgspec.DecodeError, or UnicodeDecodeError for bad UTF-8
             return 0, []
-        if list(map(len, spans)) != list(map(len, tokens)):
+        bounds = _NUL.join(tokens)
+        if _NUL.join(values) != bounds:
             return 0, []
-        if "" in texts:
+        if bounds[0] != _QUOTE or bounds.count(b'\x00"') != count - 1:
+            return 0, []  # a value that is not a string (a number, null, an object)
+        # An empty string token '""' (no text) starts the join or follows a NUL.
+        if bounds[:2] == b'""' or bounds.find(b'\x00""') >= 0:
             tokens = [token for token in tokens if len(token) > 2]
         return count, tokens
