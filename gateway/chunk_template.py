@@ -145,8 +145,9 @@ class ChunkTemplate:
         # values are checked JSON (escapes, control characters, surrogates; not
         # UTF-8, hence the decode) and must be the tokens themselves: joined with
         # NUL (which valid JSON cannot hold), values and tokens are the same
-        # bytes; and each starts with a quote. A count alone is not enough: the tokens '"","' and '"' join to
-        # '["",","]', two valid strings that straddle the join's comma.
+        # bytes; and each starts with a quote. A count alone is not enough: the
+        # tokens '"","' and '"' join to '["",","]', two valid strings that
+        # straddle the join's comma.
         joined = b"[" + b",".join(tokens) + b"]"
         try:
             values = _RAWS.decode(joined)
