@@ -50,7 +50,7 @@ COMPLETED = "completed"
 INCOMPLETE = "incomplete"
 UNFINISHED = "upstream ended the stream before finishing"
 LEARNS = 4  # template (re)learning attempts per stream: chunk_template.py
-RUNS_PER_READ = 3  # ChunkTemplate.run attempts per upstream read (each is O(read))
+RUNS_PER_READ = 3  # ChunkTemplate.run tries per upstream read (each O(read)); none after a miss
 
 
 class State(enum.Enum):
@@ -138,6 +138,7 @@ class Transcoder:
                             texts += tokens
                             i += matched - 1
                             continue
+                        runs = 0  # an odd chunk in this read: payload by payload from here
                     token = template.token(payload)
                     if token is not None:
                         if len(token) > 2:
