@@ -25,8 +25,8 @@ A stream whose chunks differ in more than the content (a usage block in every
 chunk, a ``created`` that ticks) simply does not match and takes the decoding
 path; the transcoder may learn again from a later chunk.
 
-``run`` checks a whole run of payloads with a handful of C-level calls (two
-joins and a comparison against the template, one decode of the tokens alone):
+``run`` checks a whole run of payloads with a handful of C-level calls (a few
+joins and comparisons against the template, one decode of the tokens alone):
 what makes an upstream read that holds many chunks cheap. See bench/README.md
 for the measured effect.
 """

@@ -110,11 +110,11 @@ class Transcoder:
         if self._state is _NEW:
             self._start()
         enc = self._enc
-        # The hot loop, measured by bench/micro_transcoder.py (text-* and tool-* rows,
-        # about 1.3x faster than dispatching every chunk): a chunk that only brings more
-        # text for the open text part (decoded as a PlainChunk), or more arguments for
-        # the open function call, is taken right here; anything else (or odd) goes to
-        # _on_undecodable / _on_chunk.
+        # The hot loop, measured by bench/micro_transcoder.py (text-* and tool-* rows):
+        # a chunk that only brings more text for the open text part (matched by the
+        # stream's chunk template, a whole run of them at once, or else decoded as a
+        # PlainChunk), or more arguments for the open function call, is taken right
+        # here; anything else (or odd) goes to _on_undecodable / _on_chunk.
         try:
             payloads = self._parser.feed(data)
         except SseTooLarge as exc:
