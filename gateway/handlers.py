@@ -263,7 +263,10 @@ class Gateway:
         Frames go out whenever the next upstream read would have to wait, so the
         client never waits for bytes the gateway holds (``frames`` starts with
         ``created`` and ``in_progress``), and what arrived together leaves
-        together (a whole answer in one read: one write). Returns the frames that
+        together (a whole answer in one read: one write). Frames are only held
+        across a read that returns at once (``ready``: bytes or the end, never an
+        error), and written before a failure propagates, so no event is lost
+        before the ``response.failed`` that follows it. Returns the frames that
         end the stream, for the caller's final write.
         """
         watch = self.keepalive.watch(out)
@@ -276,7 +279,11 @@ class Gateway:
                 if not data:
                     return frames + tx.finish()
                 watch.fresh = True
-                frames += tx.feed(data)
+                try:
+                    frames += tx.feed(data)
+                except Exception:
+                    await out.write(frames)  # owed to the client before the failure event
+                    raise
                 if tx.done:
                     return frames
         finally:

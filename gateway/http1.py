@@ -162,8 +162,8 @@ class Response(asyncio.Protocol):
             await self._wait()
 
     def ready(self) -> bool:
-        """``read_some`` would return without waiting."""
-        return bool(self.chunks) or self.complete or self.error is not None
+        """``read_some`` would return bytes or the end at once (never an error)."""
+        return bool(self.chunks) or self.complete
 
     async def read_some(self) -> bytes:
         """The body bytes that arrived since the last call (waiting for some); b"" at the end."""

@@ -351,3 +351,53 @@ async def test_slow_reader_back_pressure(gateway_url: str, upstream: FakeUpstrea
     # bounded; a gateway without back-pressure would have pulled everything.
     assert first < 32_000_000, first
     assert stalled < 1_000_000, stalled
+
+
+class _Recorder:
+    """The client side of ``Gateway._pump``: what the gateway writes, in order."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    async def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+
+async def test_events_held_back_are_written_before_an_upstream_failure() -> None:
+    """Deltas and the upstream's drop arrive together: the deltas still go out first.
+
+    The upstream connection (the real ``http1.Response`` protocol, fed raw bytes)
+    receives three chunks and then loses its connection before the gateway reads
+    any of it; the frames the pump holds back for the next read must be written
+    before that read raises, or the client would see a gap before
+    ``response.failed``.
+    """
+    from gateway.errors import GatewayError
+    from gateway.handlers import Gateway
+    from gateway.http1 import Pool, Response
+    from gateway.keepalive import KeepAlive
+    from gateway.transcoder import Transcoder
+    from gateway.wire import output
+
+    class Transport:
+        def close(self) -> None: ...
+
+    resp = Response(Pool("http://127.0.0.1:9/v1", connect_timeout=1.0, read_timeout=5.0))
+    resp.connection_made(Transport())  # type: ignore[arg-type]
+    body = b"".join(chunk({"content": t}) for t in ("a", "b", "c"))
+    resp.data_received(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n" % (len(body), body)
+    )
+    resp.connection_lost(None)  # mid-body: the upstream went away
+    await resp.read_headers()
+    gateway = Gateway(router=None, keepalive=KeepAlive(0), max_body=1 << 20)  # type: ignore[arg-type]
+    tx = Transcoder(output.response_base("resp_x", 1, "m1", {}))
+    out = _Recorder()
+    with pytest.raises(GatewayError):
+        await gateway._pump(out, tx, resp, tx.start())  # type: ignore[arg-type]
+    raw = b"".join(out.writes) + tx.fail("upstream went away")
+    events = parse_sse(raw)
+    check_stream(events)
+    assert [d["delta"] for n, d in events if n == "response.output_text.delta"] == ["a", "b", "c"]
+    assert events[-1][0] == "response.failed"
