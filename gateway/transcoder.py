@@ -160,18 +160,15 @@ class Transcoder:
                                 self._learns -= 1
                                 template = self._template = ChunkTemplate.learn(payload, token)
                     continue
+            if texts:  # not a plain text chunk: the text before it goes out first
+                enc.texts(texts)
+                texts = []
             if payload == DONE_MARKER:  # (checked first: a failed decode raises, which costs)
-                if texts:
-                    enc.texts(texts)
-                    texts = []
                 self._on_done()
                 break
             try:
                 chunk = _decode(payload)
             except ValueError as exc:  # msgspec's errors, or UnicodeDecodeError in a str field
-                if texts:
-                    enc.texts(texts)
-                    texts = []
                 self._on_undecodable(payload, exc)
                 if self._state is _DONE:
                     break
@@ -208,9 +205,6 @@ class Transcoder:
                         if piece is not None:
                             enc.arguments(current, piece)
                         continue
-            if texts:
-                enc.texts(texts)
-                texts = []
             self._on_chunk(chunk)
             if self._state is _DONE:
                 break

@@ -147,5 +147,5 @@ def _field(obj: Any, name: str) -> Any:
 
 
 def _int_field(obj: Any, name: str) -> int:
-    value = obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+    value = _field(obj, name)
     return value if isinstance(value, int) else 0
