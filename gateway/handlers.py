@@ -50,7 +50,7 @@ BAD_JSON = (
     "We could not parse the JSON body of your request. The body must be a JSON object "
     "(and the Content-Type application/json)."
 )
-BAD_UTF8 = "The JSON body of your request is not valid UTF-8"
+BAD_UTF8 = "The JSON body of your request is not valid UTF-8."
 NO_STORED = (
     "Stored responses are not offered: this gateway is stateless, so responses cannot be "
     "retrieved, deleted or cancelled after they were returned."
@@ -61,15 +61,16 @@ def error_response(exc: GatewayError) -> http.Response:
     return http.Response(status=exc.status, body=exc.body(), content_type=JSON)
 
 
-def decode_error(exc: ValueError) -> InvalidRequest:
+def decode_error(exc: ValueError, body: bytes) -> InvalidRequest:
     """A msgspec error → a 400 naming the field path (``temperature``, ``input[0].role``).
 
-    msgspec raises ``UnicodeDecodeError`` (not one of its own errors) for a
-    string that is not UTF-8.
+    A string that is not UTF-8 is told apart by checking the body itself, not
+    by the library's error (msgspec 0.19 raised ``UnicodeDecodeError``, 0.23 its
+    own ``DecodeError``); this is the error path only.
     """
-    if isinstance(exc, UnicodeDecodeError):
-        return InvalidRequest(f"{BAD_UTF8}: {exc}", code="invalid_value")
     if not isinstance(exc, msgspec.ValidationError):
+        if not _is_utf8(body):
+            return InvalidRequest(BAD_UTF8, code="invalid_value")
         return InvalidRequest(BAD_JSON)
     text = str(exc)
     path = ""
@@ -88,6 +89,14 @@ def decode_error(exc: ValueError) -> InvalidRequest:
     if not path:
         return InvalidRequest(f"Invalid request body: {text}.", code=code)
     return InvalidRequest(f"Invalid '{path}': {text}.", param=path, code=code)
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 async def read_body(request: http.Request, limit: int) -> bytes:
@@ -166,7 +175,7 @@ class Gateway:
         try:
             doc = decoder.decode(body)
         except ValueError as exc:  # msgspec's errors and UnicodeDecodeError
-            raise decode_error(exc) from exc
+            raise decode_error(exc, body) from exc
         route = await self.router.resolve(doc.model)
         limit = route.dep.max_body_bytes
         if len(body) > limit:
