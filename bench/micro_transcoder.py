@@ -1,6 +1,6 @@
 """Micro-benchmark: the chosen transcoder vs the naive baseline, CPU only.
 
-Replays upstream chat-completions SSE streams through ``gateway.transcoder.Transcoder``
+Replays upstream chat-completions SSE streams through ``gateway.core.stream.transcoder.Transcoder``
 and ``bench.naive_transcoder.NaiveTranscoder`` (a whole request each time:
 ``start()``, the reads, ``finish()``) and prints, per stream and per feeding mode,
 upstream events/s and µs per upstream event for both, and the ratio naive/chosen.
@@ -37,9 +37,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.naive_transcoder import NaiveTranscoder  # noqa: E402
-from gateway.sse import SseParser  # noqa: E402
-from gateway.transcoder import Transcoder  # noqa: E402
-from gateway.wire import output  # noqa: E402
+from gateway.core.stream.sse import SseParser  # noqa: E402
+from gateway.core.stream.transcoder import Transcoder  # noqa: E402
+from gateway.core.wire import output  # noqa: E402
 
 GOLDEN = ROOT / "tests" / "data" / "streams"
 _TEXT = (

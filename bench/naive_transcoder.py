@@ -1,6 +1,6 @@
 """The straightforward transcoder, kept as the micro-benchmark's baseline.
 
-Same interface and same event sequence as ``gateway.transcoder.Transcoder``, but
+Same interface and same event sequence as ``gateway.core.stream.transcoder.Transcoder``, but
 written the obvious way: every upstream chunk is decoded with ``orjson.loads``
 into dicts and ``str``; every event is a dict (type and sequence_number
 included) serialised with ``orjson.dumps`` and framed by concatenation.
@@ -16,8 +16,9 @@ from typing import Any
 
 import orjson
 
-from gateway.sse import SseParser
-from gateway.wire import output
+from gateway.core.ids import IDS, Ids
+from gateway.core.stream.sse import SseParser
+from gateway.core.wire import output
 
 
 class _Call:
@@ -50,13 +51,11 @@ class NaiveTranscoder:
         base: dict,
         *,
         now: Callable[[], float] = time.time,
-        new_id: Callable[[str], str] = output.new_id,
-        new_call_id: Callable[[], str] = output.new_call_id,
+        ids: Ids = IDS,
     ) -> None:
         self.base = base
         self.now = now
-        self.new_id = new_id
-        self.new_call_id = new_call_id
+        self.ids = ids
         self.parser = SseParser()
         self.state = "new"  # new idle text refusal calls finishing done
         self.status: str | None = None
@@ -272,7 +271,7 @@ class NaiveTranscoder:
         if self.state == "calls":
             self.close_calls("completed")
         if self.state == "idle":
-            self.msg_id = self.new_id("msg_")
+            self.msg_id = self.ids.new("msg_")
             self.msg_index = self.next_index
             self.next_index += 1
             self.parts = []
@@ -329,8 +328,8 @@ class NaiveTranscoder:
             self.open_call(self.queue.pop(0))
 
     def open_call(self, call: _Call) -> None:
-        call.call_id = call.call_id or self.new_call_id()
-        call.item_id = self.new_id("fc_")
+        call.call_id = call.call_id or self.ids.call()
+        call.item_id = self.ids.new("fc_")
         call.output_index = self.next_index
         self.next_index += 1
         item = output.function_call_item(call.item_id, call.call_id, call.name, "", "in_progress")

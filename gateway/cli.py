@@ -8,13 +8,16 @@
 
 ``serve`` with neither ``--upstream`` nor ``--config`` starts the bundled demo
 upstream (a fake model) and serves it, so the gateway works out of the box.
-This is the only module that reads files, argv and the environment.
+This is the only module that reads files, argv and the environment: the config
+file's bytes go to ``config.parse``, and ``os.environ`` is handed down to the
+process (``ops.lifecycle``) as a mapping.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import socket
 import subprocess
 import sys
@@ -24,7 +27,8 @@ import urllib.request
 import msgspec
 
 from gateway import __version__
-from gateway.config import DEFAULT_READ_TIMEOUT, Config, ConfigError, Deployment, Listen, load
+from gateway.config import Config, ConfigError, Deployment, Listen, parse
+from gateway.limits import UPSTREAM_READ_TIMEOUT
 
 log = logging.getLogger("gateway")
 
@@ -47,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--upstream-timeout",
         type=float,
-        default=DEFAULT_READ_TIMEOUT,
+        default=UPSTREAM_READ_TIMEOUT,
         help="seconds to wait for upstream headers and between chunks (default 600)",
     )
     s.add_argument("--workers", type=int, help="processes sharing the port (SO_REUSEPORT)")
@@ -58,6 +62,16 @@ def _parser() -> argparse.ArgumentParser:
         "demo-upstream", help="run the bundled demo chat-completions server", add_help=False
     )
     return p
+
+
+def load(path: str) -> Config:
+    """Read and validate a TOML config file; raise ConfigError naming the bad key."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+    return parse(data, path)
 
 
 def build_config(args: argparse.Namespace) -> Config:
@@ -106,7 +120,7 @@ def start_demo() -> tuple[subprocess.Popen[bytes], str]:
 
 
 def serve(args: argparse.Namespace) -> int:
-    from gateway import server
+    from gateway.ops import lifecycle
 
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     demo = None
@@ -119,8 +133,8 @@ def serve(args: argparse.Namespace) -> int:
     try:
         cfg = build_config(args)
         if cfg.workers > 1:
-            return server.run_workers(cfg)
-        server.run(cfg)
+            return lifecycle.run_workers(cfg, os.environ)
+        lifecycle.run(cfg, os.environ)
         return 0
     finally:
         if demo is not None:
@@ -131,9 +145,9 @@ def serve(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["demo-upstream"]:
-        from gateway import demo
+        from gateway.demo import upstream
 
-        return demo.main(argv[1:])
+        return upstream.main(argv[1:])
     args = _parser().parse_args(argv)
     try:
         if args.command == "check-config":

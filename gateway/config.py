@@ -24,16 +24,20 @@ Example ``gateway.toml``::
     images = true
 
 Unknown keys are errors (``forbid_unknown_fields``), so a typo fails at
-``gateway check-config`` instead of being ignored. Only ``cli`` reads files
-and the environment; everything else receives these objects.
+``gateway check-config`` instead of being ignored. Nothing here reads a file or
+the environment: ``cli`` reads the file and hands its bytes to ``parse``, and
+reads the environment once, handing it down as a mapping (``upstream_key``).
+Defaults that are bounds come from ``gateway.limits``.
 """
 
 from __future__ import annotations
 
-import os
+from collections.abc import Mapping
 from typing import Literal
 
 import msgspec
+
+from gateway import limits
 
 
 class _Base(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, rename="kebab"):
@@ -54,22 +58,15 @@ class Supports(_Base, frozen=True):
     images: bool = True
 
 
-# 8 MiB: room for a few base64 images in a request; OpenAI's own limit is larger,
-# but a gateway at the edge should refuse a runaway body before decoding it.
-DEFAULT_MAX_BODY = 8 * 1024 * 1024
-# The official clients' default timeout is 600 s.
-DEFAULT_READ_TIMEOUT = 600.0
-
-
 class Deployment(_Base, frozen=True):
     upstream: str
     models: tuple[str, ...] = ()
     upstream_model: str | None = None
     token_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
     api_key_env: str | None = None
-    connect_timeout: float = 10.0
-    read_timeout: float = DEFAULT_READ_TIMEOUT
-    max_body_bytes: int = DEFAULT_MAX_BODY
+    connect_timeout: float = limits.UPSTREAM_CONNECT_TIMEOUT
+    read_timeout: float = limits.UPSTREAM_READ_TIMEOUT
+    max_body_bytes: int = limits.MAX_REQUEST_BODY
     supports: Supports = Supports()
 
     def __post_init__(self) -> None:
@@ -82,9 +79,10 @@ class Deployment(_Base, frozen=True):
 
 
 class Stream(_Base, frozen=True):
-    # Seconds of upstream silence before an SSE comment goes to the client, so
-    # proxies with idle timeouts (often 30-60 s) keep the connection open.
-    keepalive_interval: float = 15.0
+    # Seconds of upstream silence before an SSE comment (a ping) goes to the
+    # client; 0 turns pings off. (The key predates the word "ping"; kept so that
+    # existing files still load.)
+    keepalive_interval: float = limits.SSE_PING_INTERVAL
 
 
 class Config(_Base, frozen=True):
@@ -104,23 +102,18 @@ class ConfigError(Exception):
     pass
 
 
-def load(path: str) -> Config:
-    """Read and validate a TOML config file; raise ConfigError naming the bad key."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+def parse(data: bytes, source: str) -> Config:
+    """Validate a TOML config file's bytes; raise ConfigError naming ``source`` and the bad key."""
     try:
         return msgspec.toml.decode(data, type=Config)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
+        raise ConfigError(f"{source}: {exc}") from exc
     except msgspec.DecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
 
 
-def api_key(dep: Deployment, environ: dict[str, str] | os._Environ[str] = os.environ) -> str | None:
-    """The upstream API key for ``dep``, from the environment variable the file names."""
+def upstream_key(dep: Deployment, env: Mapping[str, str]) -> str | None:
+    """The upstream API key for ``dep``: the variable of ``env`` its ``api-key-env`` names."""
     if dep.api_key_env is None:
         return None
-    return environ.get(dep.api_key_env) or None
+    return env.get(dep.api_key_env) or None

@@ -16,9 +16,11 @@
     └── InternalError                 500     server_error           server_error
 
 Foreign exceptions are translated at their boundary (request decoding in
-``handlers``, the upstream client in ``upstream``); everything that reaches the
-wire is a ``GatewayError``. ``envelope`` gives the body for an HTTP error
-before a stream starts; after that, the transcoder's ``fail`` reports in-band.
+``api.body``, the upstream client in ``upstream``); everything that reaches the
+wire is a ``GatewayError``. ``GatewayError.body`` is the answer's body for an
+HTTP error before a stream starts (``api.endpoints`` sends it); after that, the
+transcoder's ``fail`` reports in-band. ``missing`` and ``body_too_large`` build
+the two errors that several layers raise, in one wording.
 """
 
 from __future__ import annotations
@@ -124,11 +126,24 @@ class InternalError(GatewayError):
     pass
 
 
-def missing(param: str) -> InvalidRequest:
-    """The 400 for a required parameter that is absent (``param`` is its path)."""
+def missing(param: str, *, alternative: str | None = None) -> InvalidRequest:
+    """The 400 for a required parameter that is absent (``param`` is its path).
+
+    ``alternative``: a parameter that may stand in its place.
+    """
+    either = f" (or '{alternative}')" if alternative else ""
     return InvalidRequest(
-        f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter"
+        f"Missing required parameter: '{param}'{either}.",
+        param=param,
+        code="missing_required_parameter",
     )
+
+
+def body_too_large(limit: int, size: int | None = None) -> RequestTooLarge:
+    """The 413 for a request body over ``limit`` bytes (``size``: when it is known)."""
+    if size is None:
+        return RequestTooLarge(f"The request body is over the limit of {limit} bytes.")
+    return RequestTooLarge(f"The request body is {size} bytes; the limit is {limit} bytes.")
 
 
 def upstream_error_from_body(status: int, body: bytes) -> GatewayError:

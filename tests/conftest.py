@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 
 from gateway.config import Config, Deployment, Listen, Stream, Supports
-from gateway.server import listen, open_gateway
+from gateway.ops.lifecycle import listen, open_gateway
 
 
 def chunk(delta: dict | None = None, finish: str | None = None, **extra: Any) -> bytes:
@@ -173,11 +173,12 @@ GatewayFactory = Callable[..., Awaitable[str]]
 
 @pytest.fixture
 async def start_gateway() -> Any:
-    """``await start_gateway(config)`` → the gateway's base URL (``.../v1``)."""
+    """``await start_gateway(config, env)`` → the gateway's base URL (``.../v1``);
+    ``env`` stands for the environment the command line hands down."""
     stack: list[Any] = []
 
-    async def start(cfg: Config) -> str:
-        cm = open_gateway(cfg)
+    async def start(cfg: Config, env: dict[str, str] | None = None) -> str:
+        cm = open_gateway(cfg, env or {})
         gateway = await cm.__aenter__()
         stack.append(cm)
         server_cm = listen(gateway, "127.0.0.1", 0)

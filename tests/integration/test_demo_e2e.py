@@ -17,7 +17,7 @@ import openai
 import pydantic
 import pytest
 
-from gateway.demo import DemoOptions, make_handler
+from gateway.demo.upstream import DemoOptions, make_handler
 from tests.conftest import WEATHER, make_config, sdk
 
 

@@ -1,4 +1,4 @@
-"""The lean HTTP/1.1 server (``gateway.http_server``) over raw sockets: framing,
+"""The lean HTTP/1.1 server (``gateway.http.server``) over raw sockets: framing,
 keep-alive, pipelining, request bodies, 100-continue, errors, disconnects."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from gateway import http_messages as http
-from gateway.http_server import Server
+from gateway.http.messages import Reply, Request, Response, StreamResponse
+from gateway.http.server import Server
 
 MAX_BODY = 1000
 
@@ -23,7 +23,7 @@ class App:
         self.started = asyncio.Event()
         self.seen: list[str] = []
 
-    async def handle(self, request: http.Request) -> http.Reply:
+    async def handle(self, request: Request) -> Reply:
         self.seen.append(f"{request.method} {request.path}")
         path = request.path
         if path == "/echo":
@@ -31,22 +31,22 @@ class App:
             while data := await request.content.readany():
                 body += data
             text = f"{request.method} {request.content_length} ".encode() + body
-            return http.Response(body=text, content_type="text/plain")
+            return Response(body=text, content_type="text/plain")
         if path == "/exact":
             n = request.content_length or 0
-            return http.Response(body=await request.content.readexactly(n))
+            return Response(body=await request.content.readexactly(n))
         if path == "/slow":
             await asyncio.sleep(0.05)
-            return http.Response(body=b"slow")
+            return Response(body=b"slow")
         if path == "/stream":
-            out = http.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            out = StreamResponse(headers={"Content-Type": "text/event-stream"})
             await out.prepare(request)
             for piece in (b"a", b"bb", b"ccc"):
                 await out.write(piece)
             await out.write_eof(b"end")
             return out
         if path == "/hang":
-            out = http.StreamResponse()
+            out = StreamResponse()
             await out.prepare(request)
             await out.write(b"first")
             self.started.set()
@@ -58,7 +58,7 @@ class App:
             return out
         if path == "/boom":
             raise ValueError("a bug")
-        return http.Response(status=404, body=path.encode())
+        return Response(status=404, body=path.encode())
 
 
 Open = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]

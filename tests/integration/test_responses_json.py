@@ -315,13 +315,7 @@ async def test_alias_and_token_field(upstream: FakeUpstream, start_gateway: Any)
         token_field="max_completion_tokens",
         api_key_env="GATEWAY_TEST_KEY",
     )
-    import os
-
-    os.environ["GATEWAY_TEST_KEY"] = "sk-upstream"
-    try:
-        url = await start_gateway(cfg)
-    finally:
-        del os.environ["GATEWAY_TEST_KEY"]
+    url = await start_gateway(cfg, {"GATEWAY_TEST_KEY": "sk-upstream"})
     async with sdk(url, "client-key") as c:
         resp = await c.responses.create(model="alias", input="x", max_output_tokens=20)
     assert resp.model == "alias"

@@ -366,23 +366,23 @@ class _Recorder:
 async def test_events_held_back_are_written_before_an_upstream_failure() -> None:
     """Deltas and the upstream's drop arrive together: the deltas still go out first.
 
-    The upstream connection (the real ``http1.Response`` protocol, fed raw bytes)
+    The upstream connection (the real ``UpstreamConnection`` protocol, fed raw bytes)
     receives three chunks and then loses its connection before the gateway reads
     any of it; the frames the pump holds back for the next read must be written
     before that read raises, or the client would see a gap before
     ``response.failed``.
     """
+    from gateway.api.endpoints import Gateway
+    from gateway.api.pings import SsePings
+    from gateway.core.stream.transcoder import Transcoder
+    from gateway.core.wire import output
     from gateway.errors import GatewayError
-    from gateway.handlers import Gateway
-    from gateway.http1 import Pool, Response
-    from gateway.keepalive import KeepAlive
-    from gateway.transcoder import Transcoder
-    from gateway.wire import output
+    from gateway.upstream.client import Pool, UpstreamConnection
 
     class Transport:
         def close(self) -> None: ...
 
-    resp = Response(Pool("http://127.0.0.1:9/v1", connect_timeout=1.0, read_timeout=5.0))
+    resp = UpstreamConnection(Pool("http://127.0.0.1:9/v1", connect_timeout=1.0, read_timeout=5.0))
     resp.connection_made(Transport())  # type: ignore[arg-type]
     body = b"".join(chunk({"content": t}) for t in ("a", "b", "c"))
     resp.data_received(
@@ -391,7 +391,7 @@ async def test_events_held_back_are_written_before_an_upstream_failure() -> None
     )
     resp.connection_lost(None)  # mid-body: the upstream went away
     await resp.read_headers()
-    gateway = Gateway(router=None, keepalive=KeepAlive(0), max_body=1 << 20)  # type: ignore[arg-type]
+    gateway = Gateway(router=None, pings=SsePings(0), max_body=1 << 20)  # type: ignore[arg-type]
     tx = Transcoder(output.response_base("resp_x", 1, "m1", {}))
     out = _Recorder()
     with pytest.raises(GatewayError):

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from gateway.errors import UpstreamBadResponse, UpstreamTimeout, UpstreamUnavailable
-from gateway.http1 import Pool
+from gateway.upstream.client import Pool
 
 Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter], object]
 

@@ -1,4 +1,4 @@
-"""gateway.chunk_template: text chunks recognised by their bytes, never wrongly.
+"""gateway.core.stream.chunk_template: text chunks recognised by their bytes, never wrongly.
 
 The property tests build streams whose chunks share a template except for the
 content slot, fill the slot with valid tokens and with junk (whitespace around
@@ -15,10 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transcript import check, run
 
-from gateway import transcoder
-from gateway.chunk_template import LEARN_TRIES, PROBE, ChunkTemplate
-from gateway.sse import SseParser
-from gateway.wire.chunks import PLAIN_DECODER
+from gateway.core.stream import transcoder
+from gateway.core.stream.chunk_template import LEARN_TRIES, PROBE, ChunkTemplate
+from gateway.core.stream.sse import SseParser
+from gateway.core.wire.chunks import PLAIN_DECODER
 
 # (prefix, suffix) of real servers' text chunks, as they send them.
 SHAPES = {

@@ -1,4 +1,4 @@
-"""gateway.wire.chunks helpers that the hot path leans on."""
+"""gateway.core.wire.chunks helpers that the hot path leans on."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.wire.chunks import join_tokens
+from gateway.core.wire.chunks import join_tokens
 
 text = st.text(st.sampled_from('a"\\/é🙂\n\t'), max_size=5)
 ENCODERS = [

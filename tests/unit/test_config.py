@@ -1,4 +1,7 @@
-"""Config files: decoding, unknown keys, and the check-config command."""
+"""Config files: decoding, unknown keys, and the check-config command.
+
+``config.parse`` is pure (bytes in); the command line's ``load`` reads the file.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import ConfigError, api_key, load
+from gateway.cli import load
+from gateway.config import ConfigError, parse, upstream_key
 
 GOOD = """
 [listen]
@@ -44,8 +48,10 @@ def test_load(tmp_path: Path) -> None:
     assert first.supports.images is False and first.supports.tools is True
     assert second.models == () and second.token_field == "max_tokens"
     assert cfg.stream.keepalive_interval == 5
-    assert api_key(first, {"MY_KEY": "sk-1"}) == "sk-1"
-    assert api_key(second, {"MY_KEY": "sk-1"}) is None
+    assert upstream_key(first, {"MY_KEY": "sk-1"}) == "sk-1"
+    assert upstream_key(first, {}) is None
+    assert upstream_key(second, {"MY_KEY": "sk-1"}) is None
+    assert parse(GOOD.encode(), "g.toml") == cfg
 
 
 @pytest.mark.parametrize(
@@ -64,7 +70,16 @@ def test_bad_files_name_the_key(tmp_path: Path, text: str, says: str) -> None:
     f.write_text(text)
     with pytest.raises(ConfigError) as info:
         load(str(f))
-    assert says in str(info.value)
+    assert says in str(info.value) and str(f) in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        parse(text.encode(), "the-file")
+    assert says in str(info.value) and "the-file" in str(info.value)
+
+
+def test_an_unreadable_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(str(tmp_path / "absent.toml"))
+    assert "cannot read" in str(info.value)
 
 
 def test_check_config_command(tmp_path: Path) -> None:

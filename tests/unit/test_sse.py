@@ -1,4 +1,4 @@
-"""gateway.sse.SseParser: the SSE grammar, at every possible split of the input."""
+"""gateway.core.stream.sse.SseParser: the SSE grammar, at every possible split of the input."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.sse import SseParser
+from gateway.core.stream.sse import SseParser
 
 STREAMS = pathlib.Path(__file__).parent.parent / "data" / "streams"
 
@@ -138,13 +138,14 @@ def reference(lines: list[bytes]) -> tuple[list[bytes], bytes | None]:
 
 
 def test_unterminated_event_is_bounded() -> None:
-    from gateway.sse import MAX_EVENT_BYTES, SseTooLarge
+    from gateway.core.stream.sse import SseTooLarge
+    from gateway.limits import MAX_UPSTREAM_EVENT
 
     parser = SseParser()
     piece = b"data: " + b"x" * (1024 * 1024)
     with pytest.raises(SseTooLarge):
-        for _ in range(MAX_EVENT_BYTES // len(piece) + 2):
+        for _ in range(MAX_UPSTREAM_EVENT // len(piece) + 2):
             parser.feed(piece)
     whole = SseParser()
     with pytest.raises(SseTooLarge):
-        whole.feed(b"data: " + b"y" * (MAX_EVENT_BYTES + 1))
+        whole.feed(b"data: " + b"y" * (MAX_UPSTREAM_EVENT + 1))

@@ -1,4 +1,4 @@
-"""gateway.transcoder: golden upstream streams, fed at every split, checked event by event."""
+"""gateway.core.stream.transcoder: golden upstream streams, fed at every split, checked event by event."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transcript import STREAMS, check, expand, frames, golden, make, run, summary
 
-from gateway.transcoder import State, Transcoder
-from gateway.wire import output
+from gateway.core.stream.transcoder import State, Transcoder
+from gateway.core.wire import output
 
 TEXT = "created in_progress item+ part+"
 CLOSE_TEXT = "text. part. item."
@@ -398,12 +398,12 @@ def test_invalid_utf8_is_replaced() -> None:
 
 def test_lifecycle_and_idempotent_terminal() -> None:
     tx = make()
-    assert not tx.done and tx.status is None
+    assert not tx.done and tx.response is None
     first = tx.start()
     assert tx.start() == b""
     assert tx.feed(chunk({"content": "hi"}, "stop")) != b""
     assert tx.feed(DONE).startswith(b"event: response.completed\n")
-    assert tx.done and tx.status == "completed"
+    assert tx.done and tx.response is not None and tx.response["status"] == "completed"
     assert tx.feed(chunk({"content": "more"})) == b""
     assert tx.finish() == b"" and tx.fail("late") == b"" and tx.complete(b"{}") == b""
     assert first.count(b"\n\n") == 2
@@ -420,7 +420,7 @@ def test_fail_closes_open_items_as_incomplete() -> None:
     tx = make()
     out = tx.start() + tx.feed(chunk({"content": "partial"})) + tx.fail("idle timeout")
     events = check(out)
-    assert tx.status == "failed"
+    assert tx.response is not None and tx.response["status"] == "failed"
     final = events[-1]["response"]
     assert final["error"] == {"code": "server_error", "message": "idle timeout"}
     assert final["output"][0]["status"] == "incomplete"
@@ -454,17 +454,17 @@ def test_state_enum_is_explicit() -> None:
 
 
 def test_runaway_upstream_event_fails_the_stream() -> None:
-    from gateway.sse import MAX_EVENT_BYTES
+    from gateway.limits import MAX_UPSTREAM_EVENT
 
     tx = Transcoder(output.response_base("resp_x", 1, "m", {}))
     tx.start()
     out = b""
     piece = b'data: {"choices":[{"delta":{"content":"' + b"z" * (1024 * 1024)
-    for _ in range(MAX_EVENT_BYTES // len(piece) + 2):
+    for _ in range(MAX_UPSTREAM_EVENT // len(piece) + 2):
         out += tx.feed(piece)
         if tx.done:
             break
-    assert tx.done and tx.status == "failed"
+    assert tx.done and tx.response is not None and tx.response["status"] == "failed"
     assert b"event: response.failed" in out and b"over" in out
 
 

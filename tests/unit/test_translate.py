@@ -7,18 +7,21 @@ import orjson
 import pytest
 
 from gateway.config import Deployment, Supports
-from gateway.errors import InvalidRequest, Unsupported
-from gateway.translate import to_chat_request, to_response
-from gateway.wire import output
-from gateway.wire.chunks import COMPLETION_DECODER
-from gateway.wire.responses import REQUEST_DECODER
+from gateway.core.capabilities import Capabilities
+from gateway.core.ids import Ids
+from gateway.core.translate.request import to_chat_request
+from gateway.core.translate.response import to_response
+from gateway.core.wire import output
+from gateway.core.wire.responses import REQUEST_DECODER
+from gateway.errors import InvalidRequest, Unsupported, UpstreamBadResponse
+from gateway.upstream.routing import capabilities
 
-DEP = Deployment(upstream="http://u/v1")
+CAPS = Capabilities()
 
 
-def chat_for(body: dict, dep: Deployment = DEP, stream: bool = False) -> tuple[dict, dict]:
+def chat_for(body: dict, caps: Capabilities = CAPS, stream: bool = False) -> tuple[dict, dict]:
     req = REQUEST_DECODER.decode(orjson.dumps(body))
-    chat, echo = to_chat_request(req, dep, "up", stream=stream)
+    chat, echo = to_chat_request(req, caps, "up", stream=stream)
     return orjson.loads(orjson.dumps(chat)), orjson.loads(orjson.dumps(echo))
 
 
@@ -34,8 +37,7 @@ def test_string_input_and_instructions() -> None:
 def test_stream_asks_for_usage_only_where_supported() -> None:
     chat, _ = chat_for({"model": "m", "input": "hi"}, stream=True)
     assert chat["stream"] is True and chat["stream_options"] == {"include_usage": True}
-    dep = Deployment(upstream="http://u/v1", supports=Supports(stream_usage=False))
-    chat, _ = chat_for({"model": "m", "input": "hi"}, dep, stream=True)
+    chat, _ = chat_for({"model": "m", "input": "hi"}, Capabilities(stream_usage=False), stream=True)
     assert "stream_options" not in chat
 
 
@@ -114,30 +116,35 @@ def test_rejections_name_the_parameter(body: dict, param: str, exc: type) -> Non
 
 
 def test_to_response_tool_calls_and_ids() -> None:
-    completion = COMPLETION_DECODER.decode(
-        orjson.dumps(
-            {
-                "choices": [
-                    {
-                        "message": {
-                            "content": "",
-                            "tool_calls": [
-                                {"id": "call_1", "function": {"name": "a", "arguments": "{}"}},
-                                {"function": {"name": "b", "arguments": '{"x":1}'}},
-                            ],
-                        },
-                        "finish_reason": "tool_calls",
-                    }
-                ],
-                "usage": {"prompt_tokens": 2, "completion_tokens": 3},
-            }
-        )
+    completion = orjson.dumps(
+        {
+            "choices": [
+                {
+                    "message": {
+                        "content": "",
+                        "tool_calls": [
+                            {"id": "call_1", "function": {"name": "a", "arguments": "{}"}},
+                            {"function": {"name": "b", "arguments": '{"x":1}'}},
+                        ],
+                    },
+                    "finish_reason": "tool_calls",
+                }
+            ],
+            "usage": {"prompt_tokens": 2, "completion_tokens": 3},
+        }
     )
-    ids = iter(["fc_1", "fc_2"])
+
+    class Listed(Ids):
+        names = iter(["fc_1", "fc_2"])
+
+        def new(self, prefix: str) -> str:
+            return next(self.names)
+
+        def call(self) -> str:
+            return "call_g"
+
     base = output.response_base("resp_1", 10, "m", {})
-    doc = to_response(
-        completion, base, now=lambda: 12.5, new_id=lambda p: next(ids), new_call_id=lambda: "call_g"
-    )
+    doc = to_response(completion, base, now=lambda: 12.5, ids=Listed())
     doc = orjson.loads(orjson.dumps(doc))
     assert doc["status"] == "completed" and doc["completed_at"] == 12
     assert doc["output"] == [
@@ -158,3 +165,40 @@ def test_request_decoder_ignores_unknown_fields() -> None:
     assert req.input[0].type == "message"
     with pytest.raises(msgspec.ValidationError):
         REQUEST_DECODER.decode(b'{"model":"m","temperature":"x"}')
+
+
+def test_capabilities_come_from_the_deployment_and_nothing_else() -> None:
+    dep = Deployment(
+        upstream="http://u/v1",
+        token_field="max_completion_tokens",
+        api_key_env="SECRET",
+        supports=Supports(images=False, stream_usage=False),
+    )
+    caps = capabilities(dep)
+    assert caps == Capabilities(
+        images=False, stream_usage=False, token_field="max_completion_tokens"
+    )
+    chat, _ = chat_for({"model": "m", "input": "hi", "max_output_tokens": 5}, caps)
+    assert chat["max_completion_tokens"] == 5 and "max_tokens" not in chat
+    with pytest.raises(Unsupported):
+        chat_for(
+            {"model": "m", "input": [{"role": "user", "content": [
+                {"type": "input_image", "image_url": "data:image/png;base64,AA=="}]}]},
+            caps,
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (b'{"choices": [', "Upstream sent a malformed completion"),
+        (b'{"choices": []}', "Upstream returned no choices."),
+        (b'{"choices": [{"index": 0, "finish_reason": "stop"}]}', "without a message"),
+        (b'{"error": {"message": "bad things"}}', "Upstream error: bad things."),
+    ],
+)
+def test_to_response_refuses_what_is_not_an_answer(body: bytes, says: str) -> None:
+    """The same failures a streamed replay reports in-band are a 502 here."""
+    with pytest.raises(UpstreamBadResponse) as info:
+        to_response(body, output.response_base("resp_1", 10, "m", {}))
+    assert says in info.value.message and info.value.status == 502

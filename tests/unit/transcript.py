@@ -9,8 +9,9 @@ from typing import Any
 
 import orjson
 
-from gateway.transcoder import Transcoder
-from gateway.wire import output
+from gateway.core.ids import Ids
+from gateway.core.stream.transcoder import Transcoder
+from gateway.core.wire import output
 
 STREAMS = pathlib.Path(__file__).parent.parent / "data" / "streams"
 RESPONSE_ID = "resp_x"
@@ -74,15 +75,22 @@ def base() -> dict:
     return output.response_base(RESPONSE_ID, 1700000000, "demo", ECHO)
 
 
+class CountingIds(Ids):
+    """Ids numbered in the order they are made: ``msg_0000``, ``fc_0001``, ``call_gen0000``."""
+
+    def __init__(self) -> None:
+        self.items = itertools.count()
+        self.calls = itertools.count()
+
+    def new(self, prefix: str) -> str:
+        return f"{prefix}{next(self.items):04d}"
+
+    def call(self) -> str:
+        return f"call_gen{next(self.calls):04d}"
+
+
 def make(impl: Any = Transcoder) -> Any:
-    ids = itertools.count()
-    calls = itertools.count()
-    return impl(
-        base(),
-        now=lambda: NOW,
-        new_id=lambda prefix: f"{prefix}{next(ids):04d}",
-        new_call_id=lambda: f"call_gen{next(calls):04d}",
-    )
+    return impl(base(), now=lambda: NOW, ids=CountingIds())
 
 
 def run(pieces: Iterable[bytes], impl: Any = Transcoder) -> bytes:

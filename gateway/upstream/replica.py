@@ -1,8 +1,9 @@
-"""One deployment's upstream: where chat requests go, with which headers and timeouts.
+"""One upstream server of a deployment: where chat requests go, with which headers
+and timeouts.
 
-Built on the lean HTTP/1.1 client in ``http1``; every transport failure is an
-``errors.Upstream*`` by the time it leaves here, so handlers only ever see the
-gateway's own error tree.
+Built on the lean HTTP/1.1 client in ``client``; every transport failure is an
+``errors.Upstream*`` by the time it leaves here, so the endpoints only ever see
+the gateway's own error tree.
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ import orjson
 
 from gateway.config import Deployment
 from gateway.errors import UpstreamBadResponse, upstream_error_from_body
-from gateway.http1 import Pool, Response
+from gateway.upstream.client import Pool, UpstreamConnection
 
-__all__ = ["Response", "Upstream"]
+__all__ = ["Replica", "UpstreamConnection"]
 
 
-class Upstream:
+class Replica:
     __slots__ = ("base", "pool", "chat_head", "models_head")
 
     def __init__(self, dep: Deployment, key: str | None) -> None:
@@ -32,8 +33,8 @@ class Upstream:
         )
         self.models_head = self.pool.head("GET", "/models", auth)
 
-    async def chat(self, body: bytes) -> Response:
-        """POST a chat request; the response once its status is 2xx.
+    async def chat(self, body: bytes) -> UpstreamConnection:
+        """POST a chat request; the connection once the answer's status is 2xx.
 
         A 4xx/5xx answer is read and raised as the matching error, before
         anything goes to the client. The caller must ``release()`` the result.

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.config import Deployment
+from gateway.core.capabilities import Capabilities
+from gateway.core.wire.responses import ContentPart, InputItem, ResponsesRequest
 from gateway.errors import InvalidRequest, Unsupported, missing
-from gateway.wire.responses import ContentPart, InputItem, ResponsesRequest
 
 _ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
 
 
-def to_messages(req: ResponsesRequest, dep: Deployment) -> list[dict]:
+def to_messages(req: ResponsesRequest, caps: Capabilities) -> list[dict]:
     messages: list[dict] = []
     if req.instructions:
         messages.append({"role": "system", "content": req.instructions})
@@ -27,20 +27,16 @@ def to_messages(req: ResponsesRequest, dep: Deployment) -> list[dict]:
         messages.append({"role": "user", "content": items})
     elif items:
         for i, item in enumerate(items):
-            _add_item(messages, item, i, dep)
+            _add_item(messages, item, i, caps)
     if not messages:
-        raise InvalidRequest(
-            "Missing required parameter: 'input' (or 'instructions').",
-            param="input",
-            code="missing_required_parameter",
-        )
+        raise missing("input", alternative="instructions")
     return messages
 
 
-def _add_item(messages: list[dict], item: InputItem, i: int, dep: Deployment) -> None:
+def _add_item(messages: list[dict], item: InputItem, i: int, caps: Capabilities) -> None:
     kind = item.type
     if kind == "message":
-        messages.append(_message(item, i, dep))
+        messages.append(_message(item, i, caps))
     elif kind == "function_call":
         _add_function_call(messages, item, i)
     elif kind == "function_call_output":
@@ -62,7 +58,7 @@ def _add_item(messages: list[dict], item: InputItem, i: int, dep: Deployment) ->
         )
 
 
-def _message(item: InputItem, i: int, dep: Deployment) -> dict:
+def _message(item: InputItem, i: int, caps: Capabilities) -> dict:
     if item.role is None:
         raise missing(f"input[{i}].role")
     role = _ROLES.get(item.role)
@@ -79,23 +75,23 @@ def _message(item: InputItem, i: int, dep: Deployment) -> dict:
     if isinstance(content, str):
         return {"role": role, "content": content}
     if role == "user":
-        return {"role": role, "content": _user_parts(content, i, dep)}
+        return {"role": role, "content": _user_parts(content, i, caps)}
     return {"role": role, "content": _joined_text(content, i)}
 
 
-def _user_parts(parts: list[ContentPart], i: int, dep: Deployment) -> str | list[dict]:
+def _user_parts(parts: list[ContentPart], i: int, caps: Capabilities) -> str | list[dict]:
     if len(parts) == 1 and parts[0].type in ("input_text", "output_text"):
         return _part_text(parts[0], i, 0)
     out: list[dict] = []
     for j, part in enumerate(parts):
         if part.type == "input_image":
-            out.append(_image(part, i, j, dep))
+            out.append(_image(part, i, j, caps))
         else:
             out.append({"type": "text", "text": _part_text(part, i, j)})
     return out
 
 
-def _image(part: ContentPart, i: int, j: int, dep: Deployment) -> dict:
+def _image(part: ContentPart, i: int, j: int, caps: Capabilities) -> dict:
     where = f"input[{i}].content[{j}]"
     if part.file_id is not None:
         raise Unsupported(
@@ -105,7 +101,7 @@ def _image(part: ContentPart, i: int, j: int, dep: Deployment) -> dict:
         )
     if not part.image_url:
         raise missing(f"{where}.image_url")
-    if not dep.supports.images:
+    if not caps.images:
         raise Unsupported("This model does not accept image input.", param=where)
     image: dict[str, Any] = {"url": part.image_url}
     if part.detail in ("low", "high", "auto"):

@@ -1,7 +1,7 @@
 """Process lifecycle: open the upstream session, serve, stop cleanly.
 
 ``open_gateway`` builds everything a handler needs (the tests use it too);
-``listen`` serves it with the lean HTTP server (``gateway.http_server``);
+``listen`` serves it with the lean HTTP server (``gateway.http.server``);
 ``serve`` runs it on a socket until SIGTERM/SIGINT; ``run_workers`` forks
 several processes that share the port through SO_REUSEPORT.
 """
@@ -13,36 +13,38 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager, suppress
 
-from gateway.config import Config, api_key
-from gateway.handlers import Gateway
-from gateway.http_server import Server
-from gateway.keepalive import KeepAlive
-from gateway.routing import Router
-from gateway.upstream import Upstream
+from gateway.api.endpoints import Gateway
+from gateway.api.pings import SsePings
+from gateway.config import Config, upstream_key
+from gateway.http.server import Server
+from gateway.limits import LISTEN_BACKLOG, SHUTDOWN_GRACE
+from gateway.upstream.replica import Replica
+from gateway.upstream.routing import Router
 
 log = logging.getLogger("gateway")
 
-# Seconds that in-flight requests get to finish after SIGTERM.
-SHUTDOWN_GRACE = 10.0
+NO_ENV: Mapping[str, str] = {}
 
 
 @asynccontextmanager
-async def open_gateway(cfg: Config) -> AsyncIterator[Gateway]:
-    keepalive = KeepAlive(cfg.stream.keepalive_interval)
-    deployments = [(d, Upstream(d, api_key(d))) for d in cfg.deployment]
+async def open_gateway(cfg: Config, env: Mapping[str, str] = NO_ENV) -> AsyncIterator[Gateway]:
+    """The gateway for ``cfg``; ``env`` is the environment as the command line read it
+    (upstream keys are looked up there)."""
+    pings = SsePings(cfg.stream.keepalive_interval)
+    deployments = [(d, Replica(d, upstream_key(d, env))) for d in cfg.deployment]
     try:
         router = Router(deployments)
         await router.discover()
         max_body = max(d.max_body_bytes for d in cfg.deployment)
-        keepalive.start()
-        yield Gateway(router, keepalive, max_body)
+        pings.start()
+        yield Gateway(router, pings, max_body)
     finally:
-        keepalive.stop()
-        for _, upstream in deployments:
-            upstream.close()
+        pings.stop()
+        for _, replica in deployments:
+            replica.close()
 
 
 @asynccontextmanager
@@ -53,7 +55,7 @@ async def listen(
     loop = asyncio.get_running_loop()
     server = Server(gateway.handle, max_body=gateway.max_body)
     sock_server = await loop.create_server(
-        server, host, port, reuse_port=reuse_port or None, backlog=4096
+        server, host, port, reuse_port=reuse_port or None, backlog=LISTEN_BACKLOG
     )
     try:
         yield sock_server
@@ -62,9 +64,9 @@ async def listen(
         await server.shutdown(SHUTDOWN_GRACE)
 
 
-async def serve(cfg: Config, *, reuse_port: bool = False) -> None:
+async def serve(cfg: Config, env: Mapping[str, str], *, reuse_port: bool = False) -> None:
     async with (
-        open_gateway(cfg) as gateway,
+        open_gateway(cfg, env) as gateway,
         listen(gateway, cfg.listen.host, cfg.listen.port, reuse_port=reuse_port),
     ):
         log.info(
@@ -80,13 +82,13 @@ async def serve(cfg: Config, *, reuse_port: bool = False) -> None:
         await stop.wait()
 
 
-def run(cfg: Config, *, reuse_port: bool = False) -> None:
+def run(cfg: Config, env: Mapping[str, str], *, reuse_port: bool = False) -> None:
     import uvloop
 
-    uvloop.run(serve(cfg, reuse_port=reuse_port))
+    uvloop.run(serve(cfg, env, reuse_port=reuse_port))
 
 
-def run_workers(cfg: Config) -> int:
+def run_workers(cfg: Config, env: Mapping[str, str]) -> int:
     """Fork ``cfg.workers`` processes sharing the port; forward SIGTERM/SIGINT to them."""
     children = []
     for _ in range(cfg.workers):
@@ -94,7 +96,7 @@ def run_workers(cfg: Config) -> int:
         if pid == 0:
             code = 1
             try:
-                run(cfg, reuse_port=True)
+                run(cfg, env, reuse_port=True)
                 code = 0
             except BaseException:
                 log.exception("worker failed")

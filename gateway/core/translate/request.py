@@ -1,28 +1,22 @@
-"""Pure translation between the Responses API and chat completions.
+"""A decoded ``ResponsesRequest`` → the chat-completions request body.
 
-``to_chat_request``: a decoded ``ResponsesRequest`` → the chat body (a dict,
-values may be ``orjson.Fragment``) plus the fields the response echoes; its
-messages come from ``messages.to_messages``, tools, ``tool_choice`` and
-``text.format`` from here.
-``to_response``: a chat completion → the Responses object.
-Unsupported features raise ``errors.InvalidRequest``/``Unsupported`` naming
-the parameter; nothing here does I/O or reads configuration globals.
+``to_chat_request`` gives the chat body (a dict, values may be
+``orjson.Fragment``) plus the fields the response echoes; its messages come
+from ``inputs.to_messages``, tools, ``tool_choice`` and ``text.format`` from
+here. What the upstream can do comes in as ``Capabilities``. Unsupported
+features raise ``errors.InvalidRequest``/``Unsupported`` naming the parameter.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import msgspec
 import orjson
 
-from gateway.config import Deployment
-from gateway.errors import InvalidRequest, Unsupported, UpstreamBadResponse, missing
-from gateway.messages import to_messages
-from gateway.wire import chunks as ck
-from gateway.wire import output
-from gateway.wire.responses import (
+from gateway.core.capabilities import Capabilities
+from gateway.core.translate.inputs import to_messages
+from gateway.core.wire.responses import (
     NOT_OFFERED,
     TEXT_DECODER,
     TOOL_CHOICE_DECODER,
@@ -32,6 +26,7 @@ from gateway.wire.responses import (
     ToolChoice,
     is_absent,
 )
+from gateway.errors import InvalidRequest, Unsupported, missing
 
 _CHOICE_STRINGS = ("none", "auto", "required")
 _EMPTY_PARAMETERS = {"type": "object", "properties": {}}
@@ -171,7 +166,7 @@ def _allowed_tools(choice: ToolChoice, chat_tools: list[dict]) -> tuple[str, lis
     return mode, kept
 
 
-def to_response_format(raw: msgspec.Raw, dep: Deployment) -> tuple[dict | None, Any]:
+def to_response_format(raw: msgspec.Raw, caps: Capabilities) -> tuple[dict | None, Any]:
     """(chat response_format or None, echoed text config)."""
     if is_absent(raw):
         return None, _TEXT_DEFAULT
@@ -185,7 +180,7 @@ def to_response_format(raw: msgspec.Raw, dep: Deployment) -> tuple[dict | None, 
     fmt = text.format
     if fmt is None or fmt.type == "text":
         return None, echo
-    if not dep.supports.structured_output:
+    if not caps.structured_output:
         raise Unsupported("This model does not support structured output.", param="text.format")
     if fmt.type == "json_object":
         return {"type": "json_object"}, echo
@@ -212,16 +207,16 @@ def to_response_format(raw: msgspec.Raw, dep: Deployment) -> tuple[dict | None, 
 
 
 def to_chat_request(
-    req: ResponsesRequest, dep: Deployment, upstream_model: str, *, stream: bool
+    req: ResponsesRequest, caps: Capabilities, upstream_model: str, *, stream: bool
 ) -> tuple[dict, dict]:
     """(chat body, echo fields for the response object)."""
     check_not_offered(req)
-    messages = to_messages(req, dep)
+    messages = to_messages(req, caps)
     body: dict[str, Any] = {"model": upstream_model, "messages": messages}
     tools_echo: list[dict] = []
     tool_choice_echo: Any = "auto"
     if req.tools:
-        if not dep.supports.tools:
+        if not caps.tools:
             raise Unsupported("This model does not support tools.", param="tools")
         chat_tools, tools_echo = to_chat_tools(req.tools)
         choice, tool_choice_echo, chat_tools = to_chat_tool_choice(req.tool_choice, chat_tools)
@@ -232,11 +227,11 @@ def to_chat_request(
             body["parallel_tool_calls"] = req.parallel_tool_calls
     elif not is_absent(req.tool_choice):
         _, tool_choice_echo, _ = to_chat_tool_choice(req.tool_choice, [])
-    response_format, text_echo = to_response_format(req.text, dep)
+    response_format, text_echo = to_response_format(req.text, caps)
     if response_format is not None:
         body["response_format"] = response_format
     if req.max_output_tokens is not None:
-        body[dep.token_field] = req.max_output_tokens
+        body[caps.token_field] = req.max_output_tokens
     if req.temperature is not None:
         body["temperature"] = req.temperature
     if req.top_p is not None:
@@ -247,7 +242,7 @@ def to_chat_request(
             body[name] = value
     if stream:
         body["stream"] = True
-        if dep.supports.stream_usage:
+        if caps.stream_usage:
             body["stream_options"] = {"include_usage": True}
     return body, _echo(req, tools_echo, tool_choice_echo, text_echo)
 
@@ -276,57 +271,3 @@ def _echo(req: ResponsesRequest, tools: list[dict], tool_choice: Any, text: Any)
         "user": req.user,
         "metadata": req.metadata or {},
     }
-
-
-# ---- chat completion → response ------------------------------------------------------
-
-
-def to_response(
-    completion: ck.Completion,
-    base: dict,
-    *,
-    now: Callable[[], float],
-    new_id: Callable[[str], str] = output.new_id,
-    new_call_id: Callable[[], str] = output.new_call_id,
-) -> dict:
-    """A whole chat completion (the view the transcoder decodes too) → the response."""
-    if ck.is_error(completion):
-        raise UpstreamBadResponse(
-            "The upstream answered with an error: " + ck.error_message(completion)
-        )
-    choice = ck.first_choice(completion.choices)
-    if choice is None or choice.message is None:
-        raise UpstreamBadResponse("The upstream's answer has no choice with a message.")
-    status, reason = output.finish_status(choice.finish_reason)
-    item_status = "incomplete" if status == "incomplete" else "completed"
-    message = choice.message
-    items: list[dict] = []
-    parts = []
-    text = ck.string_token(message.content)
-    if text is not None:
-        parts.append(output.output_text_part(orjson.Fragment(text)))
-    refusal = ck.string_token(message.refusal)
-    if refusal is not None:
-        parts.append(output.refusal_part(orjson.Fragment(refusal)))
-    if parts:
-        items.append(output.message_item(new_id("msg_"), item_status, parts))
-    for call in message.tool_calls or ():
-        function = call.function
-        arguments = ck.string_token(function.arguments) if function is not None else None
-        items.append(
-            output.function_call_item(
-                new_id("fc_"),
-                call.id or new_call_id(),
-                (function.name if function is not None else None) or "",
-                orjson.Fragment(arguments) if arguments is not None else "",
-                item_status,
-            )
-        )
-    return output.response_final(
-        base,
-        status,
-        items,
-        output.usage_from_chat(completion.usage),
-        incomplete_reason=reason,
-        completed_at=int(now()) if status == "completed" else None,
-    )

@@ -22,7 +22,7 @@ from collections import deque
 
 import orjson
 
-from gateway.wire.chunks import ToolCallDelta, join_tokens
+from gateway.core.wire.chunks import ToolCallDelta, join_tokens
 
 
 class ToolCall:

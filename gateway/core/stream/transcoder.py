@@ -10,6 +10,9 @@ injected ``now``, or knows about sockets.
 Layers: ``sse.SseParser`` (bytes → data payloads) → ``wire.chunks`` (payload →
 view Structs) → this state machine (upstream facts → what happens to the output)
 → ``encoder.EventEncoder`` (Responses events, ids, indexes, sequence numbers).
+With ``quiet=True`` the encoder is an ``OutputCollector``: no events, only the
+final response (``response``); ``translate.response`` builds a non-streamed
+answer that way, so a completion becomes output in this one place.
 
 States and transitions (``State``)::
 
@@ -36,12 +39,13 @@ import enum
 import time
 from collections.abc import Callable
 
-from gateway.chunk_template import ChunkTemplate
-from gateway.encoder import EventEncoder
-from gateway.sse import SseParser, SseTooLarge
-from gateway.toolcalls import ToolCalls
-from gateway.wire import chunks as ck
-from gateway.wire import output
+from gateway.core.ids import IDS, Ids
+from gateway.core.stream.chunk_template import ChunkTemplate
+from gateway.core.stream.encoder import EventEncoder, OutputCollector
+from gateway.core.stream.sse import SseParser, SseTooLarge
+from gateway.core.stream.toolcalls import ToolCalls
+from gateway.core.wire import chunks as ck
+from gateway.core.wire import output
 
 __all__ = ["State", "Transcoder"]
 
@@ -70,8 +74,7 @@ _decode_plain = ck.PLAIN_DECODER.decode
 
 class Transcoder:
     __slots__ = (
-        "_enc", "_parser", "_state", "_status", "_finish", "_usage", "_calls", "_template",
-        "_learns",
+        "_enc", "_parser", "_state", "_finish", "_usage", "_calls", "_template", "_learns",
     )  # fmt: skip
 
     def __init__(
@@ -79,13 +82,12 @@ class Transcoder:
         base: dict,
         *,
         now: Callable[[], float] = time.time,
-        new_id: Callable[[str], str] = output.new_id,
-        new_call_id: Callable[[], str] = output.new_call_id,
+        ids: Ids = IDS,
+        quiet: bool = False,
     ) -> None:
-        self._enc = EventEncoder(base, now, new_id, new_call_id)
+        self._enc = (OutputCollector if quiet else EventEncoder)(base, now, ids)
         self._parser = SseParser()
         self._state = State.NEW
-        self._status: str | None = None
         self._finish: str | None = None  # the upstream's finish_reason
         self._usage: ck.Usage | None = None  # the upstream's latest usage
         self._calls = ToolCalls()
@@ -97,8 +99,9 @@ class Transcoder:
         return self._state is State.DONE
 
     @property
-    def status(self) -> str | None:
-        return self._status
+    def response(self) -> dict | None:
+        """The terminal response object (completed, incomplete or failed), once sent."""
+        return self._enc.final
 
     def start(self) -> bytes:
         self._begin()
@@ -336,11 +339,13 @@ class Transcoder:
             self._fail("upstream returned no choices")
             return
         message = choice.message
-        if message is not None:
-            for position, call in enumerate(message.tool_calls or ()):
-                if call.index < 0:
-                    call.index = position
-            self._on_delta(message)
+        if message is None:
+            self._fail("upstream returned a choice without a message")
+            return
+        for position, call in enumerate(message.tool_calls or ()):
+            if call.index < 0:
+                call.index = position
+        self._on_delta(message)
         self._on_finish(choice.finish_reason)
         self._terminal()
 
@@ -399,14 +404,14 @@ class Transcoder:
     # ---- terminal events -------------------------------------------------------------
 
     def _terminal(self) -> None:
-        self._end(self._enc.terminal(self._finish, self._usage))
+        self._enc.terminal(self._finish, self._usage)
+        self._end()
 
     def _fail(self, message: str, code: str = "server_error") -> None:
         if self._state is not State.FINISHING:
             self._close_open(INCOMPLETE)
         self._enc.failed(message, code)
-        self._end("failed")
+        self._end()
 
-    def _end(self, status: str) -> None:
+    def _end(self) -> None:
         self._state = State.DONE
-        self._status = status

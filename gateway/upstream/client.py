@@ -8,14 +8,15 @@ prebuilt header bytes plus the body, and the response is parsed by
 measured difference.
 
 Connections are pooled per ``Pool`` (one per upstream), LIFO, and dropped
-after ``IDLE_SECONDS`` unused, below the 5 s keep-alive of uvicorn-based
-servers (vLLM, SGLang) so that a pooled connection is rarely closed under us;
+after ``limits.UPSTREAM_IDLE`` seconds unused, below the 5 s keep-alive of
+uvicorn-based servers (vLLM, SGLang) so that a pooled connection is rarely
+closed under us;
 a request that finds its reused connection closed before any response byte is
 sent again once on a new one. A response left before its end (client gone,
 error) closes its connection instead of returning it to the pool.
 
-Back-pressure: once ``HIGH_WATER`` bytes are buffered unread, the socket stops
-being read until the reader catches up.
+Back-pressure: once ``limits.UPSTREAM_BODY_HIGH_WATER`` bytes are buffered
+unread, the socket stops being read until the reader catches up.
 """
 
 from __future__ import annotations
@@ -29,12 +30,10 @@ from urllib.parse import urlsplit
 import httptools
 
 from gateway.errors import UpstreamBadResponse, UpstreamTimeout, UpstreamUnavailable
-
-HIGH_WATER = 256 * 1024
-IDLE_SECONDS = 4.0
+from gateway.limits import UPSTREAM_BODY_HIGH_WATER, UPSTREAM_IDLE
 
 
-class Response(asyncio.Protocol):
+class UpstreamConnection(asyncio.Protocol):
     """One connection and the response currently being read from it."""
 
     __slots__ = (
@@ -116,7 +115,11 @@ class Response(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self.chunks.append(body)
         self.buffered += len(body)
-        if self.buffered > HIGH_WATER and not self.paused and self.transport is not None:
+        if (
+            self.buffered > UPSTREAM_BODY_HIGH_WATER
+            and not self.paused
+            and self.transport is not None
+        ):
             self.paused = True
             self.transport.pause_reading()
         self._wake()
@@ -222,7 +225,7 @@ class Pool:
         self.path = url.path.rstrip("/")
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
-        self.idle: deque[Response] = deque()
+        self.idle: deque[UpstreamConnection] = deque()
 
     def head(self, method: str, path: str, headers: dict[str, str]) -> bytes:
         """The constant part of a request's head, built once per route."""
@@ -230,12 +233,12 @@ class Pool:
         lines += [f"{k}: {v}" for k, v in headers.items()]
         return ("\r\n".join(lines) + "\r\n").encode("latin-1")
 
-    async def _connect(self) -> Response:
+    async def _connect(self) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
         try:
             _, proto = await asyncio.wait_for(
                 loop.create_connection(
-                    lambda: Response(self),
+                    lambda: UpstreamConnection(self),
                     self.host,
                     self.port,
                     ssl=self.ssl,
@@ -252,19 +255,19 @@ class Pool:
             ) from exc
         return proto
 
-    def _take_idle(self) -> Response | None:
+    def _take_idle(self) -> UpstreamConnection | None:
         now = time.monotonic()
         idle = self.idle
         while idle:
             conn = idle.pop()
             transport = conn.transport
             if transport is not None and not transport.is_closing():
-                if now - conn.idle_since < IDLE_SECONDS:
+                if now - conn.idle_since < UPSTREAM_IDLE:
                     return conn
                 transport.close()
         return None
 
-    async def request(self, head: bytes, body: bytes) -> Response:
+    async def request(self, head: bytes, body: bytes) -> UpstreamConnection:
         """Send a request; return once the response headers are in."""
         message = b"%sContent-Length: %d\r\n\r\n%s" % (head, len(body), body)
         conn = self._take_idle()
@@ -278,7 +281,7 @@ class Pool:
         return await self._send(await self._connect(), message)
 
     @staticmethod
-    async def _send(conn: Response, message: bytes) -> Response:
+    async def _send(conn: UpstreamConnection, message: bytes) -> UpstreamConnection:
         assert conn.transport is not None
         conn.error = None
         conn.transport.write(message)

@@ -2,7 +2,7 @@
 
 Deployments list their model ids in the config; one that lists none serves
 whatever its upstream's ``GET /models`` reports, read at start and again
-(at most every ``REFRESH_SECONDS``) when a client asks for an unknown id.
+(at most every ``limits.MODELS_REFRESH`` seconds) when a client asks for an unknown id.
 The id ``default`` always means the first deployment.
 """
 
@@ -12,69 +12,91 @@ import logging
 import time
 
 from gateway.config import Deployment
+from gateway.core.capabilities import Capabilities
 from gateway.errors import GatewayError, ModelNotFound
-from gateway.upstream import Upstream
+from gateway.limits import MODELS_REFRESH
+from gateway.upstream.replica import Replica
 
 log = logging.getLogger("gateway")
 
-REFRESH_SECONDS = 5.0
+
+def capabilities(dep: Deployment) -> Capabilities:
+    """What the core may know of a deployment: what its upstream can do."""
+    s = dep.supports
+    return Capabilities(
+        streaming=s.streaming,
+        stream_usage=s.stream_usage,
+        tools=s.tools,
+        structured_output=s.structured_output,
+        images=s.images,
+        token_field=dep.token_field,
+    )
 
 
 class Route:
-    __slots__ = ("dep", "upstream", "upstream_model")
+    """A model id's deployment, its upstream, the model name sent upstream, and
+    what the upstream can do."""
 
-    def __init__(self, dep: Deployment, upstream: Upstream, upstream_model: str) -> None:
+    __slots__ = ("dep", "replica", "upstream_model", "caps")
+
+    def __init__(
+        self, dep: Deployment, replica: Replica, upstream_model: str, caps: Capabilities
+    ) -> None:
         self.dep = dep
-        self.upstream = upstream
+        self.replica = replica
         self.upstream_model = upstream_model
+        self.caps = caps
 
 
 class Router:
-    def __init__(self, deployments: list[tuple[Deployment, Upstream]]) -> None:
+    def __init__(self, deployments: list[tuple[Deployment, Replica]]) -> None:
         self._deployments = deployments
         self._routes: dict[str, Route] = {}
         self._pending = [d for d in deployments if not d[0].models]
         self._last_refresh = float("-inf")
-        for dep, upstream in deployments:
+        for dep, replica in deployments:
             for model in dep.models:
-                self._add(model, dep, upstream)
+                self._add(model, dep, replica)
 
-    def _add(self, model: str, dep: Deployment, upstream: Upstream) -> None:
+    def _route(self, dep: Deployment, replica: Replica, upstream_model: str) -> Route:
+        return Route(dep, replica, upstream_model, capabilities(dep))
+
+    def _add(self, model: str, dep: Deployment, replica: Replica) -> None:
         if model not in self._routes:
-            self._routes[model] = Route(dep, upstream, dep.upstream_model or model)
+            self._routes[model] = self._route(dep, replica, dep.upstream_model or model)
 
     async def discover(self) -> None:
         """Ask every deployment without configured ids for its upstream's models."""
         self._last_refresh = time.monotonic()
         still = []
-        for dep, upstream in self._pending:
+        for dep, replica in self._pending:
             try:
-                models = await upstream.models()
+                models = await replica.models()
             except GatewayError as exc:
                 log.warning("cannot list models of %s: %s", dep.upstream, exc.message)
-                still.append((dep, upstream))
+                still.append((dep, replica))
                 continue
             for model in models:
-                self._add(model, dep, upstream)
+                self._add(model, dep, replica)
         self._pending = still
 
     def model_ids(self) -> list[str]:
         return list(self._routes)
 
     def _default(self) -> Route | None:
-        dep, upstream = self._deployments[0]
+        dep, replica = self._deployments[0]
         for route in self._routes.values():
             if route.dep is dep:
-                return Route(dep, upstream, route.upstream_model)
+                return self._route(dep, replica, route.upstream_model)
         if dep.upstream_model:
-            return Route(dep, upstream, dep.upstream_model)
+            return self._route(dep, replica, dep.upstream_model)
         return None
 
     async def resolve(self, model: str) -> Route:
         route = self._routes.get(model)
         if route is not None:
             return route
-        if self._pending and time.monotonic() - self._last_refresh >= REFRESH_SECONDS:
+        if self._pending and time.monotonic() - self._last_refresh >= MODELS_REFRESH:
             await self.discover()
             route = self._routes.get(model)
             if route is not None:

@@ -37,7 +37,7 @@ from operator import itemgetter
 
 import msgspec
 
-from gateway.wire.chunks import PLAIN_DECODER
+from gateway.core.wire.chunks import PLAIN_DECODER
 
 __all__ = ["ChunkTemplate"]
 

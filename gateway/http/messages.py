@@ -2,7 +2,7 @@
 and the two kinds of answer, ``Response`` (one write) and ``StreamResponse``.
 
 The names and methods are the subset of aiohttp's ``web`` API the gateway used.
-The connection side is in ``gateway.http_server``.
+The connection side is in ``gateway.http.server``.
 
 * Request bodies: Content-Length or chunked, bounded by the server's
   ``max_body`` (reads raise ``BodyTooLarge``); ``Expect: 100-continue`` is
@@ -22,10 +22,11 @@ from functools import lru_cache
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from gateway.http_server import Connection
+from gateway.errors import body_too_large
+from gateway.limits import REQUEST_BODY_HIGH_WATER
 
-HIGH_WATER = 256 * 1024  # unread request body bytes before the socket stops being read
+if TYPE_CHECKING:
+    from gateway.http.server import Connection
 
 STATUS_LINES = {int(s): f"HTTP/1.1 {int(s)} {s.phrase}\r\n".encode() for s in HTTPStatus}
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -44,6 +45,11 @@ class BadRequest(HttpError):
 
 class BodyTooLarge(HttpError):
     status = 413
+
+    def __init__(self, limit: int, size: int | None = None) -> None:
+        super().__init__(body_too_large(limit, size).message)
+        self.limit = limit
+        self.size = size
 
 
 _date_second = -1
@@ -101,7 +107,7 @@ class Body:
 
     @property
     def buffered_too_much(self) -> bool:
-        return self._size > HIGH_WATER
+        return self._size > REQUEST_BODY_HIGH_WATER
 
     # ---- fed by the connection -------------------------------------------------------
 
@@ -109,12 +115,13 @@ class Body:
         if self._error is not None:
             return
         self._total += len(data)
-        if self._total > self._conn.server.max_body:
-            self.fail(BodyTooLarge("The request body is too large."))
+        limit = self._conn.server.max_body
+        if self._total > limit:
+            self.fail(BodyTooLarge(limit))
             return
         self._chunks.append(data)
         self._size += len(data)
-        if self._size > HIGH_WATER:
+        if self._size > REQUEST_BODY_HIGH_WATER:
             self._conn.update_reading()
         self._wake()
 
@@ -261,10 +268,6 @@ class StreamResponse:
     @property
     def prepared(self) -> bool:
         return self._conn is not None
-
-    @property
-    def done(self) -> bool:
-        return self._done
 
     async def prepare(self, request: Request) -> None:
         """Build the head; it goes out with the first body bytes."""

@@ -73,7 +73,7 @@ class DemoOptions:
 
 
 @dataclass(slots=True)
-class Answer:
+class DemoAnswer:
     pieces: list[str]
     finish_reason: str
     prompt_tokens: int
@@ -217,7 +217,7 @@ def token_limit(body: Json) -> int | None:
     return None
 
 
-def plan_answer(body: Json, messages: list[Json], opts: DemoOptions, n: int) -> Answer:
+def plan_answer(body: Json, messages: list[Json], opts: DemoOptions, n: int) -> DemoAnswer:
     prompt = sum(len(content_text(m.get("content"))[0].split()) for m in messages)
     limit = token_limit(body)
     func = pick_tool(body.get("tools"), body.get("tool_choice", "auto"))
@@ -225,24 +225,24 @@ def plan_answer(body: Json, messages: list[Json], opts: DemoOptions, n: int) -> 
         params = func.get("parameters") or {"type": "object", "properties": {}}
         args = orjson.dumps(sample_json(params, params)).decode()
         tool = (f"call_demo_{n}", func["name"])
-        return Answer(split_pieces(args, opts.deltas, False), "tool_calls", prompt, tool)
+        return DemoAnswer(split_pieces(args, opts.deltas, False), "tool_calls", prompt, tool)
     text, prose = answer_text(body, messages, opts.text_words)
     pieces = split_pieces(text, opts.deltas, prose)
     if limit is not None and limit < len(pieces):
-        return Answer(pieces[:limit], "length", prompt)
-    return Answer(pieces, "stop", prompt)
+        return DemoAnswer(pieces[:limit], "length", prompt)
+    return DemoAnswer(pieces, "stop", prompt)
 
 
 # -- wire encoding -----------------------------------------------------------
 
 
-def usage(answer: Answer) -> dict[str, int]:
+def usage(answer: DemoAnswer) -> dict[str, int]:
     done = len(answer.pieces)
     total = answer.prompt_tokens + done
     return {"prompt_tokens": answer.prompt_tokens, "completion_tokens": done, "total_tokens": total}
 
 
-def completion_body(answer: Answer, cid: str, created: int, model: str) -> bytes:
+def completion_body(answer: DemoAnswer, cid: str, created: int, model: str) -> bytes:
     text = "".join(answer.pieces)
     message: dict[str, Any] = {"role": "assistant", "content": text}
     if answer.tool is not None:
@@ -255,7 +255,9 @@ def completion_body(answer: Answer, cid: str, created: int, model: str) -> bytes
     return orjson.dumps({**head, "choices": [choice], "usage": usage(answer)})
 
 
-def stream_frames(answer: Answer, cid: str, created: int, model: str, usage_: bool) -> list[bytes]:
+def stream_frames(
+    answer: DemoAnswer, cid: str, created: int, model: str, usage_: bool
+) -> list[bytes]:
     """Every SSE frame of one streamed answer, ``data: [DONE]`` included."""
     head = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model}
 
@@ -303,7 +305,7 @@ class _Demo:
         if opts.fixed:
             text = pad_words(FIXED_TEXT, opts.text_words or opts.deltas)
             pieces = split_pieces(text, opts.deltas)
-            answer = Answer(pieces, "stop", FIXED_PROMPT_TOKENS)
+            answer = DemoAnswer(pieces, "stop", FIXED_PROMPT_TOKENS)
             cid = "chatcmpl-demofixed"
             for m in opts.models:
                 plain, counted = (stream_frames(answer, cid, created, m, u) for u in (False, True))
@@ -444,7 +446,3 @@ def main(argv: list[str] | None = None) -> int:
     )
     uvloop.run(serve(options, args.host, args.port))
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -34,16 +34,16 @@ every read.
 
 from __future__ import annotations
 
-__all__ = ["MAX_EVENT_BYTES", "SseParser", "SseTooLarge"]
+from gateway.limits import MAX_UPSTREAM_EVENT
+
+__all__ = ["SseParser", "SseTooLarge"]
 
 # An unterminated event is buffered until its blank line; an upstream that never
-# sends one must not grow the buffer without end. 16 MiB is far above any chat
-# chunk (a whole long answer in one chunk is a few hundred KiB).
-MAX_EVENT_BYTES = 16 * 1024 * 1024
+# sends one must not grow the buffer without end (``limits.MAX_UPSTREAM_EVENT``).
 
 
 class SseTooLarge(ValueError):
-    """An event grew past ``MAX_EVENT_BYTES`` without ending."""
+    """An event grew past ``limits.MAX_UPSTREAM_EVENT`` without ending."""
 
 
 _LF = b"\n"
@@ -82,8 +82,8 @@ class SseParser:
                 parts.append(data)  # no event can have ended: just keep the piece
                 self._tail_lf = data[-1] == 10
                 self._size += len(data)
-                if self._size > MAX_EVENT_BYTES:
-                    raise SseTooLarge(f"an upstream event is over {MAX_EVENT_BYTES} bytes")
+                if self._size > MAX_UPSTREAM_EVENT:
+                    raise SseTooLarge(f"an upstream event is over {MAX_UPSTREAM_EVENT} bytes")
                 return []
             parts.append(data)
             data = b"".join(parts)
@@ -109,8 +109,8 @@ class SseParser:
         if rest:
             self._parts.append(rest)
             self._size = len(rest)
-            if self._size > MAX_EVENT_BYTES:
-                raise SseTooLarge(f"an upstream event is over {MAX_EVENT_BYTES} bytes")
+            if self._size > MAX_UPSTREAM_EVENT:
+                raise SseTooLarge(f"an upstream event is over {MAX_UPSTREAM_EVENT} bytes")
         self._tail_lf = rest[-1:] == _LF
         out: list[bytes] = []
         lf_free = True

@@ -3,14 +3,12 @@
 Output is built as plain dicts (orjson serialises dicts natively, not Structs).
 Any value may be an ``orjson.Fragment`` holding JSON that is already encoded
 (upstream text copied without decoding, echoed JSON schemas). Both the
-non-streaming path (``translate.to_response``) and the stream transcoder use
+non-streaming path (``translate.response``) and the stream encoder use
 these, so the two always agree on shapes.
 """
 
 from __future__ import annotations
 
-import string
-from random import choices, getrandbits
 from typing import Any
 
 # chat finish_reason -> (response status, incomplete_details.reason)
@@ -22,23 +20,6 @@ _FINISH: dict[str | None, tuple[str, str | None]] = {
     "content_filter": ("incomplete", "content_filter"),
 }
 _COMPLETED: tuple[str, str | None] = ("completed", None)
-
-_ALNUM = string.ascii_letters + string.digits
-
-
-def new_id(prefix: str) -> str:
-    """``resp_``/``msg_``/``fc_`` + 48 hex characters, like OpenAI's ids.
-
-    Ids are opaque labels, not secrets (nothing is ever looked up by id), so
-    they come from ``random`` (reseeded from the OS in every forked worker), not
-    from a system call per id: ``os.urandom`` was 4% of a streamed answer's CPU.
-    """
-    return prefix + getrandbits(192).to_bytes(24, "big").hex()  # (2.4x faster than f"{:048x}")
-
-
-def new_call_id() -> str:
-    """``call_`` + 24 letters and digits."""
-    return "call_" + "".join(choices(_ALNUM, k=24))
 
 
 def finish_status(finish_reason: str | None) -> tuple[str, str | None]:

@@ -20,29 +20,24 @@ from typing import Any
 
 import orjson
 
-from gateway.toolcalls import ToolCall
-from gateway.wire import events as ev
-from gateway.wire import output
-from gateway.wire.chunks import join_tokens
+from gateway.core.ids import FUNCTION_CALL, MESSAGE, Ids
+from gateway.core.stream.toolcalls import ToolCall
+from gateway.core.wire import events as ev
+from gateway.core.wire import output
+from gateway.core.wire.chunks import join_tokens
 
 
 class EventEncoder:
     __slots__ = (
-        "base", "now", "new_id", "new_call_id", "seq", "out", "output", "next_index",
+        "base", "now", "ids", "seq", "out", "output", "next_index", "final",
         "msg_id", "msg_index", "parts", "pieces", "refusal", "mid",
     )  # fmt: skip
 
-    def __init__(
-        self,
-        base: dict,
-        now: Callable[[], float],
-        new_id: Callable[[str], str],
-        new_call_id: Callable[[], str],
-    ) -> None:
+    def __init__(self, base: dict, now: Callable[[], float], ids: Ids) -> None:
         self.base = base
         self.now = now
-        self.new_id = new_id
-        self.new_call_id = new_call_id
+        self.ids = ids
+        self.final: dict | None = None  # the terminal response object, once there is one
         self.seq = 0
         self.out: list[Any] = []  # pieces of the frames not yet drained
         self.output: list[dict] = []  # finished items, in output_index order
@@ -114,7 +109,7 @@ class EventEncoder:
     # ---- message items -------------------------------------------------------------------
 
     def open_message(self) -> None:
-        self.msg_id = self.new_id("msg_")
+        self.msg_id = self.ids.new(MESSAGE)
         self.msg_index = self._take_index()
         self.parts = []
         item = output.message_item(self.msg_id, "in_progress", [])
@@ -164,8 +159,8 @@ class EventEncoder:
     def open_call(self, call: ToolCall) -> None:
         """Open a call's item; arguments buffered so far go out as one delta."""
         if not call.call_id:
-            call.call_id = self.new_call_id()
-        call.item_id = self.new_id("fc_")
+            call.call_id = self.ids.call()
+        call.item_id = self.ids.new(FUNCTION_CALL)
         call.output_index = self._take_index()
         item = output.function_call_item(call.item_id, call.call_id, call.name, "", "in_progress")
         self.emit(ev.ITEM_ADDED, {"output_index": call.output_index, "item": item})
@@ -188,8 +183,8 @@ class EventEncoder:
 
     # ---- the end -------------------------------------------------------------------------
 
-    def terminal(self, finish_reason: str | None, usage: Any) -> str:
-        """response.completed / response.incomplete; returns the status."""
+    def terminal(self, finish_reason: str | None, usage: Any) -> None:
+        """response.completed / response.incomplete."""
         status, reason = output.finish_status(finish_reason)
         final = output.response_final(
             self.base,
@@ -199,10 +194,31 @@ class EventEncoder:
             incomplete_reason=reason,
             completed_at=int(self.now()) if status == "completed" else None,
         )
+        self.final = final
         self.emit(ev.TERMINAL[status], {"response": final})
-        return status
 
     def failed(self, message: str, code: str) -> None:
         error = {"code": code, "message": message}
         final = output.response_final(self.base, "failed", self.output, None, error=error)
+        self.final = final
         self.emit(ev.TERMINAL["failed"], {"response": final})
+
+
+class OutputCollector(EventEncoder):
+    """The same items and terminal response, without the events: a whole answer
+    that is not streamed (``translate.response``) is built by the very state
+    machine that streams one, so the two cannot disagree."""
+
+    __slots__ = ()
+
+    def frame(self, prefix: bytes, mid: bytes, body: Any, end: bytes) -> None:
+        pass
+
+    def texts(self, tokens: list[bytes]) -> None:
+        self.pieces += tokens
+
+    def emit(self, prefix: bytes, fields: dict) -> None:
+        pass
+
+    def created(self) -> None:
+        pass

@@ -12,7 +12,6 @@ import msgspec
 
 class PassThrough(msgspec.Struct):
     model: str
-    stream: bool | None = None
 
 
 PASS_THROUGH_DECODER = msgspec.json.Decoder(PassThrough)

@@ -1,7 +1,7 @@
 """A lean HTTP/1.1 server: asyncio protocols and httptools' C request parser.
 
 The gateway's handlers need little from an HTTP server: the method, the path,
-the body, and two kinds of answer (``gateway.http_messages``). This module
+the body, and two kinds of answer (``gateway.http.messages``). This module
 serves exactly that, without aiohttp's per-request machinery (request objects
 with header multidicts, URL objects, access-log hooks, payload writers). See
 bench/README.md for the measured difference.
@@ -10,7 +10,7 @@ bench/README.md for the measured difference.
   its handler in a task of its own; pipelined requests queue and run in order.
 * A client that goes away cancels its handler at once.
 * Keep-alive (HTTP/1.1 by default, HTTP/1.0 on request); a connection idle for
-  ``keepalive_timeout`` seconds is closed.
+  ``keepalive_timeout`` seconds (``limits.HTTP_KEEPALIVE_IDLE``) is closed.
 * A malformed request gets a 400 and the connection is closed. A handler may
   leave a request body unread: if it was not received whole, the connection
   is closed after the answer.
@@ -25,7 +25,7 @@ from urllib.parse import unquote
 
 import httptools
 
-from gateway.http_messages import (
+from gateway.http.messages import (
     BadRequest,
     BodyTooLarge,
     Handler,
@@ -34,13 +34,15 @@ from gateway.http_messages import (
     Response,
     StreamResponse,
 )
+from gateway.limits import (
+    HTTP_KEEPALIVE_IDLE,
+    MAX_PIPELINED,
+    MAX_REQUEST_HEAD,
+    UNREAD_BODY_LINGER,
+)
 
 log = logging.getLogger("gateway")
 
-MAX_HEAD = 64 * 1024  # bytes of request line + headers
-MAX_QUEUED = 8  # pipelined requests waiting before the socket stops being read
-KEEPALIVE_TIMEOUT = 75.0
-LINGER = 2.0  # seconds to drop an unread request body after answering, before closing
 METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH")}
 
 
@@ -48,7 +50,7 @@ class Server:
     """The protocol factory for ``loop.create_server``, and the set of open connections."""
 
     def __init__(
-        self, handler: Handler, *, max_body: int, keepalive_timeout: float = KEEPALIVE_TIMEOUT
+        self, handler: Handler, *, max_body: int, keepalive_timeout: float = HTTP_KEEPALIVE_IDLE
     ) -> None:
         self.handler = handler
         self.max_body = max_body
@@ -147,7 +149,7 @@ class Connection(asyncio.Protocol):
             return
         if self.in_head:
             self.head_bytes += len(data)
-            if self.head_bytes > MAX_HEAD:
+            if self.head_bytes > MAX_REQUEST_HEAD:
                 self._malformed()
                 return
         try:
@@ -237,13 +239,14 @@ class Connection(asyncio.Protocol):
         req = Request(self, method, path, self.length, self.expect and not http10)
         req.keep_alive = parser.should_keep_alive()
         req.http10 = http10
-        if self.length is not None and self.length > self.server.max_body:
-            req.content.fail(BodyTooLarge("The request body is too large."))
+        limit = self.server.max_body
+        if self.length is not None and self.length > limit:
+            req.content.fail(BodyTooLarge(limit, self.length))
         self.parsing = self.last = req
         self.queue.append(req)
         if self.task is None:
             self._next()
-        elif len(self.queue) >= MAX_QUEUED:
+        elif len(self.queue) >= MAX_PIPELINED:
             self.update_reading()
 
     def on_body(self, body: bytes) -> None:
@@ -352,7 +355,7 @@ class Connection(asyncio.Protocol):
         if transport is None:
             return
         body = self.parsing.content if self.parsing is not None else None
-        full = len(self.queue) >= MAX_QUEUED or (body is not None and body.buffered_too_much)
+        full = len(self.queue) >= MAX_PIPELINED or (body is not None and body.buffered_too_much)
         if full and not self.read_paused:
             self.read_paused = True
             transport.pause_reading()
@@ -391,14 +394,14 @@ class Connection(asyncio.Protocol):
             return
         # The client may still be sending a body we will not read: closing now would
         # reset the connection, which can destroy our answer before the client reads
-        # it. Send our end and drop what comes until the client closes (or LINGER s).
+        # it. Send our end and drop what comes until the client closes (or UNREAD_BODY_LINGER s).
         if self.read_paused:
             self.read_paused = False
             transport.resume_reading()
         transport.write_eof()
         if self.timer is not None:
             self.timer.cancel()
-        self.timer = self.loop.call_later(LINGER, transport.close)
+        self.timer = self.loop.call_later(UNREAD_BODY_LINGER, transport.close)
 
     def abort(self) -> None:
         if self.task is not None:

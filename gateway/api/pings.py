@@ -1,10 +1,12 @@
-"""SSE comments for streams whose upstream has gone quiet (a long prefill).
+"""SSE pings: comments for streams whose upstream has gone quiet (a long prefill).
 
+(Not HTTP keep-alive, which is ``limits.HTTP_KEEPALIVE_IDLE`` in the server.)
 One timer serves every open stream: each stream has a ``Watch`` whose
 ``fresh`` flag the pump sets on every upstream read (one attribute store, the
 only per-chunk cost). Every ``interval / TICKS`` seconds the timer looks at
 all watches; a stream with no upstream data for ``TICKS`` ticks in a row gets
-``: keepalive`` so proxies with idle timeouts keep the connection open.
+the comment ``: keepalive`` (the name proxies and SSE libraries know), so that
+proxies with idle timeouts keep the connection open.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from gateway import http_messages as http
+from gateway.http.messages import StreamResponse
 
 COMMENT = b": keepalive\n\n"
 TICKS = 3
@@ -21,13 +23,13 @@ TICKS = 3
 class Watch:
     __slots__ = ("out", "fresh", "idle")
 
-    def __init__(self, out: http.StreamResponse) -> None:
+    def __init__(self, out: StreamResponse) -> None:
         self.out = out
         self.fresh = True
         self.idle = 0
 
 
-class KeepAlive:
+class SsePings:
     def __init__(self, interval: float) -> None:
         self.interval = interval
         self._watches: set[Watch] = set()
@@ -43,7 +45,7 @@ class KeepAlive:
             self._handle.cancel()
             self._handle = None
 
-    def watch(self, out: http.StreamResponse) -> Watch:
+    def watch(self, out: StreamResponse) -> Watch:
         w = Watch(out)
         self._watches.add(w)
         return w
@@ -70,6 +72,6 @@ class KeepAlive:
         self._schedule()
 
     @staticmethod
-    async def _ping(out: http.StreamResponse) -> None:
+    async def _ping(out: StreamResponse) -> None:
         with contextlib.suppress(ConnectionError, RuntimeError):
             await out.write(COMMENT)

@@ -1,0 +1,1 @@
+"""The bundled demo upstream: a fake chat-completions server (``demo.upstream``)."""

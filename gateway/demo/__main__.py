@@ -1,0 +1,3 @@
+from gateway.demo.upstream import main
+
+raise SystemExit(main())

@@ -1,0 +1,63 @@
+"""Every size and time bound of the gateway, in one place (a shared leaf: no imports).
+
+The config (``gateway.config``) takes its defaults from here; the rest are
+the fixed bounds of the HTTP ends, the stream and the process. Each value says
+what it bounds and why it has the size it has.
+"""
+
+from __future__ import annotations
+
+KiB = 1024
+MiB = 1024 * KiB
+
+# ---- client-facing HTTP (gateway.http) ------------------------------------------------
+
+# Request line plus headers. Larger heads are refused (bigger than any real client's).
+MAX_REQUEST_HEAD = 64 * KiB
+# Request body: room for a few base64 images; OpenAI's own limit is larger, but a
+# gateway at the edge refuses a runaway body before decoding it. Per deployment
+# in the config (``max-body-bytes``); the server enforces the largest.
+MAX_REQUEST_BODY = 8 * MiB
+# Unread request-body bytes buffered before the socket stops being read.
+REQUEST_BODY_HIGH_WATER = 256 * KiB
+# Pipelined requests queued behind the running one before the socket stops being read.
+MAX_PIPELINED = 8
+# HTTP keep-alive: seconds an idle client connection stays open (above the 60 s
+# of common load balancers, so that they, not we, close idle connections).
+HTTP_KEEPALIVE_IDLE = 75.0
+# After answering without reading a request body: seconds its rest is read and
+# dropped before the connection closes (closing at once can reset the answer away).
+UNREAD_BODY_LINGER = 2.0
+# Connections the kernel queues before the gateway accepts them.
+LISTEN_BACKLOG = 4096
+
+# ---- upstream (gateway.upstream) ------------------------------------------------------
+
+UPSTREAM_CONNECT_TIMEOUT = 10.0
+# The wait for the response headers, and for each gap between two body chunks
+# (a long generation as a whole is fine). The official clients' default is 600 s.
+UPSTREAM_READ_TIMEOUT = 600.0
+# Unread upstream-response bytes buffered before the socket stops being read.
+UPSTREAM_BODY_HIGH_WATER = 256 * KiB
+# A pooled upstream connection unused this long is closed, not reused: below the
+# 5 s keep-alive of uvicorn-based servers (vLLM, SGLang), so that a pooled
+# connection is rarely closed under us.
+UPSTREAM_IDLE = 4.0
+# Seconds between two asks of an upstream's ``GET /models`` for an unknown model id.
+MODELS_REFRESH = 5.0
+
+# ---- streams (gateway.core.stream, gateway.api) ---------------------------------------
+
+# An upstream SSE event that grows past this without ending fails the stream:
+# far above any chat chunk (a whole long answer in one chunk is a few hundred KiB).
+MAX_UPSTREAM_EVENT = 16 * MiB
+# Seconds of upstream silence before an SSE comment goes to the client, so that
+# proxies with idle timeouts (often 30-60 s) keep the connection open.
+SSE_PING_INTERVAL = 15.0
+# Frames held back while more upstream bytes are already in: at most this much.
+STREAM_WRITE_AHEAD = 64 * KiB
+
+# ---- the process (gateway.ops) --------------------------------------------------------
+
+# Seconds that requests in flight get to finish after SIGTERM.
+SHUTDOWN_GRACE = 10.0
