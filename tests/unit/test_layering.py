@@ -7,9 +7,11 @@ module there is checked without editing this test.
 
 from __future__ import annotations
 
+import ast
 import pkgutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -56,3 +58,73 @@ def test_config_does_not_import_the_core() -> None:
 def test_the_check_can_fail() -> None:
     assert "asyncio" in imported("gateway.api.endpoints")
     assert "gateway.http" in imported("gateway.api.endpoints")
+
+
+# The table of CONTRIBUTING.md: what each part of the package may import of the others.
+LEAF = {"gateway", "gateway.errors", "gateway.limits", "gateway.config"}
+MAY_IMPORT = {
+    "gateway.core": {"gateway.core", "gateway.errors", "gateway.limits"},
+    "gateway.http": {"gateway.http"} | LEAF,
+    "gateway.upstream": {"gateway.upstream", "gateway.core.capabilities"} | LEAF,
+    "gateway.api": {"gateway.api", "gateway.http", "gateway.upstream", "gateway.core"} | LEAF,
+    "gateway.ops": {"gateway.ops", "gateway.api", "gateway.http", "gateway.upstream"} | LEAF,
+    "gateway.demo": {"gateway.demo"},
+    "gateway.config": {"gateway.limits"},
+    "gateway.errors": set(),
+    "gateway.limits": set(),
+}
+ROOT = Path(gateway.core.__file__).parents[2]  # the checkout
+
+
+def part_of(module: str) -> str:
+    return next(p for p in sorted(MAY_IMPORT, key=len, reverse=True) if is_in(module, p))
+
+
+def is_in(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def gateway_imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module == "gateway":
+            names = [f"gateway.{a.name}" for a in node.names]  # from gateway import limits
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        else:
+            continue
+        found |= {n for n in names if is_in(n, "gateway")}
+    return found
+
+
+def modules() -> list[tuple[str, Path]]:
+    """Every module of the package with a part in the table (cli and __main__ may
+    import anything)."""
+    found = []
+    for path in sorted((ROOT / "gateway").rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        if name not in ("gateway", "gateway.cli", "gateway.__main__"):
+            found.append((name, path))
+    return found
+
+
+@pytest.mark.parametrize(("module", "path"), modules(), ids=[m for m, _ in modules()])
+def test_imports_point_downward(module: str, path: Path) -> None:
+    allowed = MAY_IMPORT[part_of(module)]
+    wrong = sorted(
+        name for name in gateway_imports(path) if not any(is_in(name, a) for a in allowed)
+    )
+    assert wrong == [], f"{module} imports {wrong}; see CONTRIBUTING.md"
+
+
+def test_the_direction_check_can_fail() -> None:
+    source = ROOT / "gateway" / "core" / "stream" / "transcoder.py"
+    assert gateway_imports(source) and not any(
+        is_in(n, "gateway.http") for n in gateway_imports(source)
+    )
+    assert "gateway.api.pings" in gateway_imports(ROOT / "gateway" / "ops" / "lifecycle.py")
+    assert part_of("gateway.core.stream.sse") == "gateway.core"
+    assert not any(is_in("gateway.api.pings", a) for a in MAY_IMPORT["gateway.core"])
