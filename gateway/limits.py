@@ -12,8 +12,18 @@ MiB = 1024 * KiB
 
 # ---- client-facing HTTP (gateway.http) ------------------------------------------------
 
-# Request line plus headers. Larger heads are refused (bigger than any real client's).
+# The request line, one header line, the number of headers (aiohttp's defaults:
+# ours is never laxer), and the whole head: larger heads get 431 (the line: 414).
+MAX_REQUEST_LINE = 8190
+MAX_HEADER_LINE = 8190
+MAX_HEADERS = 128
 MAX_REQUEST_HEAD = 64 * KiB
+# Seconds a client has to send a whole request head (slow-header clients): 408.
+REQUEST_HEAD_TIMEOUT = 15.0
+# Seconds a handler waits for more of a request body that trickles: 408.
+REQUEST_BODY_TIMEOUT = 60.0
+# Open client connections; one more is answered 503 and closed.
+MAX_CONNECTIONS = 10_000
 # Request body: room for a few base64 images; OpenAI's own limit is larger, but a
 # gateway at the edge refuses a runaway body before decoding it. Per deployment
 # in the config (``max-body-bytes``); the server enforces the largest.
@@ -43,6 +53,15 @@ UPSTREAM_BODY_HIGH_WATER = 256 * KiB
 # 5 s keep-alive of uvicorn-based servers (vLLM, SGLang), so that a pooled
 # connection is rarely closed under us.
 UPSTREAM_IDLE = 4.0
+# Open connections to one upstream server; a request that finds none free waits
+# at most UPSTREAM_POOL_TIMEOUT seconds for one, then fails (503).
+UPSTREAM_MAX_CONNECTIONS = 1024
+UPSTREAM_POOL_TIMEOUT = 10.0
+# After a stream's end (``data: [DONE]``), the rest of the upstream body (the end
+# of its chunked framing) is read off the client's path, at most this many bytes
+# for at most this many seconds; then the connection is pooled (or closed).
+UPSTREAM_DRAIN_BYTES = 64 * KiB
+UPSTREAM_DRAIN_TIMEOUT = 2.0
 # Seconds between two asks of an upstream's ``GET /models`` for an unknown model id.
 MODELS_REFRESH = 5.0
 
