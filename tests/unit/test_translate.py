@@ -191,10 +191,10 @@ def test_capabilities_come_from_the_deployment_and_nothing_else() -> None:
 @pytest.mark.parametrize(
     ("body", "says"),
     [
-        (b'{"choices": [', "Upstream sent a malformed completion"),
-        (b'{"choices": []}', "Upstream returned no choices."),
+        (b'{"choices": [', "upstream sent a malformed completion"),
+        (b'{"choices": []}', "upstream returned no choices"),
         (b'{"choices": [{"index": 0, "finish_reason": "stop"}]}', "without a message"),
-        (b'{"error": {"message": "bad things"}}', "Upstream error: bad things."),
+        (b'{"error": {"message": "bad things"}}', "upstream error: bad things"),
     ],
 )
 def test_to_response_refuses_what_is_not_an_answer(body: bytes, says: str) -> None:

@@ -37,7 +37,7 @@ class EventEncoder:
         self.base = base
         self.now = now
         self.ids = ids
-        self.final: dict | None = None  # the terminal response object, once there is one
+        self.final: dict | None = None  # the completed / incomplete response, once there is one
         self.seq = 0
         self.out: list[Any] = []  # pieces of the frames not yet drained
         self.output: list[dict] = []  # finished items, in output_index order
@@ -181,6 +181,24 @@ class EventEncoder:
         self.emit(ev.ITEM_DONE, {"output_index": call.output_index, "item": item})
         self.output.append(item)
 
+    # ---- whole items (an answer that was complete before it was streamed) ---------------
+
+    def whole_message(self, parts: list[tuple[bool, bytes]], status: str) -> None:
+        """A message whose parts ((is refusal, text token), in order) are all known:
+        opened, each part given in one delta, closed, as a stream of it would be."""
+        self.open_message()
+        for k, (refusal, token) in enumerate(parts):
+            if k:
+                self.close_part()
+            self.open_part(refusal)
+            self.text(token)
+        self.close_message(status)
+
+    def whole_call(self, call: ToolCall, status: str) -> None:
+        """A function call whose arguments are all known (``call.pieces``)."""
+        self.open_call(call)
+        self.close_call(call, status)
+
     # ---- the end -------------------------------------------------------------------------
 
     def terminal(self, finish_reason: str | None, usage: Any) -> None:
@@ -200,25 +218,33 @@ class EventEncoder:
     def failed(self, message: str, code: str) -> None:
         error = {"code": code, "message": message}
         final = output.response_final(self.base, "failed", self.output, None, error=error)
-        self.final = final
         self.emit(ev.TERMINAL["failed"], {"response": final})
 
 
 class OutputCollector(EventEncoder):
-    """The same items and terminal response, without the events: a whole answer
-    that is not streamed (``translate.response``) is built by the very state
-    machine that streams one, so the two cannot disagree."""
+    """The items and the terminal response of a whole answer, without events: what
+    ``translate.response`` builds a non-streamed answer with. The items are the
+    ones ``whole_message`` / ``whole_call`` would stream, built directly."""
 
     __slots__ = ()
-
-    def frame(self, prefix: bytes, mid: bytes, body: Any, end: bytes) -> None:
-        pass
-
-    def texts(self, tokens: list[bytes]) -> None:
-        self.pieces += tokens
 
     def emit(self, prefix: bytes, fields: dict) -> None:
         pass
 
-    def created(self) -> None:
-        pass
+    def whole_message(self, parts: list[tuple[bool, bytes]], status: str) -> None:
+        content = [
+            output.refusal_part(orjson.Fragment(token))
+            if refusal
+            else output.output_text_part(orjson.Fragment(token))
+            for refusal, token in parts
+        ]
+        self.output.append(output.message_item(self.ids.new(MESSAGE), status, content))
+
+    def whole_call(self, call: ToolCall, status: str) -> None:
+        if not call.call_id:
+            call.call_id = self.ids.call()
+        arguments = orjson.Fragment(join_tokens(call.pieces))
+        item_id = self.ids.new(FUNCTION_CALL)
+        self.output.append(
+            output.function_call_item(item_id, call.call_id, call.name, arguments, status)
+        )

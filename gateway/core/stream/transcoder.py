@@ -10,9 +10,8 @@ injected ``now``, or knows about sockets.
 Layers: ``sse.SseParser`` (bytes → data payloads) → ``wire.chunks`` (payload →
 view Structs) → this state machine (upstream facts → what happens to the output)
 → ``encoder.EventEncoder`` (Responses events, ids, indexes, sequence numbers).
-With ``quiet=True`` the encoder is an ``OutputCollector``: no events, only the
-final response (``response``); ``translate.response`` builds a non-streamed
-answer that way, so a completion becomes output in this one place.
+``complete`` hands a whole completion to ``translate.response.answer``, the one
+reading of a completion (the JSON answer is built from it too).
 
 States and transitions (``State``)::
 
@@ -41,11 +40,13 @@ from collections.abc import Callable
 
 from gateway.core.ids import IDS, Ids
 from gateway.core.stream.chunk_template import ChunkTemplate
-from gateway.core.stream.encoder import EventEncoder, OutputCollector
+from gateway.core.stream.encoder import EventEncoder
 from gateway.core.stream.sse import SseParser, SseTooLarge
 from gateway.core.stream.toolcalls import ToolCalls
+from gateway.core.translate.response import answer, decode_completion
 from gateway.core.wire import chunks as ck
 from gateway.core.wire import output
+from gateway.errors import UpstreamBadResponse
 
 __all__ = ["State", "Transcoder"]
 
@@ -83,9 +84,8 @@ class Transcoder:
         *,
         now: Callable[[], float] = time.time,
         ids: Ids = IDS,
-        quiet: bool = False,
     ) -> None:
-        self._enc = (OutputCollector if quiet else EventEncoder)(base, now, ids)
+        self._enc = EventEncoder(base, now, ids)
         self._parser = SseParser()
         self._state = State.NEW
         self._finish: str | None = None  # the upstream's finish_reason
@@ -97,11 +97,6 @@ class Transcoder:
     @property
     def done(self) -> bool:
         return self._state is State.DONE
-
-    @property
-    def response(self) -> dict | None:
-        """The terminal response object (completed, incomplete or failed), once sent."""
-        return self._enc.final
 
     def start(self) -> bytes:
         self._begin()
@@ -238,11 +233,11 @@ class Transcoder:
         if not self._begin():
             return b""
         try:
-            body = ck.COMPLETION_DECODER.decode(completion)
-        except ValueError as exc:  # msgspec's errors, or UnicodeDecodeError in a str field
-            self._fail(f"upstream sent a malformed completion: {exc}")
+            answer(decode_completion(completion), self._enc)
+        except UpstreamBadResponse as exc:
+            self._fail(exc.message)
         else:
-            self._on_completion(body)
+            self._end()
         return self._enc.drain()
 
     def _begin(self) -> bool:
@@ -327,27 +322,6 @@ class Transcoder:
                 call.pieces.append(token)
             self._advance()
         # else: a late delta for a call already closed (its arguments parsed): dropped
-
-    def _on_completion(self, body: ck.Completion) -> None:
-        """A whole non-streaming chat.completion, replayed as facts."""
-        if ck.is_error(body):
-            self._fail("upstream error: " + ck.error_message(body))
-            return
-        self._usage = body.usage
-        choice = ck.first_choice(body.choices)
-        if choice is None:
-            self._fail("upstream returned no choices")
-            return
-        message = choice.message
-        if message is None:
-            self._fail("upstream returned a choice without a message")
-            return
-        for position, call in enumerate(message.tool_calls or ()):
-            if call.index < 0:
-                call.index = position
-        self._on_delta(message)
-        self._on_finish(choice.finish_reason)
-        self._terminal()
 
     def _on_finish(self, reason: str | None) -> None:
         self._finish = reason

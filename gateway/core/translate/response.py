@@ -1,9 +1,11 @@
-"""A whole chat completion (a non-streamed upstream answer) → the Responses object.
+"""A whole chat completion (a non-streamed upstream answer) → Responses output.
 
-There is one way a chat answer becomes Responses output: the stream
-transcoder's state machine. A non-streamed answer goes through it too, with an
-``OutputCollector`` for an encoder (no events are framed), so the JSON answer
-and the streamed one always carry the same items, statuses and usage.
+``answer`` is the one reading of a completion: it tells an encoder the answer's
+message, its function calls and its end. With an ``OutputCollector`` that
+builds the JSON answer (``to_response``); with the stream's ``EventEncoder`` it
+replays the answer as events (``Transcoder.complete``, for a stream served by
+an upstream that does not stream). Either way the items come from the same
+builders (``wire.output``), in the same order, with the same statuses.
 """
 
 from __future__ import annotations
@@ -12,8 +14,54 @@ import time
 from collections.abc import Callable
 
 from gateway.core.ids import IDS, Ids
-from gateway.core.stream.transcoder import Transcoder
+from gateway.core.stream.encoder import EventEncoder, OutputCollector
+from gateway.core.stream.toolcalls import ToolCall
+from gateway.core.wire import chunks as ck
+from gateway.core.wire import output
 from gateway.errors import UpstreamBadResponse
+
+
+def decode_completion(data: bytes) -> ck.Completion:
+    """The upstream's ``chat.completion`` body as its view Struct, or a 502."""
+    try:
+        return ck.COMPLETION_DECODER.decode(data)
+    except ValueError as exc:  # msgspec's errors, or UnicodeDecodeError in a str field
+        raise UpstreamBadResponse(f"upstream sent a malformed completion: {exc}") from exc
+
+
+def answer(completion: ck.Completion, enc: EventEncoder) -> None:
+    """Tell ``enc`` the whole answer; ``UpstreamBadResponse`` (before anything is
+    told) when it holds an in-band error or no answer."""
+    if ck.is_error(completion):
+        raise UpstreamBadResponse("upstream error: " + ck.error_message(completion))
+    choice = ck.first_choice(completion.choices)
+    if choice is None:
+        raise UpstreamBadResponse("upstream returned no choices")
+    message = choice.message
+    if message is None:
+        raise UpstreamBadResponse("upstream returned a choice without a message")
+    status, _ = output.finish_status(choice.finish_reason)
+    item_status = "completed" if status == "completed" else "incomplete"
+    parts: list[tuple[bool, bytes]] = []
+    text = ck.string_token(message.content)
+    if text is not None:
+        parts.append((False, text))
+    refusal = ck.string_token(message.refusal)
+    if refusal is not None:
+        parts.append((True, refusal))
+    if parts:
+        enc.whole_message(parts, item_status)
+    for position, delta in enumerate(message.tool_calls or ()):
+        call = ToolCall(position)
+        call.call_id = delta.id or ""
+        function = delta.function
+        if function is not None:
+            call.name = function.name or ""
+            arguments = ck.string_token(function.arguments)
+            if arguments is not None:
+                call.pieces.append(arguments)
+        enc.whole_call(call, item_status)
+    enc.terminal(choice.finish_reason, completion.usage)
 
 
 def to_response(
@@ -25,11 +73,7 @@ def to_response(
     Raises ``UpstreamBadResponse`` (a 502) when the body is not a chat
     completion, holds an in-band error or has no answer.
     """
-    tx = Transcoder(base, now=now, ids=ids, quiet=True)
-    tx.complete(completion)
-    final = tx.response
-    assert final is not None  # complete() always ends the response
-    if final["status"] == "failed":
-        message = final["error"]["message"]  # the stream's wording, as a sentence
-        raise UpstreamBadResponse(message[:1].upper() + message[1:].rstrip(".") + ".")
-    return final
+    enc = OutputCollector(base, now, ids)
+    answer(decode_completion(completion), enc)
+    assert enc.final is not None  # answer() ends with the terminal response
+    return enc.final
