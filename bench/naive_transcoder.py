@@ -15,10 +15,12 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+from msgspec import convert
 
 from gateway.core.ids import IDS, Ids
 from gateway.core.stream.sse import SseParser
 from gateway.core.wire import output
+from gateway.core.wire.chunks import Usage
 
 
 class _Call:
@@ -393,7 +395,7 @@ class NaiveTranscoder:
             self.base,
             status,
             self.output,
-            output.usage_from_chat(self.usage),
+            output.usage_from_chat(None if self.usage is None else convert(self.usage, Usage)),
             incomplete_reason=reason,
             completed_at=int(self.now()) if status == "completed" else None,
         )

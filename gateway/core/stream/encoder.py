@@ -24,7 +24,7 @@ from gateway.core.ids import FUNCTION_CALL, MESSAGE, Ids
 from gateway.core.stream.toolcalls import ToolCall
 from gateway.core.wire import events as ev
 from gateway.core.wire import output
-from gateway.core.wire.chunks import join_tokens
+from gateway.core.wire.chunks import Usage, join_tokens
 
 
 class EventEncoder:
@@ -201,10 +201,15 @@ class EventEncoder:
 
     # ---- the end -------------------------------------------------------------------------
 
-    def terminal(self, finish_reason: str | None, usage: Any) -> None:
+    def terminal(self, finish_reason: str | None, usage: Usage | None) -> None:
         """response.completed / response.incomplete."""
+        final = self.final = self.final_response(finish_reason, usage)
+        self.emit(ev.TERMINAL[final["status"]], {"response": final})
+
+    def final_response(self, finish_reason: str | None, usage: Usage | None) -> dict:
+        """The completed / incomplete response object, with every finished item."""
         status, reason = output.finish_status(finish_reason)
-        final = output.response_final(
+        return output.response_final(
             self.base,
             status,
             self.output,
@@ -212,8 +217,6 @@ class EventEncoder:
             incomplete_reason=reason,
             completed_at=int(self.now()) if status == "completed" else None,
         )
-        self.final = final
-        self.emit(ev.TERMINAL[status], {"response": final})
 
     def failed(self, message: str, code: str) -> None:
         error = {"code": code, "message": message}
@@ -228,8 +231,16 @@ class OutputCollector(EventEncoder):
 
     __slots__ = ()
 
-    def emit(self, prefix: bytes, fields: dict) -> None:
-        pass
+    def __init__(self, base: dict, now: Callable[[], float], ids: Ids) -> None:
+        # Only what whole items and the end use: this runs once per JSON answer.
+        self.base = base
+        self.now = now
+        self.ids = ids
+        self.output = []
+        self.final = None
+
+    def terminal(self, finish_reason: str | None, usage: Usage | None) -> None:
+        self.final = self.final_response(finish_reason, usage)
 
     def whole_message(self, parts: list[tuple[bool, bytes]], status: str) -> None:
         content = [

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.core.wire.chunks import Usage
+
 # chat finish_reason -> (response status, incomplete_details.reason)
 _FINISH: dict[str | None, tuple[str, str | None]] = {
     "stop": ("completed", None),
@@ -98,35 +100,28 @@ def function_call_item(item_id: str, call_id: str, name: Any, arguments: Any, st
     }
 
 
-def usage_from_chat(usage: Any) -> dict | None:
-    """Chat ``usage`` (a Struct, or a dict with the same names) → Responses ``usage``.
+def usage_from_chat(usage: Usage | None) -> dict | None:
+    """Chat ``usage`` (its view Struct, fields already type-checked) → Responses ``usage``.
 
     No usage from the upstream gives ``None``, not zeros that look real.
     """
     if usage is None:
         return None
-    prompt = _int_field(usage, "prompt_tokens")
-    completion = _int_field(usage, "completion_tokens")
-    total = _field(usage, "total_tokens")
-    pdet = _field(usage, "prompt_tokens_details")
-    cdet = _field(usage, "completion_tokens_details")
+    prompt = usage.prompt_tokens or 0
+    completion = usage.completion_tokens or 0
+    total = usage.total_tokens
+    pdet = usage.prompt_tokens_details
+    cdet = usage.completion_tokens_details
     return {
         "input_tokens": prompt,
         # cache_write_tokens: required by the newest SDK types; chat upstreams don't report it.
         "input_tokens_details": {
-            "cached_tokens": _int_field(pdet, "cached_tokens"),
-            "cache_write_tokens": _int_field(pdet, "cache_write_tokens"),
+            "cached_tokens": (pdet.cached_tokens or 0) if pdet is not None else 0,
+            "cache_write_tokens": 0,
         },
         "output_tokens": completion,
-        "output_tokens_details": {"reasoning_tokens": _int_field(cdet, "reasoning_tokens")},
-        "total_tokens": total if isinstance(total, int) else prompt + completion,
+        "output_tokens_details": {
+            "reasoning_tokens": (cdet.reasoning_tokens or 0) if cdet is not None else 0
+        },
+        "total_tokens": prompt + completion if total is None else total,
     }
-
-
-def _field(obj: Any, name: str) -> Any:
-    return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
-
-
-def _int_field(obj: Any, name: str) -> int:
-    value = _field(obj, name)
-    return value if isinstance(value, int) else 0
