@@ -6,6 +6,18 @@ Example ``gateway.toml``::
     host = "127.0.0.1"
     port = 8080
 
+    [http]                                # every key optional: gateway/limits.py has the defaults
+    server = "lean"                       # or "aiohttp" (also: serve --http aiohttp)
+    max-request-line = 8190               # bytes; a longer line, header line or head: 431
+    max-header-line = 8190
+    max-headers = 128
+    max-head-bytes = 65536
+    head-timeout = 15.0                   # seconds to send a request head: 408
+    body-timeout = 60.0                   # seconds a request body may stall: 408
+    keepalive-timeout = 75.0              # an idle client connection is closed after this
+    max-connections = 10000               # one more is answered 503 and closed
+    max-pipelined = 8                     # requests queued on one connection before reading stops
+
     [[deployment]]
     models = ["qwen"]                     # ids clients send; empty: ask the upstream's /v1/models
     upstream = "http://127.0.0.1:8000/v1"
@@ -85,8 +97,35 @@ class Stream(_Base, frozen=True):
     keepalive_interval: float = limits.SSE_PING_INTERVAL
 
 
+class Http(_Base, frozen=True):
+    """The client-facing HTTP server: which one, and its bounds (``gateway.limits``)."""
+
+    # "lean": ours, on httptools (the default, measured faster); "aiohttp": aiohttp's
+    # low-level server running the same handler, the battle-tested reference.
+    server: Literal["lean", "aiohttp"] = "lean"
+    max_request_line: int = limits.MAX_REQUEST_LINE
+    max_header_line: int = limits.MAX_HEADER_LINE
+    max_headers: int = limits.MAX_HEADERS
+    max_head_bytes: int = limits.MAX_REQUEST_HEAD
+    head_timeout: float = limits.REQUEST_HEAD_TIMEOUT
+    body_timeout: float = limits.REQUEST_BODY_TIMEOUT
+    keepalive_timeout: float = limits.HTTP_KEEPALIVE_IDLE
+    max_connections: int = limits.MAX_CONNECTIONS
+    max_pipelined: int = limits.MAX_PIPELINED
+
+    def __post_init__(self) -> None:
+        sizes = (self.max_request_line, self.max_header_line, self.max_headers)
+        if min(sizes) < 1 or self.max_head_bytes < 1024:
+            raise ValueError("[http] sizes and counts must be positive (max-head-bytes >= 1024)")
+        if min(self.head_timeout, self.body_timeout, self.keepalive_timeout) <= 0:
+            raise ValueError("[http] timeouts must be positive")
+        if self.max_connections < 1 or self.max_pipelined < 1:
+            raise ValueError("[http] max-connections and max-pipelined must be at least 1")
+
+
 class Config(_Base, frozen=True):
     listen: Listen = Listen()
+    http: Http = Http()
     deployment: tuple[Deployment, ...] = ()
     stream: Stream = Stream()
     workers: int = 1

@@ -7,16 +7,22 @@
     │   ├── NotFound                  404     invalid_request_error  (given)
     │   │   └── ModelNotFound         404     invalid_request_error  model_not_found
     │   ├── MethodNotAllowed          405     invalid_request_error  null
-    │   └── RequestTooLarge           413     invalid_request_error  request_too_large
+    │   ├── RequestTimeout            408     invalid_request_error  request_timeout
+    │   ├── RequestTooLarge           413     invalid_request_error  request_too_large
+    │   ├── ExpectationFailed         417     invalid_request_error  expectation_failed
+    │   └── HeadersTooLarge           431     invalid_request_error  request_header_fields_too_large
+    ├── Overloaded                    503     server_error           server_overloaded
     ├── UpstreamError
     │   ├── UpstreamRejected          4xx     (the upstream's)       (the upstream's)
     │   ├── UpstreamUnavailable       502     server_error           server_error
+    │   │   └── UpstreamBusy          503     server_error           server_error
     │   ├── UpstreamBadResponse       502     server_error           server_error
     │   └── UpstreamTimeout           504     server_error           timeout
     └── InternalError                 500     server_error           server_error
 
-Foreign exceptions are translated at their boundary (request decoding in
-``api.body``, the upstream client in ``upstream``); everything that reaches the
+Foreign exceptions are translated at their boundary (HTTP parsing in
+``http.server``, request decoding in ``api.body``, the upstream client in
+``upstream``); everything that reaches the
 wire is a ``GatewayError``. ``GatewayError.body`` is the answer's body for an
 HTTP error before a stream starts (``api.endpoints`` sends it); after that, the
 transcoder's ``fail`` reports in-band. ``missing`` and ``body_too_large`` build
@@ -82,9 +88,35 @@ class MethodNotAllowed(ClientError):
     status = 405
 
 
+class RequestTimeout(ClientError):
+    """The client took too long to send its request head or the rest of its body."""
+
+    status = 408
+    code = "request_timeout"
+
+
 class RequestTooLarge(ClientError):
     status = 413
     code = "request_too_large"
+
+
+class ExpectationFailed(ClientError):
+    status = 417
+    code = "expectation_failed"
+
+
+class HeadersTooLarge(ClientError):
+    """The request line, a header line, the header count or the whole head is over its limit."""
+
+    status = 431
+    code = "request_header_fields_too_large"
+
+
+class Overloaded(GatewayError):
+    """The gateway holds as many connections or requests as it is configured to."""
+
+    status = 503
+    code = "server_overloaded"
 
 
 class UpstreamError(GatewayError):
@@ -111,6 +143,12 @@ class UpstreamRejected(UpstreamError):
 
 class UpstreamUnavailable(UpstreamError):
     pass
+
+
+class UpstreamBusy(UpstreamUnavailable):
+    """Every connection to the upstream is in use and none came free in time."""
+
+    status = 503
 
 
 class UpstreamBadResponse(UpstreamError):

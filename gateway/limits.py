@@ -13,7 +13,7 @@ MiB = 1024 * KiB
 # ---- client-facing HTTP (gateway.http) ------------------------------------------------
 
 # The request line, one header line, the number of headers (aiohttp's defaults:
-# ours is never laxer), and the whole head: larger heads get 431 (the line: 414).
+# ours is never laxer), and the whole head: anything larger gets 431.
 MAX_REQUEST_LINE = 8190
 MAX_HEADER_LINE = 8190
 MAX_HEADERS = 128

@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 
 from gateway.errors import InvalidRequest, body_too_large, missing
-from gateway.http.messages import BadRequest, BodyTooLarge, Request
+from gateway.http.messages import Incoming
 
 BAD_JSON = (
     "We could not parse the JSON body of your request. The body must be a JSON object "
@@ -21,26 +21,15 @@ BAD_JSON = (
 BAD_UTF8 = "The JSON body of your request is not valid UTF-8."
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Incoming, limit: int) -> bytes:
+    """The whole body, at most ``limit`` bytes (refused before reading when
+    Content-Length says it is larger). The server's errors are the gateway's own."""
     size = request.content_length
     if size is not None and size > limit:
         raise body_too_large(limit, size)
-    content = request.content
-    try:
-        if size is not None:
-            return await content.readexactly(size) if size else b""
-        chunks = []
-        total = 0
-        while data := await content.readany():
-            total += len(data)
-            if total > limit:
-                raise body_too_large(limit)
-            chunks.append(data)
-    except BodyTooLarge as exc:
-        raise body_too_large(exc.limit, exc.size) from exc
-    except BadRequest as exc:
-        raise InvalidRequest(f"The request body could not be read: {exc}") from exc
-    return b"".join(chunks)
+    if size == 0:
+        return b""
+    return await request.content.read(limit)
 
 
 def decode(decoder: Any, body: bytes) -> Any:

@@ -31,7 +31,7 @@ from gateway.errors import (
     NotFound,
     body_too_large,
 )
-from gateway.http.messages import Reply, Request, Response, StreamResponse
+from gateway.http.messages import Incoming, Reply, Response, StreamResponse
 from gateway.limits import STREAM_WRITE_AHEAD
 from gateway.upstream.replica import UpstreamConnection
 from gateway.upstream.routing import Route, Router
@@ -50,10 +50,6 @@ NO_STORED = (
 )
 
 
-def error_response(exc: GatewayError) -> Response:
-    return Response(status=exc.status, body=exc.body(), content_type=JSON)
-
-
 class Gateway:
     """Serves ``/v1/responses``, ``/v1/chat/completions`` and ``/v1/models``."""
 
@@ -62,27 +58,27 @@ class Gateway:
         self.pings = pings
         self.max_body = max_body
         self.created = int(time.time())
-        self._routes: dict[tuple[str, str], Callable[[Request], Awaitable[Any]]] = {
+        self._routes: dict[tuple[str, str], Callable[[Incoming], Awaitable[Any]]] = {
             ("POST", "/v1/responses"): self.responses,
             ("POST", "/v1/chat/completions"): self.chat,
             ("GET", "/v1/models"): self.models,
         }
 
-    async def handle(self, request: Request) -> Reply:
+    async def handle(self, request: Incoming) -> Reply:
         try:
             route = self._routes.get((request.method, request.path))
             if route is None:
                 route = self._not_routed(request)
             return await route(request)
         except GatewayError as exc:
-            return error_response(exc)
+            return Response.error(exc)
         except (ConnectionError, asyncio.CancelledError):
             raise
         except Exception:
             log.exception("unexpected error on %s %s", request.method, request.path)
-            return error_response(InternalError("The gateway failed unexpectedly."))
+            return Response.error(InternalError("The gateway failed unexpectedly."))
 
-    def _not_routed(self, request: Request) -> Callable[[Request], Awaitable[Any]]:
+    def _not_routed(self, request: Incoming) -> Callable[[Incoming], Awaitable[Any]]:
         path = request.path
         if path.startswith("/v1/responses/"):
             raise NotFound(NO_STORED)
@@ -90,7 +86,7 @@ class Gateway:
             raise MethodNotAllowed(f"Method {request.method} is not allowed on {path}.")
         raise NotFound(f"Unknown path: {request.method} {path}.")
 
-    async def models(self, request: Request) -> Response:
+    async def models(self, request: Incoming) -> Response:
         ids = self.router.model_ids()
         if "default" not in ids:
             ids.append("default")
@@ -100,7 +96,7 @@ class Gateway:
         ]
         return Response(body=orjson.dumps({"object": "list", "data": data}), content_type=JSON)
 
-    async def _read(self, request: Request, decoder: Any) -> tuple[bytes, Any, Route]:
+    async def _read(self, request: Incoming, decoder: Any) -> tuple[bytes, Any, Route]:
         """The body, decoded, and the deployment of the model it names."""
         body = await read_body(request, self.max_body)
         doc = decode(decoder, body)
@@ -112,7 +108,7 @@ class Gateway:
 
     # ---- /v1/chat/completions: pass-through -------------------------------------------
 
-    async def chat(self, request: Request) -> Reply:
+    async def chat(self, request: Incoming) -> Reply:
         body, view, route = await self._read(request, PASS_THROUGH_DECODER)
         if route.upstream_model != view.model:
             doc = orjson.loads(body)
@@ -133,8 +129,7 @@ class Gateway:
                 # Bytes already went out: cut the connection, so that the client
                 # sees a broken stream rather than one that looks complete.
                 log.warning("chat stream from upstream broke: %s", exc.message)
-                if request.transport is not None:
-                    request.transport.close()
+                request.abort()
                 return out
         finally:
             resp.release()
@@ -143,7 +138,7 @@ class Gateway:
 
     # ---- /v1/responses ----------------------------------------------------------------
 
-    async def responses(self, request: Request) -> Reply:
+    async def responses(self, request: Incoming) -> Reply:
         body, req, route = await self._read(request, REQUEST_DECODER)
         stream = bool(req.stream)
         pump = stream and route.caps.streaming
@@ -163,7 +158,7 @@ class Gateway:
         return Response(body=orjson.dumps(to_response(data, base)), content_type=JSON)
 
     async def _stream(
-        self, request: Request, upstream: UpstreamConnection, tx: Transcoder, pump: bool
+        self, request: Incoming, upstream: UpstreamConnection, tx: Transcoder, pump: bool
     ) -> StreamResponse:
         out = StreamResponse(headers=SSE_HEADERS)
         await out.prepare(request)

@@ -1,12 +1,16 @@
-"""What a handler of the lean HTTP server sees: ``Request`` (with its ``Body``),
-and the two kinds of answer, ``Response`` (one write) and ``StreamResponse``.
+"""What a handler sees, whichever HTTP server runs it: a request (method, path,
+``headers``, ``content``) and the two kinds of answer, ``Response`` (one write)
+and ``StreamResponse`` (written piece by piece).
 
-The names and methods are the subset of aiohttp's ``web`` API the gateway used.
-The connection side is in ``gateway.http.server``.
+``Request`` and ``Body`` here are the lean server's (``gateway.http.server``);
+``gateway.http.aiohttp_server`` gives a request with the same attributes on
+aiohttp's low-level server. A handler only uses what ``Incoming`` lists.
 
 * Request bodies: Content-Length or chunked, bounded by the server's
-  ``max_body`` (reads raise ``BodyTooLarge``); ``Expect: 100-continue`` is
-  answered when the handler first waits for the body.
+  ``max_body``; ``Expect: 100-continue`` is answered when the handler first
+  waits for the body; a body that stops arriving for ``body_timeout`` seconds
+  fails the read. Reads raise the gateway's own errors (``RequestTooLarge``,
+  ``RequestTimeout``, ``InvalidRequest``).
 * Writes go straight to the transport; only a paused transport (the peer reads
   slowly) makes ``write`` wait.
 """
@@ -20,9 +24,9 @@ from collections.abc import Awaitable, Callable
 from email.utils import formatdate
 from functools import lru_cache
 from http import HTTPStatus
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from gateway.errors import body_too_large
+from gateway.errors import GatewayError, InvalidRequest, RequestTimeout, body_too_large
 from gateway.limits import REQUEST_BODY_HIGH_WATER
 
 if TYPE_CHECKING:
@@ -31,26 +35,10 @@ if TYPE_CHECKING:
 STATUS_LINES = {int(s): f"HTTP/1.1 {int(s)} {s.phrase}\r\n".encode() for s in HTTPStatus}
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 LAST_CHUNK = b"0\r\n\r\n"
-
-
-class HttpError(Exception):
-    """A request the server refuses; raised by body reads, answered with ``status``."""
-
-    status = 400
-
-
-class BadRequest(HttpError):
-    status = 400
-
-
-class BodyTooLarge(HttpError):
-    status = 413
-
-    def __init__(self, limit: int, size: int | None = None) -> None:
-        super().__init__(body_too_large(limit, size).message)
-        self.limit = limit
-        self.size = size
-
+# Bytes allowed in a header value we send: visible ASCII, space, tab, and obs-text.
+_VALUE_BYTES = bytes([9, *range(32, 127), *range(128, 256)])
+_TOKEN_BYTES = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_CUT_VALUE = bytes.maketrans(b"", b"")
 
 _date_second = -1
 _date_line = b""
@@ -72,12 +60,17 @@ def status_line(status: int) -> bytes:
 
 @lru_cache(maxsize=256)
 def header_line(name: str, value: str) -> bytes:
-    """``name: value\r\n``, checked for line breaks; the same few headers go out with
-    every answer, so each is built and checked once."""
-    line = f"{name}: {value}\r\n"
-    if line.count("\n") != 1 or "\r" in line[:-2]:
-        raise ValueError(f"a line break in header {name!r}")
-    return line.encode("latin-1")
+    """``name: value\\r\\n``, checked: the name a token, the value free of control
+    characters (no CR, LF or NUL can inject a header or split the answer). The
+    same few headers go out with every answer, so each is built and checked once.
+    """
+    raw_name = name.encode("latin-1")
+    raw_value = value.encode("latin-1")
+    if not raw_name or raw_name.translate(_CUT_VALUE, _TOKEN_BYTES):
+        raise ValueError(f"not a header name: {name!r}")
+    if raw_value.translate(_CUT_VALUE, _VALUE_BYTES):
+        raise ValueError(f"a control character in the value of header {name!r}")
+    return b"%s: %s\r\n" % (raw_name, raw_value)
 
 
 def header_lines(headers: dict[str, str] | None) -> bytes:
@@ -86,8 +79,69 @@ def header_lines(headers: dict[str, str] | None) -> bytes:
     return b"".join([header_line(k, v) for k, v in headers.items()])
 
 
+class Headers:
+    """A request's headers as received (at most the server's header count), with
+    case-insensitive lookup. Names are kept lower-cased, values as bytes until read."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: list[tuple[bytes, bytes]] | None = None) -> None:
+        self._items = items if items is not None else []
+
+    def add(self, name: bytes, value: bytes) -> None:
+        self._items.append((name.lower(), value))
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        """The first value of header ``name`` (any case), decoded as latin-1."""
+        key = name.lower().encode("latin-1")
+        for k, v in self._items:
+            if k == key:
+                return v.decode("latin-1")
+        return default
+
+    def getall(self, name: str) -> list[str]:
+        key = name.lower().encode("latin-1")
+        return [v.decode("latin-1") for k, v in self._items if k == key]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.get(name) is not None
+
+
+class Content(Protocol):
+    """A request body as handlers read it."""
+
+    async def read(self, limit: int) -> bytes: ...
+
+
+class Incoming(Protocol):
+    """What a handler may use of a request, on either server."""
+
+    method: str
+    path: str
+    content_length: int | None
+    headers: Headers
+
+    @property
+    def content(self) -> Content: ...
+
+    async def open_stream(self, status: int, headers: dict[str, str] | None) -> StreamOut: ...
+
+    def abort(self) -> None: ...
+
+
+class StreamOut(Protocol):
+    """A server's side of a ``StreamResponse``."""
+
+    async def write(self, data: bytes) -> None: ...
+
+    async def write_eof(self, data: bytes) -> None: ...
+
+
 class Body:
-    """A request's body, as the handler reads it (``request.content``)."""
+    """A request's body on the lean server (``request.content``)."""
 
     __slots__ = ("_conn", "_chunks", "_size", "_total", "_eof", "_error", "_waiter", "_expect")
 
@@ -117,7 +171,7 @@ class Body:
         self._total += len(data)
         limit = self._conn.server.max_body
         if self._total > limit:
-            self.fail(BodyTooLarge(limit))
+            self.fail(body_too_large(limit))
             return
         self._chunks.append(data)
         self._size += len(data)
@@ -151,66 +205,142 @@ class Body:
             if conn.transport is not None:
                 conn.transport.write(CONTINUE)
         self._waiter = waiter = conn.loop.create_future()
+        timer = conn.loop.call_later(conn.server.body_timeout, self._timed_out, waiter)
         try:
             await waiter
         finally:
+            timer.cancel()
             self._waiter = None
 
-    def _take(self, n: int) -> bytes:
+    def _timed_out(self, waiter: asyncio.Future[None]) -> None:
+        if not waiter.done():
+            self.fail(RequestTimeout("The request body stopped arriving before its end."))
+
+    def _take(self) -> bytes:
+        """Everything buffered; reading resumes if it was paused."""
         chunks = self._chunks
-        if len(chunks) == 1 and len(chunks[0]) == n:
-            data = chunks.popleft()
-        else:
-            joined = b"".join(chunks)
-            chunks.clear()
-            data, rest = joined[:n], joined[n:]
-            if rest:
-                chunks.append(rest)
-        self._size -= n
+        data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._size = 0
         if self._conn.read_paused:
             self._conn.update_reading()
         return data
 
-    async def readany(self) -> bytes:
-        """The bytes buffered so far (waiting for some); b"" at the end of the body."""
+    async def read(self, limit: int) -> bytes:
+        """The whole body; ``RequestTooLarge`` past ``limit`` bytes.
+
+        What is buffered is taken on every wake-up, so a body larger than the
+        read-pause mark keeps flowing (the socket is read again at once).
+        """
+        parts: list[bytes] = []
+        total = 0
         while True:
             if self._error is not None:
                 raise self._error
             if self._chunks:
-                return self._take(self._size)
+                data = self._take()
+                total += len(data)
+                if total > limit:
+                    raise body_too_large(limit)
+                parts.append(data)
+                continue
             if self._eof:
-                return b""
+                return parts[0] if len(parts) == 1 else b"".join(parts)
             await self._wait()
-
-    async def readexactly(self, n: int) -> bytes:
-        while self._size < n:
-            if self._error is not None:
-                raise self._error
-            if self._eof:
-                raise asyncio.IncompleteReadError(self._take(self._size), n)
-            await self._wait()
-        if self._error is not None:
-            raise self._error
-        return self._take(n)
 
 
 class Request:
-    __slots__ = ("method", "path", "content_length", "content", "keep_alive", "http10", "_conn")
+    """A request on the lean server."""
+
+    __slots__ = (
+        "method", "path", "content_length", "content", "headers", "keep_alive", "http10", "_conn",
+    )  # fmt: skip
 
     def __init__(
-        self, conn: Connection, method: str, path: str, length: int | None, expect: bool
+        self,
+        conn: Connection,
+        method: str,
+        path: str,
+        length: int | None,
+        expect: bool,
+        headers: Headers,
     ) -> None:
         self._conn = conn
         self.method = method
         self.path = path
         self.content_length = length
         self.content = Body(conn, expect)
+        self.headers = headers
         self.keep_alive = True
         self.http10 = False
 
     @property
     def transport(self) -> asyncio.Transport | None:
         return self._conn.transport
+
+    def abort(self) -> None:
+        """Cut the connection (an answer that cannot be finished honestly)."""
+        transport = self._conn.transport
+        if transport is not None:
+            transport.close()
+
+    async def open_stream(self, status: int, headers: dict[str, str] | None) -> LeanStream:
+        conn = self._conn
+        conn.started = True
+        if self.http10:
+            self.keep_alive = False  # no chunked framing: the end of the body is the close
+        keep = conn.keep(self)
+        stream = LeanStream(conn, chunked=not self.http10)
+        framing = b"Transfer-Encoding: chunked\r\n" if stream.chunked else b""
+        close = b"" if keep else b"Connection: close\r\n"
+        stream.head = b"%s%s%s%s%s\r\n" % (
+            status_line(status),
+            header_lines(headers),
+            date_line(),
+            framing,
+            close,
+        )
+        if self.method == "HEAD":
+            stream.head_only = True
+            await stream.send(b"")
+        return stream
+
+
+class LeanStream:
+    """The lean server's side of a stream: chunked (HTTP/1.0: until the close); the
+    head goes out with the first body bytes."""
+
+    __slots__ = ("conn", "head", "chunked", "head_only")
+
+    def __init__(self, conn: Connection, *, chunked: bool) -> None:
+        self.conn = conn
+        self.head = b""
+        self.chunked = chunked
+        self.head_only = False
+
+    async def send(self, data: bytes) -> None:
+        conn = self.conn
+        transport = conn.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("Cannot write to closing transport")
+        if self.head:
+            data = self.head + data
+            self.head = b""
+        transport.write(data)
+        if conn.write_paused:
+            await conn.drain()
+
+    async def write(self, data: bytes) -> None:
+        if self.head_only:
+            return
+        await self.send(b"%x\r\n%s\r\n" % (len(data), data) if self.chunked else data)
+
+    async def write_eof(self, data: bytes) -> None:
+        if self.head_only:
+            return
+        if self.chunked:
+            data = b"%x\r\n%s\r\n%s" % (len(data), data, LAST_CHUNK) if data else LAST_CHUNK
+        await self.send(data)
 
 
 class Response:
@@ -230,6 +360,11 @@ class Response:
         self.body = body
         self.content_type = content_type
         self.headers = headers
+
+    @classmethod
+    def error(cls, exc: GatewayError) -> Response:
+        """The OpenAI-shaped error answer for ``exc``."""
+        return cls(status=exc.status, body=exc.body(), content_type="application/json")
 
     def encode(self, keep: bool, http10: bool, head_only: bool) -> bytes:
         """The whole answer as bytes: status line, headers, and (unless HEAD) the body."""
@@ -253,70 +388,43 @@ class Response:
 
 
 class StreamResponse:
-    """An answer written piece by piece: chunked (HTTP/1.0: until the connection closes)."""
+    """An answer written piece by piece, on whichever server the request came from."""
 
-    __slots__ = ("status", "headers", "_conn", "_head", "_chunked", "_done")
+    __slots__ = ("status", "headers", "_out", "_done")
 
     def __init__(self, *, status: int = 200, headers: dict[str, str] | None = None) -> None:
         self.status = status
         self.headers = headers
-        self._conn: Connection | None = None
-        self._head = b""
-        self._chunked = True
+        self._out: StreamOut | None = None
         self._done = False
 
     @property
     def prepared(self) -> bool:
-        return self._conn is not None
+        return self._out is not None
 
-    async def prepare(self, request: Request) -> None:
-        """Build the head; it goes out with the first body bytes."""
-        conn = self._conn = request._conn
-        conn.started = True
-        if request.http10:
-            request.keep_alive = False  # no chunked framing: the end of the body is the close
-        keep = conn.keep(request)
-        self._chunked = not request.http10
-        framing = b"Transfer-Encoding: chunked\r\n" if self._chunked else b""
-        close = b"" if keep else b"Connection: close\r\n"
-        self._head = b"%s%s%s%s%s\r\n" % (
-            status_line(self.status),
-            header_lines(self.headers),
-            date_line(),
-            framing,
-            close,
-        )
-        if request.method == "HEAD":
-            self._done = True
-            await self._send(b"")
-
-    async def _send(self, data: bytes) -> None:
-        conn = self._conn
-        assert conn is not None, "write before prepare"
-        transport = conn.transport
-        if transport is None or transport.is_closing():
-            raise ConnectionResetError("Cannot write to closing transport")
-        if self._head:
-            data = self._head + data
-            self._head = b""
-        transport.write(data)
-        if conn.write_paused:
-            await conn.drain()
+    async def prepare(self, request: Incoming) -> None:
+        """Start the answer (its head goes out with the first body bytes)."""
+        self._out = await request.open_stream(self.status, self.headers)
 
     async def write(self, data: bytes) -> None:
         if not data or self._done:
             return
-        await self._send(b"%x\r\n%s\r\n" % (len(data), data) if self._chunked else data)
+        assert self._out is not None, "write before prepare"
+        await self._out.write(data)
 
     async def write_eof(self, data: bytes = b"") -> None:
         """Write ``data`` and the end of the body, in one write."""
         if self._done:
             return
         self._done = True
-        if self._chunked:
-            data = b"%x\r\n%s\r\n%s" % (len(data), data, LAST_CHUNK) if data else LAST_CHUNK
-        await self._send(data)
+        assert self._out is not None, "write_eof before prepare"
+        await self._out.write_eof(data)
+
+
+def unreadable(what: str) -> InvalidRequest:
+    """The 400 for a body the HTTP parser refused (bad chunk framing, cut short)."""
+    return InvalidRequest(f"The request body could not be read: {what}.")
 
 
 Reply = Response | StreamResponse
-Handler = Callable[[Request], Awaitable[Reply]]
+Handler = Callable[[Incoming], Awaitable[Reply]]

@@ -1,62 +1,94 @@
 """A lean HTTP/1.1 server: asyncio protocols and httptools' C request parser.
 
 The gateway's handlers need little from an HTTP server: the method, the path,
-the body, and two kinds of answer (``gateway.http.messages``). This module
-serves exactly that, without aiohttp's per-request machinery (request objects
-with header multidicts, URL objects, access-log hooks, payload writers). See
-bench/README.md for the measured difference.
+the headers, the body, and two kinds of answer (``gateway.http.messages``).
+This module serves exactly that, without aiohttp's per-request machinery
+(request objects with header multidicts, URL objects, access-log hooks, payload
+writers). See bench/README.md for the measured difference; aiohttp's own
+low-level server runs the same handler in ``gateway.http.aiohttp_server``.
 
-* One ``Connection`` per socket parses requests with llhttp. Each request runs
-  its handler in a task of its own; pipelined requests queue and run in order.
+* One ``Connection`` per socket parses requests with llhttp (strict: no
+  obs-fold, no bare LF, no Content-Length beside Transfer-Encoding, no
+  duplicate Content-Length, no control characters in names or values). Each
+  request runs its handler in a task of its own; pipelined requests queue (at
+  most ``max_pipelined``) and run in order.
 * A client that goes away cancels its handler at once.
-* Keep-alive (HTTP/1.1 by default, HTTP/1.0 on request); a connection idle for
-  ``keepalive_timeout`` seconds (``limits.HTTP_KEEPALIVE_IDLE``) is closed.
-* A malformed request gets a 400 and the connection is closed. A handler may
-  leave a request body unread: if it was not received whole, the connection
-  is closed after the answer.
+* Bounds (``config.Http``, defaults in ``gateway.limits``): the request line,
+  each header line, the header count and the whole head (431); the time to
+  send a head (408); a body over the limit (413, before it is read when
+  Content-Length says so); open connections (one more gets 503); keep-alive
+  idle time. HTTP/1.1 without exactly one Host: 400; ``Expect`` other than
+  ``100-continue``: 417. Every refusal is an OpenAI-shaped JSON error, and
+  the connection is closed after it.
+* Keep-alive (HTTP/1.1 by default, HTTP/1.0 on request). A handler may leave a
+  request body unread: if it was not received whole, the connection is closed
+  after the answer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from urllib.parse import unquote
 
 import httptools
 
-from gateway.http.messages import (
-    BadRequest,
-    BodyTooLarge,
-    Handler,
-    HttpError,
-    Request,
-    Response,
-    StreamResponse,
+from gateway.config import Http
+from gateway.errors import (
+    ExpectationFailed,
+    GatewayError,
+    HeadersTooLarge,
+    InternalError,
+    InvalidRequest,
+    Overloaded,
+    RequestTimeout,
+    body_too_large,
 )
-from gateway.limits import (
-    HTTP_KEEPALIVE_IDLE,
-    MAX_PIPELINED,
-    MAX_REQUEST_HEAD,
-    UNREAD_BODY_LINGER,
-)
+from gateway.http.messages import Handler, Headers, Request, Response, StreamResponse, unreadable
+from gateway.limits import UNREAD_BODY_LINGER
 
 log = logging.getLogger("gateway")
 
 METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH")}
+MALFORMED = "Malformed HTTP request"
+
+
+class _Refused(Exception):
+    """Raised in a parser callback to stop parsing (the reason is ``Connection.refusal``)."""
+
+
+class RefusalLog:
+    """One warning per kind of refusal per ``every`` seconds, with the count since the
+    last one: a flood of bad requests must not become a flood of log lines."""
+
+    def __init__(self, every: float = 10.0) -> None:
+        self.every = every
+        self.last: dict[str, float] = {}
+        self.count: dict[str, int] = {}
+
+    def note(self, kind: str, message: str) -> None:
+        now = time.monotonic()
+        self.count[kind] = self.count.get(kind, 0) + 1
+        if now - self.last.get(kind, -self.every) >= self.every:
+            self.last[kind] = now
+            log.warning("refused: %s (%d since the last such line)", message, self.count[kind])
+            self.count[kind] = 0
 
 
 class Server:
     """The protocol factory for ``loop.create_server``, and the set of open connections."""
 
-    def __init__(
-        self, handler: Handler, *, max_body: int, keepalive_timeout: float = HTTP_KEEPALIVE_IDLE
-    ) -> None:
+    def __init__(self, handler: Handler, *, max_body: int, limits: Http | None = None) -> None:
         self.handler = handler
         self.max_body = max_body
-        self.keepalive_timeout = keepalive_timeout
+        self.limits = limits = limits or Http()
+        self.keepalive_timeout = limits.keepalive_timeout
+        self.body_timeout = limits.body_timeout
         self.loop = asyncio.get_running_loop()
         self.connections: set[Connection] = set()
+        self.refusals = RefusalLog()
         self.closing = False
         self._all_closed: asyncio.Future[None] | None = None
 
@@ -89,29 +121,11 @@ class Server:
 
 class Connection(asyncio.Protocol):
     __slots__ = (
-        "server",
-        "loop",
-        "transport",
-        "parser",
-        "url",
-        "length",
-        "expect",
-        "in_head",
-        "head_bytes",
-        "parsing",
-        "last",
-        "queue",
-        "task",
-        "started",
-        "stopped",
-        "bad",
-        "read_paused",
-        "write_paused",
-        "drain_waiters",
-        "idle_since",
-        "timer",
-        "closed",
-    )
+        "server", "loop", "transport", "parser", "url", "length", "expect", "hosts",
+        "headers", "in_head", "head_size", "head_read", "head_timer", "parsing", "last",
+        "queue", "task", "started", "stopped", "refusal", "read_paused", "write_paused",
+        "drain_waiters", "idle_since", "timer", "closed",
+    )  # fmt: skip
 
     def __init__(self, server: Server) -> None:
         self.server = server
@@ -120,16 +134,20 @@ class Connection(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.url = b""
         self.length: int | None = None
-        self.expect = False
+        self.expect: bytes | None = None  # the Expect header's value
+        self.hosts = 0  # Host headers seen
+        self.headers = Headers()
         self.in_head = False
-        self.head_bytes = 0
+        self.head_size = 0  # bytes of the head's complete lines
+        self.head_read = 0  # bytes read after the read in which the head began
+        self.head_timer: asyncio.TimerHandle | None = None
         self.parsing: Request | None = None  # headers read, body not complete
         self.last: Request | None = None  # the newest request
         self.queue: deque[Request] = deque()  # waiting for the current one to finish
         self.task: asyncio.Task[None] | None = None
         self.started = False  # the current answer has begun going out
         self.stopped = False  # no more requests are read on this connection
-        self.bad = False  # a malformed request: answer 400 once the queue is done
+        self.refusal: GatewayError | None = None  # answered once the queue is done, then close
         self.read_paused = False
         self.write_paused = False
         self.drain_waiters: list[asyncio.Future[None]] = []
@@ -141,16 +159,24 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.server.connections.add(self)
+        server = self.server
+        if len(server.connections) >= server.limits.max_connections:
+            exc = Overloaded("The gateway holds as many connections as it may; try again.")
+            server.refusals.note("connections", exc.message)
+            self.stopped = self.closed = True
+            transport.write(Response.error(exc).encode(False, False, False))  # type: ignore[attr-defined]
+            transport.close()
+            return
+        server.connections.add(self)
         self._idle()
 
     def data_received(self, data: bytes) -> None:
         if self.stopped:
             return
-        if self.in_head:
-            self.head_bytes += len(data)
-            if self.head_bytes > MAX_REQUEST_HEAD:
-                self._malformed()
+        if self.in_head:  # the head goes on from an earlier read (a slow or huge head)
+            self.head_read += len(data)
+            if self.head_read > self.server.limits.max_head_bytes:
+                self._refuse(HeadersTooLarge("The request head is too large."))
                 return
         try:
             self.parser.feed_data(data)
@@ -159,15 +185,18 @@ class Connection(asyncio.Protocol):
             self.stopped = True
             if self.last is not None:
                 self.last.keep_alive = False
-        except httptools.HttpParserError:
-            self._malformed()
+        except httptools.HttpParserError as exc:
+            refusal = self.refusal
+            self.refusal = None
+            self._refuse(refusal or InvalidRequest(f"{MALFORMED}: {exc}."))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self.stopped = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        for timer in (self.timer, self.head_timer):
+            if timer is not None:
+                timer.cancel()
+        self.timer = self.head_timer = None
         if self.task is not None:
             self.task.cancel()
             self.task = None
@@ -203,27 +232,63 @@ class Connection(asyncio.Protocol):
         await waiter
 
     # ---- httptools callbacks -----------------------------------------------------------
+    # A callback that refuses the request sets ``refusal`` and raises _Refused: llhttp
+    # stops, and data_received answers the refusal.
+
+    def _stop(self, exc: GatewayError) -> None:
+        self.refusal = exc
+        raise _Refused(exc.message)
 
     def on_message_begin(self) -> None:
         self.in_head = True
         self.url = b""
         self.length = None
-        self.expect = False
+        self.expect = None
+        self.hosts = 0
+        self.headers = Headers()
+        self.head_size = self.head_read = 0
+        if self.head_timer is None:
+            self.head_timer = self.loop.call_later(
+                self.server.limits.head_timeout, self._head_timed_out
+            )
 
     def on_url(self, url: bytes) -> None:
         self.url += url
+        if len(self.url) > self.server.limits.max_request_line:
+            self._stop(HeadersTooLarge("The request line is too long."))
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        limits = self.server.limits
+        size = len(name) + len(value)
+        self.head_size += size + 4
+        if size + 2 > limits.max_header_line:
+            self._stop(HeadersTooLarge("A request header line is too long."))
+        headers = self.headers
+        if len(headers) >= limits.max_headers:
+            self._stop(HeadersTooLarge(f"The request has more than {limits.max_headers} headers."))
+        if self.head_size > limits.max_head_bytes:
+            self._stop(HeadersTooLarge("The request head is too large."))
+        headers.add(name, value)
         n = len(name)
         if n == 14 and name.lower() == b"content-length":
-            self.length = int(value)
+            self.length = int(value)  # (llhttp has checked the digits, and that it is the only one)
+        elif n == 4 and name.lower() == b"host":
+            self.hosts += 1
         elif n == 6 and name.lower() == b"expect":
-            self.expect = value.lower() == b"100-continue"
+            self.expect = value.lower()
 
     def on_headers_complete(self) -> None:
         self.in_head = False
-        self.head_bytes = 0
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
         parser = self.parser
+        http10 = parser.get_http_version() == "1.0"
+        if self.hosts != 1 and (self.hosts or not http10):
+            self._stop(InvalidRequest("An HTTP/1.1 request needs exactly one Host header."))
+        expect = self.expect
+        if expect is not None and expect != b"100-continue":
+            self._stop(ExpectationFailed("Only 'Expect: 100-continue' is understood."))
         raw = parser.get_method()
         method = METHODS.get(raw) or raw.decode("latin-1")
         url = self.url
@@ -235,18 +300,19 @@ class Connection(asyncio.Protocol):
         path = url.decode("latin-1")
         if "%" in path:
             path = unquote(path, errors="replace")
-        http10 = parser.get_http_version() == "1.0"
-        req = Request(self, method, path, self.length, self.expect and not http10)
+        req = Request(
+            self, method, path, self.length, expect is not None and not http10, self.headers
+        )
         req.keep_alive = parser.should_keep_alive()
         req.http10 = http10
         limit = self.server.max_body
         if self.length is not None and self.length > limit:
-            req.content.fail(BodyTooLarge(limit, self.length))
+            req.content.fail(body_too_large(limit, self.length))  # answered before it is read
         self.parsing = self.last = req
         self.queue.append(req)
         if self.task is None:
             self._next()
-        elif len(self.queue) >= MAX_PIPELINED:
+        elif len(self.queue) >= self.server.limits.max_pipelined:
             self.update_reading()
 
     def on_body(self, body: bytes) -> None:
@@ -261,18 +327,23 @@ class Connection(asyncio.Protocol):
             if not req.keep_alive:
                 self.stopped = True  # whatever follows "Connection: close" is ignored
 
+    def _head_timed_out(self) -> None:
+        self.head_timer = None
+        if self.in_head and not self.stopped:
+            self._refuse(RequestTimeout("The request head did not arrive in time."))
+
     # ---- running requests ----------------------------------------------------------------
 
     def _next(self) -> None:
-        """Start the next queued request, or answer a malformed one, or wait idle."""
+        """Start the next queued request, or answer a refused one, or wait idle."""
         if self.queue:
             req = self.queue.popleft()
             self.started = False
             self.task = self.loop.create_task(self._run(req))
             if self.read_paused:
                 self.update_reading()
-        elif self.bad:
-            self._write_error(400, b"Malformed HTTP request.")
+        elif self.refusal is not None:
+            self._write_error(self.refusal)
         elif self.server.closing:
             self._close()
         else:
@@ -282,11 +353,9 @@ class Connection(asyncio.Protocol):
         try:
             try:
                 resp = await self.server.handler(req)
-            except HttpError as exc:
+            except GatewayError as exc:  # (a handler normally answers its own errors)
                 req.keep_alive = False
-                resp = Response(
-                    status=exc.status, body=str(exc).encode(), content_type="text/plain"
-                )
+                resp = Response.error(exc)
             if isinstance(resp, StreamResponse):
                 if not resp.prepared:
                     await resp.prepare(req)
@@ -307,7 +376,7 @@ class Connection(asyncio.Protocol):
             log.exception("unhandled error on %s %s", req.method, req.path)
             self.task = None
             if not self.started:
-                self._write_error(500, b"Internal server error.")
+                self._write_error(InternalError("The gateway failed unexpectedly."))
             self._close()
             return
         self.task = None
@@ -330,18 +399,22 @@ class Connection(asyncio.Protocol):
         data = resp.encode(self.keep(req), req.http10, req.method == "HEAD")
         transport.write(data)
 
-    def _write_error(self, status: int, message: bytes) -> None:
+    def _write_error(self, exc: GatewayError) -> None:
         transport = self.transport
         if transport is not None and not transport.is_closing():
-            resp = Response(status=status, body=message, content_type="text/plain")
-            transport.write(resp.encode(False, False, False))
+            transport.write(Response.error(exc).encode(False, False, False))
         self._close()
 
-    def _malformed(self) -> None:
+    def _refuse(self, exc: GatewayError) -> None:
+        """Stop reading; answer ``exc`` once the requests before it are answered; close."""
+        self.server.refusals.note(type(exc).__name__, exc.message)
         self.stopped = True
-        self.bad = True
+        self.refusal = exc
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
         if self.parsing is not None:
-            self.parsing.content.fail(BadRequest("Malformed request body."))
+            self.parsing.content.fail(unreadable("the HTTP framing is malformed"))
             self.parsing.keep_alive = False
             self.parsing = None
         if self.task is None:
@@ -355,7 +428,9 @@ class Connection(asyncio.Protocol):
         if transport is None:
             return
         body = self.parsing.content if self.parsing is not None else None
-        full = len(self.queue) >= MAX_PIPELINED or (body is not None and body.buffered_too_much)
+        full = len(self.queue) >= self.server.limits.max_pipelined or (
+            body is not None and body.buffered_too_much
+        )
         if full and not self.read_paused:
             self.read_paused = True
             transport.pause_reading()
@@ -389,7 +464,7 @@ class Connection(asyncio.Protocol):
         if transport is None or self.closed:
             return
         self.closed = True
-        if (self.parsing is None and not self.bad) or not transport.can_write_eof():
+        if (self.parsing is None and self.refusal is None) or not transport.can_write_eof():
             transport.close()
             return
         # The client may still be sending a body we will not read: closing now would

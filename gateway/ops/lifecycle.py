@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager, suppress
 
 from gateway.api.endpoints import Gateway
 from gateway.api.pings import SsePings
-from gateway.config import Config, upstream_key
+from gateway.config import Config, Http, upstream_key
 from gateway.http.server import Server
 from gateway.limits import LISTEN_BACKLOG, SHUTDOWN_GRACE
 from gateway.upstream.replica import Replica
@@ -27,6 +27,7 @@ from gateway.upstream.routing import Router
 log = logging.getLogger("gateway")
 
 NO_ENV: Mapping[str, str] = {}
+DEFAULT_HTTP = Http()
 
 
 @asynccontextmanager
@@ -49,11 +50,11 @@ async def open_gateway(cfg: Config, env: Mapping[str, str] = NO_ENV) -> AsyncIte
 
 @asynccontextmanager
 async def listen(
-    gateway: Gateway, host: str, port: int, *, reuse_port: bool = False
+    gateway: Gateway, host: str, port: int, *, http: Http = DEFAULT_HTTP, reuse_port: bool = False
 ) -> AsyncIterator[asyncio.Server]:
     """Serve ``gateway`` on host:port; on exit, stop listening and let requests finish."""
     loop = asyncio.get_running_loop()
-    server = Server(gateway.handle, max_body=gateway.max_body)
+    server = Server(gateway.handle, max_body=gateway.max_body, limits=http)
     sock_server = await loop.create_server(
         server, host, port, reuse_port=reuse_port or None, backlog=LISTEN_BACKLOG
     )
@@ -67,7 +68,7 @@ async def listen(
 async def serve(cfg: Config, env: Mapping[str, str], *, reuse_port: bool = False) -> None:
     async with (
         open_gateway(cfg, env) as gateway,
-        listen(gateway, cfg.listen.host, cfg.listen.port, reuse_port=reuse_port),
+        listen(gateway, cfg.listen.host, cfg.listen.port, http=cfg.http, reuse_port=reuse_port),
     ):
         log.info(
             "gateway listening on http://%s:%d (models: %s)",

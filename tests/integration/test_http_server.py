@@ -7,8 +7,10 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import orjson
 import pytest
 
+from gateway.config import Http
 from gateway.http.messages import Reply, Request, Response, StreamResponse
 from gateway.http.server import Server
 
@@ -27,14 +29,11 @@ class App:
         self.seen.append(f"{request.method} {request.path}")
         path = request.path
         if path == "/echo":
-            body = b""
-            while data := await request.content.readany():
-                body += data
+            body = await request.content.read(MAX_BODY)
             text = f"{request.method} {request.content_length} ".encode() + body
             return Response(body=text, content_type="text/plain")
         if path == "/exact":
-            n = request.content_length or 0
-            return Response(body=await request.content.readexactly(n))
+            return Response(body=await request.content.read(MAX_BODY))
         if path == "/slow":
             await asyncio.sleep(0.05)
             return Response(body=b"slow")
@@ -219,8 +218,8 @@ async def test_http10(connect: Open) -> None:
     [
         b"GET /x HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
         b"NOT A REQUEST\r\n\r\n",
-        b"POST /echo HTTP/1.1\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n",
-        b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
     ],
 )
 async def test_malformed_request_is_400(connect: Open, raw: bytes) -> None:
@@ -229,7 +228,7 @@ async def test_malformed_request_is_400(connect: Open, raw: bytes) -> None:
     await check_400(reader)
 
 
-async def test_endless_head_is_400(connect: Open) -> None:
+async def test_endless_head_is_431(connect: Open) -> None:
     reader, writer = await connect()
     # 80 kB of head in pieces; the last piece takes it over the limit (64 KiB), so that
     # nothing is left unread when the server closes (that would reset the connection).
@@ -237,13 +236,22 @@ async def test_endless_head_is_400(connect: Open) -> None:
         writer.write((b"GET /x HTTP/1.1\r\nX: " if i == 0 else b"") + b"y" * 10_000)
         await writer.drain()
         await asyncio.sleep(0.02)
-    await check_400(reader)
+    await check_status(reader, 431)
 
 
 async def check_400(reader: asyncio.StreamReader) -> None:
-    status, headers, _ = await read_response(reader)
-    assert status == 400 and headers["connection"] == "close"
+    await check_status(reader, 400)
+
+
+async def check_status(reader: asyncio.StreamReader, expected: int) -> dict:
+    """The answer is ``expected`` in the OpenAI error envelope, and the connection closes."""
+    status, headers, body = await read_response(reader)
+    assert status == expected and headers["connection"] == "close"
+    assert headers["content-type"] == "application/json"
+    error = orjson.loads(body)["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
     assert await closed(reader)
+    return error
 
 
 async def test_malformed_after_pipelined_request(connect: Open) -> None:
@@ -256,12 +264,12 @@ async def test_malformed_after_pipelined_request(connect: Open) -> None:
 
 async def test_oversized_body_is_413(connect: Open) -> None:
     reader, writer = await connect()
-    writer.write(b"POST /echo HTTP/1.1\r\nContent-Length: 1001\r\n\r\n" + b"x" * 1001)
+    writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1001\r\n\r\n" + b"x" * 1001)
     status, headers, _ = await read_response(reader)
     assert status == 413 and headers["connection"] == "close"
 
     reader, writer = await connect()
-    writer.write(b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+    writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
     for _ in range(3):
         writer.write(b"190\r\n" + b"x" * 400 + b"\r\n")
     status, _, _ = await read_response(reader)
@@ -270,7 +278,7 @@ async def test_oversized_body_is_413(connect: Open) -> None:
 
     # answered before the body came: the rest of the body is read and dropped (no reset)
     reader, writer = await connect()
-    writer.write(b"POST /echo HTTP/1.1\r\nContent-Length: 300000\r\n\r\n")
+    writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 300000\r\n\r\n")
     status, headers, _ = await read_response(reader)
     assert status == 413 and headers["connection"] == "close"
     for _ in range(30):
@@ -318,7 +326,7 @@ async def test_shutdown_closes_idle_and_finishes_busy(app: App) -> None:
 
 async def test_idle_connection_closed_after_keepalive_timeout(app: App) -> None:
     loop = asyncio.get_running_loop()
-    server = Server(app.handle, max_body=MAX_BODY, keepalive_timeout=0.2)
+    server = Server(app.handle, max_body=MAX_BODY, limits=Http(keepalive_timeout=0.2))
     listener = await loop.create_server(server, "127.0.0.1", 0)
     port = listener.sockets[0].getsockname()[1]
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
