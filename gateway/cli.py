@@ -1,8 +1,9 @@
 """Command line: ``gateway serve``, ``gateway check-config``, ``gateway demo-upstream``.
 
     python -m gateway serve --host H --port P --upstream URL [--model NAME ...]
-                            [--upstream-timeout S] [--workers N]
+                            [--upstream-timeout S] [--workers N] [--http lean|aiohttp]
     python -m gateway serve --config gateway.toml [--host H] [--port P] [--workers N]
+                            [--http lean|aiohttp]
     python -m gateway check-config gateway.toml
     python -m gateway demo-upstream [--port P] ...
 
@@ -55,6 +56,11 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds to wait for upstream headers and between chunks (default 600)",
     )
     s.add_argument("--workers", type=int, help="processes sharing the port (SO_REUSEPORT)")
+    s.add_argument(
+        "--http",
+        choices=("lean", "aiohttp"),
+        help="HTTP server: lean (ours, the default) or aiohttp (aiohttp's low-level server)",
+    )
     s.add_argument("--log-level", default="INFO")
     c = sub.add_parser("check-config", help="validate a config file and exit")
     c.add_argument("file")
@@ -90,8 +96,9 @@ def build_config(args: argparse.Namespace) -> Config:
         host=args.host or cfg.listen.host,
         port=args.port if args.port is not None else cfg.listen.port,
     )
+    http = msgspec.structs.replace(cfg.http, server=args.http) if args.http else cfg.http
     return msgspec.structs.replace(
-        cfg, listen=listen, workers=args.workers if args.workers else cfg.workers
+        cfg, listen=listen, http=http, workers=args.workers if args.workers else cfg.workers
     )
 
 

@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import msgspec
 import openai
 import orjson
 import pytest
@@ -171,17 +172,25 @@ def make_config(url: str, **dep: Any) -> Config:
 GatewayFactory = Callable[..., Awaitable[str]]
 
 
+@pytest.fixture(params=["lean", "aiohttp"])
+def http_server(request: pytest.FixtureRequest) -> str:
+    """Every test that starts a gateway runs on both HTTP servers."""
+    return str(request.param)
+
+
 @pytest.fixture
-async def start_gateway() -> Any:
-    """``await start_gateway(config, env)`` → the gateway's base URL (``.../v1``);
-    ``env`` stands for the environment the command line hands down."""
+async def start_gateway(http_server: str) -> Any:
+    """``await start_gateway(config, env)`` → the gateway's base URL (``.../v1``), on the
+    HTTP server of ``http_server``; ``env`` stands for the environment the command line
+    hands down."""
     stack: list[Any] = []
 
     async def start(cfg: Config, env: dict[str, str] | None = None) -> str:
         cm = open_gateway(cfg, env or {})
         gateway = await cm.__aenter__()
         stack.append(cm)
-        server_cm = listen(gateway, "127.0.0.1", 0)
+        http = msgspec.structs.replace(cfg.http, server=http_server)
+        server_cm = listen(gateway, "127.0.0.1", 0, http=http)
         server = await server_cm.__aenter__()
         stack.append(server_cm)
         port = server.sockets[0].getsockname()[1]

@@ -1,7 +1,8 @@
 """Process lifecycle: open the upstream session, serve, stop cleanly.
 
 ``open_gateway`` builds everything a handler needs (the tests use it too);
-``listen`` serves it with the lean HTTP server (``gateway.http.server``);
+``listen`` serves it with the lean HTTP server (``gateway.http.server``) or
+aiohttp's (``gateway.http.aiohttp_server``), as ``[http] server`` says;
 ``serve`` runs it on a socket until SIGTERM/SIGINT; ``run_workers`` forks
 several processes that share the port through SO_REUSEPORT.
 """
@@ -19,6 +20,7 @@ from contextlib import asynccontextmanager, suppress
 from gateway.api.endpoints import Gateway
 from gateway.api.pings import SsePings
 from gateway.config import Config, Http, upstream_key
+from gateway.http.aiohttp_server import AiohttpServer
 from gateway.http.server import Server
 from gateway.limits import LISTEN_BACKLOG, SHUTDOWN_GRACE
 from gateway.upstream.replica import Replica
@@ -54,7 +56,8 @@ async def listen(
 ) -> AsyncIterator[asyncio.Server]:
     """Serve ``gateway`` on host:port; on exit, stop listening and let requests finish."""
     loop = asyncio.get_running_loop()
-    server = Server(gateway.handle, max_body=gateway.max_body, limits=http)
+    factory = AiohttpServer if http.server == "aiohttp" else Server
+    server = factory(gateway.handle, max_body=gateway.max_body, limits=http)
     sock_server = await loop.create_server(
         server, host, port, reuse_port=reuse_port or None, backlog=LISTEN_BACKLOG
     )

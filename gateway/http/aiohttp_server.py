@@ -1,0 +1,190 @@
+"""The same handler on aiohttp's low-level server (``serve --http aiohttp``).
+
+aiohttp's ``web.Server`` is the battle-tested reference the lean server
+(``gateway.http.server``) is compared with: an operator who distrusts our HTTP
+code picks this one. It gets the same bounds where aiohttp has them (request
+line, header line and count, keep-alive), and this module adds the ones it
+lacks: the connection cap (503), Host (400) and Expect (417) checks, a body
+that stalls (408), all answered in the OpenAI envelope. aiohttp answers its own
+parse errors (400, text); it has no timeout for a slow request head.
+
+``AiohttpRequest`` gives a handler what ``messages.Incoming`` lists; answers go
+back as aiohttp's ``web.Response`` / ``web.StreamResponse``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+
+from gateway.config import Http
+from gateway.errors import (
+    ExpectationFailed,
+    GatewayError,
+    InvalidRequest,
+    Overloaded,
+    RequestTimeout,
+    body_too_large,
+)
+from gateway.http.messages import CONTINUE, Handler, Headers, Response, StreamResponse, unreadable
+from gateway.http.server import RefusalLog
+
+
+class AiohttpBody:
+    """``request.content`` over aiohttp's StreamReader, with the lean body's contract."""
+
+    __slots__ = ("_request", "_timeout", "_expect")
+
+    def __init__(self, request: web.BaseRequest, timeout: float, expect: bool) -> None:
+        self._request = request
+        self._timeout = timeout
+        self._expect = expect
+
+    async def read(self, limit: int) -> bytes:
+        request = self._request
+        if self._expect:
+            self._expect = False
+            await request.writer.write(CONTINUE)
+        content = request.content
+        parts: list[bytes] = []
+        total = 0
+        try:
+            while True:
+                data = await asyncio.wait_for(content.readany(), self._timeout)
+                if not data:
+                    return b"".join(parts)
+                total += len(data)
+                if total > limit:
+                    raise body_too_large(limit)
+                parts.append(data)
+        except TimeoutError as exc:
+            raise RequestTimeout("The request body stopped arriving before its end.") from exc
+        except HttpProcessingError as exc:
+            raise unreadable("the HTTP framing is malformed") from exc
+
+
+class AiohttpStream:
+    """A prepared ``web.StreamResponse``: the server's side of a ``StreamResponse``."""
+
+    __slots__ = ("response",)
+
+    def __init__(self, response: web.StreamResponse) -> None:
+        self.response = response
+
+    async def write(self, data: bytes) -> None:
+        await self.response.write(data)
+
+    async def write_eof(self, data: bytes) -> None:
+        await self.response.write_eof(data)
+
+
+class AiohttpRequest:
+    """An aiohttp request as a handler sees it (``messages.Incoming``)."""
+
+    __slots__ = ("method", "path", "content_length", "headers", "content", "_request", "stream")
+
+    def __init__(self, request: web.BaseRequest, body_timeout: float) -> None:
+        self._request = request
+        self.method = request.method
+        self.path = request.path
+        self.content_length = request.content_length
+        self.headers = Headers([(k.lower(), v) for k, v in request.raw_headers])
+        expect = self.headers.get("expect")
+        continue_ = expect is not None and request.version >= (1, 1)
+        self.content = AiohttpBody(request, body_timeout, continue_)
+        self.stream: AiohttpStream | None = None
+
+    async def open_stream(self, status: int, headers: dict[str, str] | None) -> AiohttpStream:
+        response = web.StreamResponse(status=status, headers=headers)
+        await response.prepare(self._request)
+        self.stream = AiohttpStream(response)
+        return self.stream
+
+    def abort(self) -> None:
+        transport = self._request.transport
+        if transport is not None:
+            transport.close()
+
+
+def _refusal(request: web.BaseRequest, headers: Headers) -> GatewayError | None:
+    """What the lean server refuses at the head and aiohttp does not."""
+    hosts = len(headers.getall("host"))
+    if hosts != 1 and (hosts or request.version >= (1, 1)):
+        return InvalidRequest("An HTTP/1.1 request needs exactly one Host header.")
+    expect = headers.get("expect")
+    if expect is not None and expect.lower() != "100-continue":
+        return ExpectationFailed("Only 'Expect: 100-continue' is understood.")
+    return None
+
+
+def _as_aiohttp(resp: Response) -> web.Response:
+    headers = dict(resp.headers or {})
+    if resp.content_type:
+        headers["Content-Type"] = resp.content_type
+    return web.Response(status=resp.status, body=resp.body, headers=headers)
+
+
+class AiohttpServer:
+    """The protocol factory for ``loop.create_server`` and ``shutdown``, like
+    ``gateway.http.server.Server``, over aiohttp's ``web.Server``."""
+
+    def __init__(self, handler: Handler, *, max_body: int, limits: Http | None = None) -> None:
+        self.handler = handler
+        self.max_body = max_body
+        self.limits = limits = limits or Http()
+        self.refusals = RefusalLog()
+        self.web = web.Server(
+            self._handle,
+            handler_cancellation=True,  # a client that goes away cancels its handler
+            max_line_size=limits.max_request_line,
+            max_field_size=limits.max_header_line,
+            max_headers=limits.max_headers,
+            keepalive_timeout=limits.keepalive_timeout,
+            access_log=None,
+        )
+
+    def __call__(self) -> asyncio.BaseProtocol:
+        if len(self.web.connections) >= self.limits.max_connections:
+            return _Refuse(self)
+        return self.web()
+
+    async def shutdown(self, timeout: float) -> None:
+        await self.web.shutdown(timeout)
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        req = AiohttpRequest(request, self.limits.body_timeout)
+        refusal = _refusal(request, req.headers)
+        if refusal is not None:
+            self.refusals.note(type(refusal).__name__, refusal.message)
+            answer = _as_aiohttp(Response.error(refusal))
+            answer.force_close()
+            return answer
+        try:
+            reply = await self.handler(req)
+        except GatewayError as exc:  # (a handler normally answers its own errors)
+            answer = _as_aiohttp(Response.error(exc))
+            answer.force_close()
+            return answer
+        if isinstance(reply, StreamResponse):
+            if not reply.prepared:
+                await reply.prepare(req)
+            await reply.write_eof()
+            assert req.stream is not None
+            return req.stream.response
+        return _as_aiohttp(reply)
+
+
+class _Refuse(asyncio.Protocol):
+    """A connection beyond the cap: 503 and close."""
+
+    def __init__(self, server: AiohttpServer) -> None:
+        self.server = server
+
+    def connection_made(self, transport: Any) -> None:
+        exc = Overloaded("The gateway holds as many connections as it may; try again.")
+        self.server.refusals.note("connections", exc.message)
+        transport.write(Response.error(exc).encode(False, False, False))
+        transport.close()
