@@ -84,12 +84,14 @@ Reply = Callable[[web.BaseRequest, dict], Awaitable[web.StreamResponse]]
 class FakeUpstream:
     """A chat-completions server whose every answer the test scripts.
 
-    ``received`` holds each decoded request body; ``headers`` their headers.
+    ``received`` holds each decoded request body, ``raw`` its bytes; ``headers`` their
+    headers.
     ``disconnects`` is set when a client of a streamed answer went away.
     """
 
     def __init__(self) -> None:
         self.received: list[dict] = []
+        self.raw: list[bytes] = []  # each request body exactly as it arrived
         self.headers: list[dict] = []
         self.models = ["m1"]
         self.reply: Reply = self.json_reply(completion())
@@ -100,7 +102,9 @@ class FakeUpstream:
         if request.path.endswith("/models"):
             data = [{"id": m, "object": "model"} for m in self.models]
             return web.json_response({"object": "list", "data": data})
-        body = orjson.loads(await request.read())
+        raw = await request.content.read()  # (not request.read(): no 1 MiB cap here)
+        self.raw.append(raw)
+        body = orjson.loads(raw)
         self.received.append(body)
         self.headers.append(dict(request.headers))
         return await self.reply(request, body)
@@ -207,8 +211,9 @@ async def gateway_url(upstream: FakeUpstream, start_gateway: Any) -> str:
 
 
 def sdk(url: str, api_key: str = "sk-test") -> openai.AsyncOpenAI:
-    """The official async client for a gateway at ``url``, without retries."""
-    return openai.AsyncOpenAI(base_url=url, api_key=api_key, max_retries=0)
+    """The official async client for a gateway at ``url``, without retries; a stall
+    fails the test in 60 s instead of the client's default 600 s."""
+    return openai.AsyncOpenAI(base_url=url, api_key=api_key, max_retries=0, timeout=60.0)
 
 
 @pytest.fixture
