@@ -36,7 +36,7 @@ def decode(decoder: Any, body: bytes) -> Any:
     """``body`` decoded by a msgspec ``decoder``; a 400 naming the field if it does not fit."""
     try:
         return decoder.decode(body)
-    except ValueError as exc:  # msgspec's errors, and UnicodeDecodeError (msgspec < 0.19)
+    except ValueError as exc:  # msgspec's errors (older msgspec: UnicodeDecodeError)
         raise decode_error(exc, body) from exc
 
 
@@ -44,7 +44,7 @@ def decode_error(exc: ValueError, body: bytes) -> InvalidRequest:
     """A msgspec error → a 400 naming the field path.
 
     A string that is not UTF-8 is told apart by checking the body itself, not
-    by the library's error (msgspec 0.18 raised ``UnicodeDecodeError``, 0.23 its
+    by the library's error (older msgspec raised ``UnicodeDecodeError``, 0.23 its
     own ``DecodeError``); this is the error path only.
     """
     if not isinstance(exc, msgspec.ValidationError):
