@@ -88,9 +88,6 @@ class Headers:
     def __init__(self, items: list[tuple[bytes, bytes]] | None = None) -> None:
         self._items = items if items is not None else []
 
-    def add(self, name: bytes, value: bytes) -> None:
-        self._items.append((name.lower(), value))
-
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value of header ``name`` (any case), decoded as latin-1."""
         key = name.lower().encode("latin-1")

@@ -91,9 +91,30 @@ class Server:
         self.refusals = RefusalLog()
         self.closing = False
         self._all_closed: asyncio.Future[None] | None = None
+        # One timer for every connection's head deadline (not one per request).
+        self.sweep_every = min(1.0, limits.head_timeout / 4)
+        # Read per header and URL piece: plain attributes.
+        self.max_line = limits.max_request_line
+        self.max_field = limits.max_header_line - 2  # name + value (": " and CRLF aside)
+        self._sweeper: asyncio.TimerHandle | None = None
 
     def __call__(self) -> Connection:
         return Connection(self)
+
+    def watch(self) -> None:
+        """Sweep for slow heads while there are connections."""
+        if self._sweeper is None:
+            self._sweeper = self.loop.call_later(self.sweep_every, self._sweep)
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        if not self.connections:
+            return
+        deadline = self.loop.time() - self.limits.head_timeout
+        for conn in list(self.connections):
+            if conn.in_head and conn.head_since <= deadline and not conn.stopped:
+                conn.head_timed_out()
+        self.watch()
 
     def forget(self, conn: Connection) -> None:
         self.connections.discard(conn)
@@ -122,7 +143,7 @@ class Server:
 class Connection(asyncio.Protocol):
     __slots__ = (
         "server", "loop", "transport", "parser", "url", "length", "expect", "hosts",
-        "headers", "in_head", "head_size", "head_read", "head_timer", "parsing", "last",
+        "headers", "in_head", "head_size", "head_read", "head_since", "parsing", "last",
         "queue", "task", "started", "stopped", "refusal", "read_paused", "write_paused",
         "drain_waiters", "idle_since", "timer", "closed",
     )  # fmt: skip
@@ -136,11 +157,11 @@ class Connection(asyncio.Protocol):
         self.length: int | None = None
         self.expect: bytes | None = None  # the Expect header's value
         self.hosts = 0  # Host headers seen
-        self.headers = Headers()
+        self.headers: list[tuple[bytes, bytes]] = []  # the current head's, names lower-cased
         self.in_head = False
         self.head_size = 0  # bytes of the head's complete lines
         self.head_read = 0  # bytes read after the read in which the head began
-        self.head_timer: asyncio.TimerHandle | None = None
+        self.head_since = 0.0  # loop time the current head began
         self.parsing: Request | None = None  # headers read, body not complete
         self.last: Request | None = None  # the newest request
         self.queue: deque[Request] = deque()  # waiting for the current one to finish
@@ -168,6 +189,7 @@ class Connection(asyncio.Protocol):
             transport.close()
             return
         server.connections.add(self)
+        server.watch()
         self._idle()
 
     def data_received(self, data: bytes) -> None:
@@ -193,10 +215,9 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self.stopped = True
-        for timer in (self.timer, self.head_timer):
-            if timer is not None:
-                timer.cancel()
-        self.timer = self.head_timer = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         if self.task is not None:
             self.task.cancel()
             self.task = None
@@ -245,43 +266,39 @@ class Connection(asyncio.Protocol):
         self.length = None
         self.expect = None
         self.hosts = 0
-        self.headers = Headers()
+        self.headers = []
         self.head_size = self.head_read = 0
-        if self.head_timer is None:
-            self.head_timer = self.loop.call_later(
-                self.server.limits.head_timeout, self._head_timed_out
-            )
+        self.head_since = self.loop.time()
 
     def on_url(self, url: bytes) -> None:
         self.url += url
-        if len(self.url) > self.server.limits.max_request_line:
+        if len(self.url) > self.server.max_line:
             self._stop(HeadersTooLarge("The request line is too long."))
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        limits = self.server.limits
+        # Per header: one check here (the line); the count and the whole head are
+        # checked once, at the head's end (until then the head's size is bounded by
+        # the read it came in, and data_received bounds the reads after it).
+        key = name.lower()
+        self.headers.append((key, value))
         size = len(name) + len(value)
         self.head_size += size + 4
-        if size + 2 > limits.max_header_line:
+        if size > self.server.max_field:
             self._stop(HeadersTooLarge("A request header line is too long."))
-        headers = self.headers
-        if len(headers) >= limits.max_headers:
-            self._stop(HeadersTooLarge(f"The request has more than {limits.max_headers} headers."))
-        if self.head_size > limits.max_head_bytes:
-            self._stop(HeadersTooLarge("The request head is too large."))
-        headers.add(name, value)
-        n = len(name)
-        if n == 14 and name.lower() == b"content-length":
+        if key == b"content-length":
             self.length = int(value)  # (llhttp has checked the digits, and that it is the only one)
-        elif n == 4 and name.lower() == b"host":
+        elif key == b"host":
             self.hosts += 1
-        elif n == 6 and name.lower() == b"expect":
+        elif key == b"expect":
             self.expect = value.lower()
 
     def on_headers_complete(self) -> None:
         self.in_head = False
-        if self.head_timer is not None:
-            self.head_timer.cancel()
-            self.head_timer = None
+        limits = self.server.limits
+        if len(self.headers) > limits.max_headers:
+            self._stop(HeadersTooLarge(f"The request has more than {limits.max_headers} headers."))
+        if self.head_size > limits.max_head_bytes:
+            self._stop(HeadersTooLarge("The request head is too large."))
         parser = self.parser
         http10 = parser.get_http_version() == "1.0"
         if self.hosts != 1 and (self.hosts or not http10):
@@ -300,9 +317,8 @@ class Connection(asyncio.Protocol):
         path = url.decode("latin-1")
         if "%" in path:
             path = unquote(path, errors="replace")
-        req = Request(
-            self, method, path, self.length, expect is not None and not http10, self.headers
-        )
+        headers = Headers(self.headers)
+        req = Request(self, method, path, self.length, expect is not None and not http10, headers)
         req.keep_alive = parser.should_keep_alive()
         req.http10 = http10
         limit = self.server.max_body
@@ -327,10 +343,9 @@ class Connection(asyncio.Protocol):
             if not req.keep_alive:
                 self.stopped = True  # whatever follows "Connection: close" is ignored
 
-    def _head_timed_out(self) -> None:
-        self.head_timer = None
-        if self.in_head and not self.stopped:
-            self._refuse(RequestTimeout("The request head did not arrive in time."))
+    def head_timed_out(self) -> None:
+        """The server's sweep found this head older than ``head_timeout``."""
+        self._refuse(RequestTimeout("The request head did not arrive in time."))
 
     # ---- running requests ----------------------------------------------------------------
 
@@ -410,9 +425,6 @@ class Connection(asyncio.Protocol):
         self.server.refusals.note(type(exc).__name__, exc.message)
         self.stopped = True
         self.refusal = exc
-        if self.head_timer is not None:
-            self.head_timer.cancel()
-            self.head_timer = None
         if self.parsing is not None:
             self.parsing.content.fail(unreadable("the HTTP framing is malformed"))
             self.parsing.keep_alive = False

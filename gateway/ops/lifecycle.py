@@ -16,15 +16,18 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager, suppress
+from typing import TYPE_CHECKING
 
 from gateway.api.endpoints import Gateway
 from gateway.api.pings import SsePings
 from gateway.config import Config, Http, upstream_key
-from gateway.http.aiohttp_server import AiohttpServer
 from gateway.http.server import Server
 from gateway.limits import LISTEN_BACKLOG, SHUTDOWN_GRACE
 from gateway.upstream.replica import Replica
 from gateway.upstream.routing import Router
+
+if TYPE_CHECKING:
+    from gateway.http.aiohttp_server import AiohttpServer
 
 log = logging.getLogger("gateway")
 
@@ -56,8 +59,13 @@ async def listen(
 ) -> AsyncIterator[asyncio.Server]:
     """Serve ``gateway`` on host:port; on exit, stop listening and let requests finish."""
     loop = asyncio.get_running_loop()
-    factory = AiohttpServer if http.server == "aiohttp" else Server
-    server = factory(gateway.handle, max_body=gateway.max_body, limits=http)
+    server: Server | AiohttpServer
+    if http.server == "aiohttp":  # (imported only then: aiohttp's server costs startup)
+        from gateway.http.aiohttp_server import AiohttpServer
+
+        server = AiohttpServer(gateway.handle, max_body=gateway.max_body, limits=http)
+    else:
+        server = Server(gateway.handle, max_body=gateway.max_body, limits=http)
     sock_server = await loop.create_server(
         server, host, port, reuse_port=reuse_port or None, backlog=LISTEN_BACKLOG
     )
