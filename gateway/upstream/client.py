@@ -16,7 +16,8 @@ sent again once on a new one. A response left before its end (client gone,
 error) closes its connection instead of returning it to the pool.
 
 Back-pressure: once ``limits.UPSTREAM_BODY_HIGH_WATER`` bytes are buffered
-unread, the socket stops being read until the reader catches up.
+unread, the socket stops being read until the reader takes them (``read_some``
+and ``read`` both take what has arrived each time they wake).
 """
 
 from __future__ import annotations
@@ -185,11 +186,25 @@ class UpstreamConnection(asyncio.Protocol):
             await self._wait()
 
     async def read(self) -> bytes:
-        while not self.complete:
+        """The whole body, waiting for its end.
+
+        The chunks are taken as they arrive (as ``read_some`` takes them), so that
+        reading resumes whenever the high-water mark paused it: a body of any size
+        completes, and what is held is the body itself and no more.
+        """
+        parts: list[bytes] = []
+        chunks = self.chunks
+        while True:
+            if chunks:
+                parts += chunks
+                chunks.clear()
+                self.buffered = 0
+                if self.paused and self.transport is not None:
+                    self.paused = False
+                    self.transport.resume_reading()
+            if self.complete:
+                return b"".join(parts)
             await self._wait()
-        data = b"".join(self.chunks)
-        self.chunks.clear()
-        return data
 
     def release(self) -> None:
         """Return the connection to the pool if the response was read to its end."""

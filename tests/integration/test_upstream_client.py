@@ -122,3 +122,41 @@ async def test_errors(raw_server: Callable) -> None:
     with pytest.raises(UpstreamUnavailable):
         await closed.request(closed.head("GET", "/x", {}), b"")
     p.close()
+
+
+BIG = bytes(range(256)) * (8 * 1024)  # 2 MiB
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+@pytest.mark.parametrize("how", ["read", "read_some"])
+async def test_two_mib_answer_arrives_intact(raw_server: Callable, framing: str, how: str) -> None:
+    """Far above the high-water mark: reading pauses and resumes, and never stalls."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        if framing == "length":
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BIG) + BIG)
+        else:
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for i in range(0, len(BIG), 5000):
+                piece = BIG[i : i + 5000]
+                writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        await asyncio.wait_for(reader.read(), 5)  # until the client closes
+        writer.close()
+
+    p = pool(await raw_server(handler), read_timeout=2.0)
+    resp = await p.request(p.head("POST", "/chat/completions", {}), b"{}")
+    try:
+        if how == "read":
+            got = await resp.read()
+        else:
+            parts = []
+            while data := await resp.read_some():
+                parts.append(data)
+            got = b"".join(parts)
+    finally:
+        resp.release()
+        p.close()
+    assert len(got) == len(BIG) and got == BIG
