@@ -197,9 +197,6 @@ class Connection(asyncio.Protocol):
             return
         if self.in_head:  # the head goes on from an earlier read (a slow or huge head)
             self.head_read += len(data)
-            if self.head_read > self.server.limits.max_head_bytes:
-                self._refuse(HeadersTooLarge("The request head is too large."))
-                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -207,10 +204,17 @@ class Connection(asyncio.Protocol):
             self.stopped = True
             if self.last is not None:
                 self.last.keep_alive = False
+            return
         except httptools.HttpParserError as exc:
             refusal = self.refusal
             self.refusal = None
             self._refuse(refusal or InvalidRequest(f"{MALFORMED}: {exc}."))
+            return
+        # Checked after the read: a head that ends in it is bounded by on_header (its
+        # lines), and the body bytes after it are not head. One that still goes on has
+        # had every byte since its first read counted.
+        if self.in_head and self.head_read > self.server.limits.max_head_bytes:
+            self._refuse(HeadersTooLarge("The request head is too large."))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
