@@ -4,14 +4,15 @@
                             [--upstream-timeout S] [--workers N] [--http lean|aiohttp]
     python -m gateway serve --config gateway.toml [--host H] [--port P] [--workers N]
                             [--http lean|aiohttp]
+    (either form) [--api-keys-file PATH] [--redis URL]
     python -m gateway check-config gateway.toml
     python -m gateway demo-upstream [--port P] ...
 
 ``serve`` with neither ``--upstream`` nor ``--config`` starts the bundled demo
 upstream (a fake model) and serves it, so the gateway works out of the box.
 This is the only module that reads files, argv and the environment: the config
-file's bytes go to ``config.parse``, and ``os.environ`` is handed down to the
-process (``ops.lifecycle``) as a mapping.
+file's bytes go to ``config.parse``, the client keys file's text and
+``os.environ`` are handed down to the process (``ops.lifecycle``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,16 @@ import urllib.request
 import msgspec
 
 from gateway import __version__
-from gateway.config import Config, ConfigError, Deployment, Listen, parse
+from gateway.config import (
+    Auth,
+    Config,
+    ConfigError,
+    Deployment,
+    Idempotency,
+    Listen,
+    client_keys,
+    parse,
+)
 from gateway.limits import UPSTREAM_READ_TIMEOUT
 
 log = logging.getLogger("gateway")
@@ -60,6 +70,15 @@ def _parser() -> argparse.ArgumentParser:
         "--http",
         choices=("lean", "aiohttp"),
         help="HTTP server: lean (ours, the default) or aiohttp (aiohttp's low-level server)",
+    )
+    s.add_argument(
+        "--api-keys-file",
+        help="client API keys, one per line: every /v1/* request needs one ([auth] keys-file)",
+    )
+    s.add_argument(
+        "--redis",
+        metavar="URL",
+        help="share idempotency keys and limits through Redis, e.g. redis://127.0.0.1:6379/0",
     )
     s.add_argument("--log-level", default="INFO")
     c = sub.add_parser("check-config", help="validate a config file and exit")
@@ -97,9 +116,35 @@ def build_config(args: argparse.Namespace) -> Config:
         port=args.port if args.port is not None else cfg.listen.port,
     )
     http = msgspec.structs.replace(cfg.http, server=args.http) if args.http else cfg.http
+    auth = cfg.auth
+    if args.api_keys_file:
+        keys_env = auth.keys_env if auth is not None else None
+        auth = Auth(keys_env=keys_env, keys_file=args.api_keys_file)
+    idem = cfg.idempotency
+    if args.redis:
+        idem = Idempotency(
+            **{**msgspec.structs.asdict(idem), "store": "redis", "redis_url": args.redis}
+        )
     return msgspec.structs.replace(
-        cfg, listen=listen, http=http, workers=args.workers if args.workers else cfg.workers
+        cfg,
+        listen=listen,
+        http=http,
+        workers=args.workers if args.workers else cfg.workers,
+        auth=auth,
+        idempotency=idem,
     )
+
+
+def read_keys(cfg: Config) -> str | None:
+    """The text of the ``[auth]`` keys file, if there is one."""
+    if cfg.auth is None or not cfg.auth.keys_file:
+        return None
+    try:
+        with open(cfg.auth.keys_file, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
+        raise ConfigError(f"cannot read the API keys file {cfg.auth.keys_file}: {why}") from exc
 
 
 def _free_port() -> int:
@@ -139,9 +184,12 @@ def serve(args: argparse.Namespace) -> int:
         )
     try:
         cfg = build_config(args)
+        keys_text = read_keys(cfg)
+        if cfg.auth is not None:
+            client_keys(cfg.auth, os.environ, keys_text)  # none at all: fail now, not per worker
         if cfg.workers > 1:
-            return lifecycle.run_workers(cfg, os.environ)
-        lifecycle.run(cfg, os.environ)
+            return lifecycle.run_workers(cfg, os.environ, keys_text=keys_text)
+        lifecycle.run(cfg, os.environ, keys_text=keys_text)
         return 0
     finally:
         if demo is not None:

@@ -18,6 +18,24 @@ Example ``gateway.toml``::
     max-connections = 10000               # one more is answered 503 and closed
     max-pipelined = 8                     # requests queued on one connection before reading stops
 
+    [auth]                                # client API keys: every /v1/* request needs one
+    keys-env = "GATEWAY_API_KEYS"         # keys in this environment variable (comma-separated)
+    keys-file = "/etc/gateway/keys"       # and/or one per line in this file (also: serve
+                                          # --api-keys-file PATH); '#' starts a comment
+
+    [limits]                              # per client API key (one shared key without [auth])
+    requests-per-minute = 600             # 0: no limit; over it: 429 with Retry-After
+    max-in-flight = 32                    # 0: no limit
+
+    [idempotency]                         # Idempotency-Key on non-streaming POSTs
+    enabled = true
+    store = "memory"                      # or "redis" (also: serve --redis URL): shared by
+    redis-url = "redis://127.0.0.1:6379/0"  # processes and hosts; [limits] count there too
+    retention = 86400.0                   # seconds an answer stays replayable
+    lock-ttl = 30.0                       # seconds a crashed holder keeps its key locked
+    max-entries = 100000                  # the memory store's bounds
+    max-bytes = 268435456
+
     [[deployment]]
     models = ["qwen"]                     # ids clients send; empty: ask the upstream's /v1/models
     upstream = "http://127.0.0.1:8000/v1"
@@ -38,7 +56,8 @@ Example ``gateway.toml``::
 Unknown keys are errors (``forbid_unknown_fields``), so a typo fails at
 ``gateway check-config`` instead of being ignored. Nothing here reads a file or
 the environment: ``cli`` reads the file and hands its bytes to ``parse``, and
-reads the environment once, handing it down as a mapping (``upstream_key``).
+reads the environment once, handing it down as a mapping (``upstream_key``,
+``client_keys``); a keys file is read there too and handed down as text.
 Defaults that are bounds come from ``gateway.limits``.
 """
 
@@ -123,12 +142,57 @@ class Http(_Base, frozen=True):
             raise ValueError("[http] max-connections and max-pipelined must be at least 1")
 
 
+class Auth(_Base, frozen=True):
+    """Where the client API keys are (``cli`` reads them; see ``client_keys``)."""
+
+    keys_env: str | None = None
+    keys_file: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.keys_env and not self.keys_file:
+            raise ValueError("[auth] needs keys-env or keys-file")
+
+
+class Limits(_Base, frozen=True):
+    """Per client API key; 0 turns a limit off."""
+
+    requests_per_minute: int = 0
+    max_in_flight: int = 0
+
+    def __post_init__(self) -> None:
+        if self.requests_per_minute < 0 or self.max_in_flight < 0:
+            raise ValueError("[limits] must not be negative")
+
+
+class Idempotency(_Base, frozen=True):
+    enabled: bool = True
+    store: Literal["memory", "redis"] = "memory"
+    redis_url: str | None = None
+    retention: float = limits.IDEMPOTENCY_RETENTION
+    lock_ttl: float = limits.IDEMPOTENCY_LOCK_TTL
+    max_entries: int = limits.IDEMPOTENCY_MAX_ENTRIES
+    max_bytes: int = limits.IDEMPOTENCY_MAX_BYTES
+
+    def __post_init__(self) -> None:
+        if self.store == "redis" and not self.redis_url:
+            raise ValueError('[idempotency] store = "redis" needs redis-url')
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("redis-url must be a redis://, rediss:// or unix:// URL")
+        if min(self.retention, self.lock_ttl) <= 0:
+            raise ValueError("[idempotency] retention and lock-ttl must be positive")
+        if self.max_entries < 1 or self.max_bytes < 1:
+            raise ValueError("[idempotency] max-entries and max-bytes must be positive")
+
+
 class Config(_Base, frozen=True):
     listen: Listen = Listen()
     http: Http = Http()
     deployment: tuple[Deployment, ...] = ()
     stream: Stream = Stream()
     workers: int = 1
+    auth: Auth | None = None
+    limits: Limits = Limits()
+    idempotency: Idempotency = Idempotency()
 
     def __post_init__(self) -> None:
         if not self.deployment:
@@ -156,3 +220,25 @@ def upstream_key(dep: Deployment, env: Mapping[str, str]) -> str | None:
     if dep.api_key_env is None:
         return None
     return env.get(dep.api_key_env) or None
+
+
+def parse_keys(text: str) -> tuple[str, ...]:
+    """Client API keys from a keys file's text (one per line; blank lines and ``#``
+    comments skipped) or an environment variable's value (also split at commas)."""
+    keys = []
+    for line in text.splitlines():
+        line = line.split("#", 1)[0]
+        keys += [k for k in line.replace(",", " ").split() if k]
+    return tuple(dict.fromkeys(keys))
+
+
+def client_keys(auth: Auth, env: Mapping[str, str], file_text: str | None) -> tuple[str, ...]:
+    """The client API keys of ``auth``: those of its environment variable in ``env``
+    and those of its keys file (``file_text``, read by the command line)."""
+    keys = parse_keys(env.get(auth.keys_env, "")) if auth.keys_env else ()
+    if file_text is not None:
+        keys += parse_keys(file_text)
+    keys = tuple(dict.fromkeys(keys))
+    if not keys:
+        raise ConfigError("[auth] is configured but names no client API key")
+    return keys

@@ -4,14 +4,18 @@
     ├── ClientError
     │   ├── InvalidRequest            400     invalid_request_error  (given)
     │   │   └── Unsupported           400     invalid_request_error  unsupported_parameter
+    │   ├── Unauthorized              401     invalid_request_error  invalid_api_key
     │   ├── NotFound                  404     invalid_request_error  (given)
     │   │   └── ModelNotFound         404     invalid_request_error  model_not_found
     │   ├── MethodNotAllowed          405     invalid_request_error  null
     │   ├── RequestTimeout            408     invalid_request_error  request_timeout
     │   ├── RequestTooLarge           413     invalid_request_error  request_too_large
     │   ├── ExpectationFailed         417     invalid_request_error  expectation_failed
+    │   ├── IdempotencyKeyReused      422     invalid_request_error  idempotency_key_reused
+    │   ├── RateLimited               429     requests               rate_limit_exceeded
     │   └── HeadersTooLarge           431     invalid_request_error  request_header_fields_too_large
     ├── Overloaded                    503     server_error           server_overloaded
+    ├── StoreUnavailable              503     server_error           idempotency_store_unavailable
     ├── UpstreamError
     │   ├── UpstreamRejected          4xx     (the upstream's)       (the upstream's)
     │   ├── UpstreamUnavailable       502     server_error           server_error
@@ -25,7 +29,8 @@ Foreign exceptions are translated at their boundary (HTTP parsing in
 ``upstream``); everything that reaches the
 wire is a ``GatewayError``. ``GatewayError.body`` is the answer's body for an
 HTTP error before a stream starts (``api.endpoints`` sends it); after that, the
-transcoder's ``fail`` reports in-band. ``missing`` and ``body_too_large`` build
+transcoder's ``fail`` reports in-band; ``headers`` are extra headers of that
+answer (``RateLimited``'s Retry-After and x-ratelimit-*). ``missing`` and ``body_too_large`` build
 the two errors that several layers raise, in one wording.
 """
 
@@ -40,6 +45,7 @@ class GatewayError(Exception):
     status = 500
     type = "server_error"
     code: str | None = "server_error"
+    headers: dict[str, str] | None = None  # extra headers of the error answer
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
         super().__init__(message)
@@ -76,6 +82,13 @@ class Unsupported(InvalidRequest):
     code = "unsupported_parameter"
 
 
+class Unauthorized(ClientError):
+    """A ``/v1/*`` request without a valid client API key (when keys are configured)."""
+
+    status = 401
+    code = "invalid_api_key"
+
+
 class NotFound(ClientError):
     status = 404
 
@@ -105,6 +118,31 @@ class ExpectationFailed(ClientError):
     code = "expectation_failed"
 
 
+class IdempotencyKeyReused(ClientError):
+    """An Idempotency-Key already used (or in use) with another request body."""
+
+    status = 422
+    code = "idempotency_key_reused"
+
+
+class RateLimited(ClientError):
+    """A client API key over its requests per minute or requests in flight."""
+
+    status = 429
+    type = "requests"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, limit: int, remaining: int, reset: float) -> None:
+        super().__init__(message)
+        wait = max(1, int(reset + 0.999))
+        self.headers = {
+            "Retry-After": str(wait),
+            "x-ratelimit-limit-requests": str(limit),
+            "x-ratelimit-remaining-requests": str(max(0, remaining)),
+            "x-ratelimit-reset-requests": f"{max(reset, 0.0):.3f}s",
+        }
+
+
 class HeadersTooLarge(ClientError):
     """The request line, a header line, the header count or the whole head is over its limit."""
 
@@ -117,6 +155,14 @@ class Overloaded(GatewayError):
 
     status = 503
     code = "server_overloaded"
+
+
+class StoreUnavailable(GatewayError):
+    """The idempotency store (Redis) cannot be reached: a request with an
+    Idempotency-Key is refused rather than run without its protection."""
+
+    status = 503
+    code = "idempotency_store_unavailable"
 
 
 class UpstreamError(GatewayError):

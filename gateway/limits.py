@@ -80,3 +80,24 @@ STREAM_WRITE_AHEAD = 64 * KiB
 
 # Seconds that requests in flight get to finish after SIGTERM.
 SHUTDOWN_GRACE = 10.0
+
+# ---- request identity, keys and replay (gateway.api, gateway.stores) ------------------
+
+# A client's X-Request-Id longer than this (or not printable ASCII) is replaced.
+MAX_REQUEST_ID = 128
+# Seconds a finished answer stays replayable under its Idempotency-Key (Stripe's 24 h).
+IDEMPOTENCY_RETENTION = 24 * 3600.0
+# Seconds an in-flight key stays locked without word from its holder: the holder renews
+# it every third of this while it runs, so a crashed one blocks its key this long at most.
+IDEMPOTENCY_LOCK_TTL = 30.0
+# The in-memory store: at most this many keys and this many bytes of stored answers
+# (the oldest go first); a replay is worth less than the memory of the process.
+IDEMPOTENCY_MAX_ENTRIES = 100_000
+IDEMPOTENCY_MAX_BYTES = 256 * MiB
+# Seconds between two looks at a Redis key that a duplicate waits for (another process
+# holds it); in one process the wait is woken at once.
+IDEMPOTENCY_POLL = 0.05
+# Seconds a Redis command may take (connect included) before the store counts as down.
+STORE_TIMEOUT = 2.0
+# The window of a per-key requests-per-minute limit, in seconds.
+RATE_WINDOW = 60.0

@@ -5,6 +5,11 @@ gateway (``open_gateway`` + the gateway's own HTTP server) on a loopback port.
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -189,8 +194,10 @@ async def start_gateway(http_server: str) -> Any:
     hands down."""
     stack: list[Any] = []
 
-    async def start(cfg: Config, env: dict[str, str] | None = None) -> str:
-        cm = open_gateway(cfg, env or {})
+    async def start(
+        cfg: Config, env: dict[str, str] | None = None, *, keys_text: str | None = None
+    ) -> str:
+        cm = open_gateway(cfg, env or {}, keys_text=keys_text)
         gateway = await cm.__aenter__()
         stack.append(cm)
         http = msgspec.structs.replace(cfg.http, server=http_server)
@@ -235,3 +242,81 @@ WEATHER = {
         "additionalProperties": False,
     },
 }
+
+
+# ---- Redis: a real redis-server on loopback (the Debian package) ------------------------
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+class RedisServer:
+    """A ``redis-server`` on 127.0.0.1 and a free port, without persistence."""
+
+    def __init__(self) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> RedisServer:
+        cmd = [REDIS_SERVER, "--bind", "127.0.0.1", "--port", str(self.port)]
+        cmd += ["--save", "", "--appendonly", "no", "--protected-mode", "yes"]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return self
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def flush(self) -> None:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+            s.sendall(b"FLUSHALL\r\n")
+            assert s.recv(16).startswith(b"+OK")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.proc = None
+
+
+def need_redis() -> None:
+    """Skip (with the reason) without redis-server; under CI, fail instead."""
+    if os.path.exists(REDIS_SERVER):
+        return
+    reason = "redis-server is not installed (apt-get install redis-server)"
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason}; CI must run the Redis tests (.ci/run installs it)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def shared_redis() -> Any:
+    need_redis()
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(shared_redis: RedisServer) -> str:
+    """The URL of the session's redis-server, emptied for this test."""
+    shared_redis.flush()
+    return shared_redis.url
+
+
+@pytest.fixture
+def own_redis() -> Any:
+    """A redis-server of this test's own (it may stop it)."""
+    need_redis()
+    server = RedisServer().start()
+    yield server
+    server.stop()

@@ -11,12 +11,16 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import orjson
 
 from gateway.api.body import decode, read_body
+from gateway.api.calls import Call
+from gateway.api.guard import Guard
 from gateway.api.pings import SsePings
+from gateway.api.replay import Replays, error_reply, streamed
 from gateway.core.ids import IDS, RESPONSE
 from gateway.core.stream.transcoder import Transcoder
 from gateway.core.translate.request import to_chat_request
@@ -44,6 +48,7 @@ SSE_HEADERS = {
     "Cache-Control": "no-cache",
     "X-Accel-Buffering": "no",
 }
+Route_ = Callable[[Incoming, Call], Awaitable[Any]]
 NO_STORED = (
     "Stored responses are not offered: this gateway is stateless, so responses cannot be "
     "retrieved, deleted or cancelled after they were returned."
@@ -53,32 +58,64 @@ NO_STORED = (
 class Gateway:
     """Serves ``/v1/responses``, ``/v1/chat/completions`` and ``/v1/models``."""
 
-    def __init__(self, router: Router, pings: SsePings, max_body: int) -> None:
+    def __init__(
+        self,
+        router: Router,
+        pings: SsePings,
+        max_body: int,
+        *,
+        guard: Guard | None = None,
+        replays: Replays | None = None,
+    ) -> None:
         self.router = router
         self.pings = pings
         self.max_body = max_body
+        # None when there are neither client keys nor limits: no per-request cost.
+        self.guard = guard
+        self.replays = replays  # None: Idempotency-Key is ignored
         self.created = int(time.time())
-        self._routes: dict[tuple[str, str], Callable[[Incoming], Awaitable[Any]]] = {
+        self._routes: dict[tuple[str, str], Route_] = {
             ("POST", "/v1/responses"): self.responses,
             ("POST", "/v1/chat/completions"): self.chat,
             ("GET", "/v1/models"): self.models,
         }
 
     async def handle(self, request: Incoming) -> Reply:
+        call = Call(request.headers.get("x-request-id"))
         try:
+            if self.guard is not None:
+                return await self._guarded(request, call, self.guard)
             route = self._routes.get((request.method, request.path))
             if route is None:
                 route = self._not_routed(request)
-            return await route(request)
+            return await route(request, call)
         except GatewayError as exc:
-            return Response.error(exc)
+            return error_reply(exc, call)
         except (ConnectionError, asyncio.CancelledError):
             raise
         except Exception:
-            log.exception("unexpected error on %s %s", request.method, request.path)
-            return Response.error(InternalError("The gateway failed unexpectedly."))
+            log.exception(
+                "request %s: unexpected error on %s %s", call.rid, request.method, request.path
+            )
+            return error_reply(InternalError("The gateway failed unexpectedly."), call)
 
-    def _not_routed(self, request: Incoming) -> Callable[[Incoming], Awaitable[Any]]:
+    async def _guarded(self, request: Incoming, call: Call, guard: Guard) -> Reply:
+        """The route behind the client's key and its limits."""
+        call.tenant = guard.tenant(request)
+        route = self._routes.get((request.method, request.path))
+        if route is None:
+            route = self._not_routed(request)
+        if not guard.limited:
+            return await route(request, call)
+        token = IDS.new("slot_")
+        if not await guard.admit(call.tenant, token):
+            return await route(request, call)
+        try:
+            return await route(request, call)
+        finally:
+            await guard.leave(call.tenant, token)
+
+    def _not_routed(self, request: Incoming) -> Route_:
         path = request.path
         if path.startswith("/v1/responses/"):
             raise NotFound(NO_STORED)
@@ -86,7 +123,7 @@ class Gateway:
             raise MethodNotAllowed(f"Method {request.method} is not allowed on {path}.")
         raise NotFound(f"Unknown path: {request.method} {path}.")
 
-    async def models(self, request: Incoming) -> Response:
+    async def models(self, request: Incoming, call: Call) -> Response:
         ids = self.router.model_ids()
         if "default" not in ids:
             ids.append("default")
@@ -94,33 +131,50 @@ class Gateway:
             {"id": m, "object": "model", "created": self.created, "owned_by": "gateway"}
             for m in ids
         ]
-        return Response(body=orjson.dumps({"object": "list", "data": data}), content_type=JSON)
+        body = orjson.dumps({"object": "list", "data": data})
+        return Response(body=body, content_type=JSON, headers=call.headers)
 
-    async def _read(self, request: Incoming, decoder: Any) -> tuple[bytes, Any, Route]:
-        """The body, decoded, and the deployment of the model it names."""
-        body = await read_body(request, self.max_body)
-        doc = decode(decoder, body)
-        route = await self.router.resolve(doc.model)
+    async def _route(self, body: bytes, model: str) -> Route:
+        """The deployment of ``model``, which must take a body of this size."""
+        route = await self.router.resolve(model)
         limit = route.dep.max_body_bytes
         if len(body) > limit:
             raise body_too_large(limit, len(body))
-        return body, doc, route
+        return route
+
+    def _key(self, request: Incoming) -> str | None:
+        """The request's Idempotency-Key, if the gateway replays."""
+        return None if self.replays is None else request.headers.get("idempotency-key")
 
     # ---- /v1/chat/completions: pass-through -------------------------------------------
 
-    async def chat(self, request: Incoming) -> Reply:
-        body, view, route = await self._read(request, PASS_THROUGH_DECODER)
+    async def chat(self, request: Incoming, call: Call) -> Reply:
+        body = await read_body(request, self.max_body)
+        view = decode(PASS_THROUGH_DECODER, body)
+        key = self._key(request)
+        if key is not None and self.replays is not None and not streamed(body):
+            return await self.replays.run(
+                call, key, request.path, body, partial(self._chat, request, call, [body, view])
+            )
+        held = [body, view]
+        del body, view  # (only the list holds them: _chat lets go while the answer streams)
+        return await self._chat(request, call, held)
+
+    async def _chat(self, request: Incoming, call: Call, held: list[Any]) -> Reply:
+        body, view = held
+        held.clear()
+        route = await self._route(body, view.model)
         if route.upstream_model != view.model:
             doc = orjson.loads(body)
             doc["model"] = route.upstream_model
             body = orjson.dumps(doc)
-        resp = await route.replica.chat(body)
+        resp = await route.replica.chat(body, call.rid)
         del body  # not needed while the answer streams
         try:
             ctype = resp.content_type.decode("latin-1") or JSON
             if not ctype.startswith("text/event-stream"):
-                return Response(body=await resp.read(), content_type=ctype)
-            out = StreamResponse(headers=SSE_HEADERS)
+                return Response(body=await resp.read(), content_type=ctype, headers=call.headers)
+            out = StreamResponse(headers={**SSE_HEADERS, **call.headers})
             await out.prepare(request)
             try:
                 while data := await resp.read_some():
@@ -128,7 +182,9 @@ class Gateway:
             except GatewayError as exc:
                 # Bytes already went out: cut the connection, so that the client
                 # sees a broken stream rather than one that looks complete.
-                log.warning("chat stream from upstream broke: %s", exc.message)
+                log.warning(
+                    "request %s: chat stream from upstream broke: %s", call.rid, exc.message
+                )
                 request.abort()
                 return out
         finally:
@@ -138,8 +194,22 @@ class Gateway:
 
     # ---- /v1/responses ----------------------------------------------------------------
 
-    async def responses(self, request: Incoming) -> Reply:
-        body, req, route = await self._read(request, REQUEST_DECODER)
+    async def responses(self, request: Incoming, call: Call) -> Reply:
+        body = await read_body(request, self.max_body)
+        req = decode(REQUEST_DECODER, body)
+        key = self._key(request)
+        if key is not None and self.replays is not None and not req.stream:
+            return await self.replays.run(
+                call, key, request.path, body, partial(self._responses, request, call, [body, req])
+            )
+        held = [body, req]
+        del body, req  # (only the list holds them: _responses lets go while a stream runs)
+        return await self._responses(request, call, held)
+
+    async def _responses(self, request: Incoming, call: Call, held: list[Any]) -> Reply:
+        body, req = held
+        held.clear()
+        route = await self._route(body, req.model)
         stream = bool(req.stream)
         pump = stream and route.caps.streaming
         chat, echo = to_chat_request(req, route.caps, route.upstream_model, stream=pump)
@@ -147,20 +217,26 @@ class Gateway:
         payload = orjson.dumps(chat)
         # This frame lives as long as the stream: keep only what the stream needs.
         del body, req, chat, echo
-        upstream = await route.replica.chat(payload)
+        upstream = await route.replica.chat(payload, call.rid)
         del payload
         try:
             if stream:
-                return await self._stream(request, upstream, Transcoder(base), pump)
+                return await self._stream(request, call, upstream, Transcoder(base), pump)
             data = await upstream.read()
         finally:
             upstream.release()
-        return Response(body=orjson.dumps(to_response(data, base)), content_type=JSON)
+        body = orjson.dumps(to_response(data, base))
+        return Response(body=body, content_type=JSON, headers=call.headers)
 
     async def _stream(
-        self, request: Incoming, upstream: UpstreamConnection, tx: Transcoder, pump: bool
+        self,
+        request: Incoming,
+        call: Call,
+        upstream: UpstreamConnection,
+        tx: Transcoder,
+        pump: bool,
     ) -> StreamResponse:
-        out = StreamResponse(headers=SSE_HEADERS)
+        out = StreamResponse(headers={**SSE_HEADERS, **call.headers})
         await out.prepare(request)
         frames = tx.start()
         try:
@@ -175,7 +251,7 @@ class Gateway:
             raise  # the client is gone: nothing can be written any more
         except Exception:
             # A bug of ours, after the 200 went out: still end the stream honestly.
-            log.exception("stream failed unexpectedly")
+            log.exception("request %s: stream failed unexpectedly", call.rid)
             last = tx.fail("The gateway failed unexpectedly.")
         await out.write_eof(last)  # the terminal event and the end of the body: one write
         return out

@@ -19,10 +19,14 @@ from contextlib import asynccontextmanager, suppress
 from typing import TYPE_CHECKING
 
 from gateway.api.endpoints import Gateway
+from gateway.api.guard import Guard
 from gateway.api.pings import SsePings
-from gateway.config import Config, Http, upstream_key
+from gateway.api.replay import Replays
+from gateway.config import Config, Http, client_keys, upstream_key
 from gateway.http.server import Server
 from gateway.limits import LISTEN_BACKLOG, SHUTDOWN_GRACE
+from gateway.stores.base import Store
+from gateway.stores.memory import MemoryStore
 from gateway.upstream.replica import Replica
 from gateway.upstream.routing import Router
 
@@ -35,22 +39,53 @@ NO_ENV: Mapping[str, str] = {}
 DEFAULT_HTTP = Http()
 
 
+def open_store(cfg: Config) -> Store:
+    """The store of idempotency records and request counters that ``cfg`` names."""
+    idem = cfg.idempotency
+    if idem.store == "redis" and idem.redis_url:
+        from gateway.stores.redis import RedisStore  # (only then: the client costs startup)
+
+        return RedisStore(idem.redis_url, retention=idem.retention, lock_ttl=idem.lock_ttl)
+    return MemoryStore(
+        retention=idem.retention,
+        lock_ttl=idem.lock_ttl,
+        max_entries=idem.max_entries,
+        max_bytes=idem.max_bytes,
+    )
+
+
 @asynccontextmanager
-async def open_gateway(cfg: Config, env: Mapping[str, str] = NO_ENV) -> AsyncIterator[Gateway]:
+async def open_gateway(
+    cfg: Config, env: Mapping[str, str] = NO_ENV, *, keys_text: str | None = None
+) -> AsyncIterator[Gateway]:
     """The gateway for ``cfg``; ``env`` is the environment as the command line read it
-    (upstream keys are looked up there)."""
+    (upstream and client keys are looked up there), ``keys_text`` the text of the
+    ``[auth]`` keys file, which the command line read."""
+    keys = client_keys(cfg.auth, env, keys_text) if cfg.auth is not None else ()
+    limits = cfg.limits
     pings = SsePings(cfg.stream.keepalive_interval)
     deployments = [(d, Replica(d, upstream_key(d, env))) for d in cfg.deployment]
+    store = open_store(cfg)
+    guard = None
+    if keys or limits.requests_per_minute or limits.max_in_flight:
+        guard = Guard(
+            keys,
+            store,
+            per_minute=limits.requests_per_minute,
+            in_flight=limits.max_in_flight,
+        )
+    replays = Replays(store, cfg.idempotency.lock_ttl) if cfg.idempotency.enabled else None
     try:
         router = Router(deployments)
         await router.discover()
         max_body = max(d.max_body_bytes for d in cfg.deployment)
         pings.start()
-        yield Gateway(router, pings, max_body)
+        yield Gateway(router, pings, max_body, guard=guard, replays=replays)
     finally:
         pings.stop()
         for _, replica in deployments:
             replica.close()
+        await store.close()
 
 
 @asynccontextmanager
@@ -76,9 +111,15 @@ async def listen(
         await server.shutdown(SHUTDOWN_GRACE)
 
 
-async def serve(cfg: Config, env: Mapping[str, str], *, reuse_port: bool = False) -> None:
+async def serve(
+    cfg: Config,
+    env: Mapping[str, str],
+    *,
+    reuse_port: bool = False,
+    keys_text: str | None = None,
+) -> None:
     async with (
-        open_gateway(cfg, env) as gateway,
+        open_gateway(cfg, env, keys_text=keys_text) as gateway,
         listen(gateway, cfg.listen.host, cfg.listen.port, http=cfg.http, reuse_port=reuse_port),
     ):
         log.info(
@@ -94,13 +135,19 @@ async def serve(cfg: Config, env: Mapping[str, str], *, reuse_port: bool = False
         await stop.wait()
 
 
-def run(cfg: Config, env: Mapping[str, str], *, reuse_port: bool = False) -> None:
+def run(
+    cfg: Config,
+    env: Mapping[str, str],
+    *,
+    reuse_port: bool = False,
+    keys_text: str | None = None,
+) -> None:
     import uvloop
 
-    uvloop.run(serve(cfg, env, reuse_port=reuse_port))
+    uvloop.run(serve(cfg, env, reuse_port=reuse_port, keys_text=keys_text))
 
 
-def run_workers(cfg: Config, env: Mapping[str, str]) -> int:
+def run_workers(cfg: Config, env: Mapping[str, str], *, keys_text: str | None = None) -> int:
     """Fork ``cfg.workers`` processes sharing the port; forward SIGTERM/SIGINT to them."""
     children = []
     for _ in range(cfg.workers):
@@ -108,7 +155,7 @@ def run_workers(cfg: Config, env: Mapping[str, str]) -> int:
         if pid == 0:
             code = 1
             try:
-                run(cfg, env, reuse_port=True)
+                run(cfg, env, reuse_port=True, keys_text=keys_text)
                 code = 0
             except BaseException:
                 log.exception("worker failed")

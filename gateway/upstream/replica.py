@@ -33,13 +33,17 @@ class Replica:
         )
         self.models_head = self.pool.head("GET", "/models", auth)
 
-    async def chat(self, body: bytes) -> UpstreamConnection:
+    async def chat(self, body: bytes, request_id: str | None = None) -> UpstreamConnection:
         """POST a chat request; the connection once the answer's status is 2xx.
 
+        ``request_id`` (printable ASCII: the endpoints checked it) goes as X-Request-Id.
         A 4xx/5xx answer is read and raised as the matching error, before
         anything goes to the client. The caller must ``release()`` the result.
         """
-        resp = await self.pool.request(self.chat_head, body)
+        head = self.chat_head
+        if request_id is not None:
+            head += b"X-Request-Id: %s\r\n" % request_id.encode("ascii")
+        resp = await self.pool.request(head, body)
         status = resp.status
         if status >= 400:
             try:

@@ -20,7 +20,14 @@ import gateway.core
 CORE = sorted(m.name for m in pkgutil.walk_packages(gateway.core.__path__, prefix="gateway.core."))
 LEAVES = ["gateway.config", "gateway.errors", "gateway.limits"]
 IO = ("asyncio", "aiohttp", "socket", "httptools", "uvloop", "redis", "selectors", "ssl")
-SHELL = ("gateway.http", "gateway.upstream", "gateway.api", "gateway.ops", "gateway.demo")
+SHELL = (
+    "gateway.http",
+    "gateway.upstream",
+    "gateway.stores",
+    "gateway.api",
+    "gateway.ops",
+    "gateway.demo",
+)
 
 
 def imported(module: str) -> list[str]:
@@ -66,8 +73,13 @@ MAY_IMPORT = {
     "gateway.core": {"gateway.core", "gateway.errors", "gateway.limits"},
     "gateway.http": {"gateway.http"} | LEAF,
     "gateway.upstream": {"gateway.upstream", "gateway.core.capabilities"} | LEAF,
-    "gateway.api": {"gateway.api", "gateway.http", "gateway.upstream", "gateway.core"} | LEAF,
-    "gateway.ops": {"gateway.ops", "gateway.api", "gateway.http", "gateway.upstream"} | LEAF,
+    "gateway.api": {"gateway.api", "gateway.http", "gateway.upstream", "gateway.stores"}
+    | {"gateway.core"}
+    | LEAF,
+    "gateway.stores": {"gateway.stores", "gateway.core"} | LEAF,
+    "gateway.ops": {"gateway.ops", "gateway.api", "gateway.http", "gateway.upstream"}
+    | {"gateway.stores"}
+    | LEAF,
     "gateway.demo": {"gateway.demo"},
     "gateway.config": {"gateway.limits"},
     "gateway.errors": set(),
@@ -128,3 +140,5 @@ def test_the_direction_check_can_fail() -> None:
     assert "gateway.api.pings" in gateway_imports(ROOT / "gateway" / "ops" / "lifecycle.py")
     assert part_of("gateway.core.stream.sse") == "gateway.core"
     assert not any(is_in("gateway.api.pings", a) for a in MAY_IMPORT["gateway.core"])
+    assert "gateway.api" not in MAY_IMPORT["gateway.stores"]
+    assert part_of("gateway.stores.redis") == "gateway.stores"

@@ -1,0 +1,85 @@
+"""Client API keys and the per-key request limits (``[auth]``, ``[limits]``).
+
+Keys are compared in constant time: the SHA-256 of the presented key against
+that of every configured key with ``hmac.compare_digest``, without stopping at a
+match. A key is never logged nor kept in clear once hashed; the tenant it stands
+for is the first 12 hex digits of its SHA-256 (what logs and stores see).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Sequence
+
+from gateway.errors import RateLimited, Unauthorized
+from gateway.http.messages import Incoming
+from gateway.stores.base import Store
+
+NO_KEY = (
+    "You didn't provide an API key. You need to provide your API key in an Authorization "
+    "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+)
+WRONG_KEY = "Incorrect API key provided."
+
+
+def tenant_of(key: str) -> str:
+    """The short, non-secret name of a client key: 12 hex digits of its SHA-256."""
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+
+
+class Guard:
+    """Admits a request: its key (if keys are configured), then its limits (if any)."""
+
+    def __init__(
+        self, keys: Sequence[str], store: Store, *, per_minute: int = 0, in_flight: int = 0
+    ) -> None:
+        self.keys = [(hashlib.sha256(k.encode()).digest(), tenant_of(k)) for k in keys]
+        self.store = store
+        self.per_minute = per_minute
+        self.in_flight = in_flight
+        self.limited = bool(per_minute or in_flight)
+
+    def tenant(self, request: Incoming) -> str:
+        """The tenant of the request's key; ``Unauthorized`` without a right one."""
+        if not self.keys:
+            return ""
+        auth = request.headers.get("authorization")
+        if auth is None or auth[:7].lower() != "bearer " or not auth[7:].strip():
+            raise Unauthorized(NO_KEY)
+        digest = hashlib.sha256(auth[7:].strip().encode("latin-1")).digest()
+        found = ""
+        for known, tenant in self.keys:  # (every key compared: no early exit)
+            if hmac.compare_digest(digest, known):
+                found = tenant
+        if not found:
+            raise Unauthorized(WRONG_KEY)
+        return found
+
+    async def admit(self, tenant: str, token: str) -> bool:
+        """Count the request against ``tenant``'s limits; ``RateLimited`` over one.
+        True: it holds an in-flight slot (give it back with ``leave``)."""
+        if self.per_minute:
+            count, reset = await self.store.hit(tenant)
+            if count > self.per_minute:
+                raise RateLimited(
+                    f"Rate limit reached: {self.per_minute} requests per minute for this "
+                    f"API key. Retry after {max(1, int(reset + 0.999))} s.",
+                    limit=self.per_minute,
+                    remaining=0,
+                    reset=reset,
+                )
+        if not self.in_flight:
+            return False
+        if await self.store.enter(tenant, token, self.in_flight) < 0:
+            raise RateLimited(
+                f"Rate limit reached: {self.in_flight} requests in flight for this API key. "
+                "Retry when one has finished.",
+                limit=self.in_flight,
+                remaining=0,
+                reset=1.0,
+            )
+        return True
+
+    async def leave(self, tenant: str, token: str) -> None:
+        await self.store.leave(tenant, token)

@@ -1,0 +1,110 @@
+"""``Idempotency-Key`` on non-streaming ``POST /v1/responses`` and ``/v1/chat/completions``.
+
+The first request with a key runs; a duplicate that arrives meanwhile waits for
+it and gets its answer; a later one gets the stored answer (status and body,
+byte for byte) with ``Idempotent-Replayed: true``. 5xx answers and requests that
+end without an answer free the key, so a retry runs for real. The lifecycle is
+``core.idempotency``'s; the store (``gateway.stores``) makes it atomic, in this
+process or across processes. Streaming requests never come here: part of a
+stream may already have reached the client, so a stream is sent once and is
+never replayed (the header is ignored).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+
+from gateway.api.calls import Call
+from gateway.core import idempotency as idem
+from gateway.core.ids import IDS
+from gateway.errors import GatewayError, StoreUnavailable
+from gateway.http.messages import Reply, Response
+from gateway.stores.base import Store
+
+log = logging.getLogger("gateway")
+
+REPLAYED = "Idempotent-Replayed"
+
+
+class _Streamed(msgspec.Struct):
+    stream: Any = None
+
+
+_STREAMED = msgspec.json.Decoder(_Streamed)
+
+
+def streamed(body: bytes) -> bool:
+    """Whether a (pass-through chat) body asks for a stream (a bad body: not)."""
+    try:
+        return _STREAMED.decode(body).stream is True
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return False
+
+
+def error_reply(exc: GatewayError, call: Call) -> Response:
+    """The OpenAI-shaped error answer for ``exc``, with the call's headers."""
+    headers = call.headers if exc.headers is None else {**exc.headers, **call.headers}
+    return Response(
+        status=exc.status, body=exc.body(), content_type="application/json", headers=headers
+    )
+
+
+class Replays:
+    def __init__(self, store: Store, lock_ttl: float) -> None:
+        self.store = store
+        self.beat = lock_ttl / 3
+
+    async def run(
+        self, call: Call, key: str, path: str, body: bytes, answer: Callable[[], Awaitable[Reply]]
+    ) -> Reply:
+        """``answer()`` at most once per key and body (among the store's processes)."""
+        scope = idem.scope(call.tenant, idem.check_key(key))
+        fp = idem.fingerprint(path, body)
+        token = IDS.new("idem_")
+        store = self.store
+        while True:
+            decision = await store.claim(scope, fp, token)
+            if isinstance(decision, idem.Replay):
+                rec = decision.record
+                headers = {**call.headers, REPLAYED: "true"}
+                ctype = rec.content_type or None
+                return Response(
+                    status=rec.status, body=rec.body, content_type=ctype, headers=headers
+                )
+            if isinstance(decision, idem.Run):
+                break
+            await store.wait(scope, decision.until)
+        beat = asyncio.create_task(self._renew(scope, token))
+        try:
+            try:
+                reply = await answer()
+            except GatewayError as exc:
+                reply = error_reply(exc, call)
+        except BaseException:
+            beat.cancel()
+            with contextlib.suppress(StoreUnavailable):
+                await store.release(scope, token)
+            raise
+        beat.cancel()
+        try:
+            if isinstance(reply, Response):
+                await store.finish(scope, token, reply.status, reply.body, reply.content_type or "")
+            else:
+                await store.release(scope, token)  # a stream after all: never replayed
+        except StoreUnavailable:
+            # The answer is here: send it. Its key frees itself when the lock expires.
+            log.warning("request %s: its answer could not be stored for replay", call.rid)
+        return reply
+
+    async def _renew(self, scope: str, token: str) -> None:
+        """Keep the holder's lock while its request runs."""
+        while True:
+            await asyncio.sleep(self.beat)
+            with contextlib.suppress(StoreUnavailable):
+                await self.store.refresh(scope, token)

@@ -1,0 +1,187 @@
+"""The life of one idempotency record, as a pure state machine (no I/O, no clock
+but the ``now`` handed in).
+
+A record is stored under a *scope*: the client's API key (its short hash) and the
+hash of its ``Idempotency-Key``, so one tenant never reaches another's records::
+
+    absent ──claim──▶ in flight ──finish (status < 500)──▶ done ──retention over──▶ absent
+                         │  ▲                                 │
+                         │  └─refresh (the holder is alive)   └─claim: Replay (same body)
+                         ├──finish (5xx) / release──▶ absent        or Conflict (other body)
+                         └──lock over (holder crashed)──▶ absent
+    claim on in flight: Wait (same body) or Conflict (other body)
+
+Every transition is a function from the stored record (``None``: absent) to a
+decision and the record to store; the stores (``gateway.stores``) only make
+each one atomic: the memory store because one event loop runs it, the Redis
+store with an optimistic transaction (WATCH / MULTI) around the same functions.
+A transition that is not the holder's to make (its lock expired and another
+request claimed the key) returns ``KEEP``: the store leaves the record alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Final
+
+import msgspec
+
+from gateway.errors import IdempotencyKeyReused, InvalidRequest
+
+MAX_KEY = 255  # characters of an Idempotency-Key (Stripe's bound; longer: 400)
+
+
+class Record(msgspec.Struct, frozen=True, array_like=True):
+    """What a store holds for one scope. ``status == 0``: in flight, held by
+    ``token`` until ``expires``; otherwise done, replayable until ``expires``."""
+
+    fingerprint: bytes
+    token: str
+    expires: float
+    status: int = 0
+    body: bytes = b""
+    content_type: str = ""
+
+    @property
+    def done(self) -> bool:
+        return self.status != 0
+
+
+class Run(msgspec.Struct, frozen=True):
+    """The caller holds the key now: run the request, then ``finish`` or ``release``."""
+
+    record: Record  # to store (in flight)
+
+
+class Wait(msgspec.Struct, frozen=True):
+    """Another request with this key is running: wait for it, then claim again."""
+
+    until: float  # its lock's end: claim again by then at the latest
+
+
+class Replay(msgspec.Struct, frozen=True):
+    """The request ran already: send its stored answer."""
+
+    record: Record
+
+
+class _Keep:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "KEEP"
+
+
+KEEP: Final = _Keep()  # a transition that changes nothing
+Decision = Run | Wait | Replay
+Change = Record | None | _Keep  # the record to store; None: delete it; KEEP: leave it
+
+
+def check_key(key: str) -> str:
+    """The client's Idempotency-Key, or a 400 if it is empty or too long."""
+    if not key or len(key) > MAX_KEY:
+        raise InvalidRequest(
+            f"The Idempotency-Key header must be 1 to {MAX_KEY} characters long.",
+            param="Idempotency-Key",
+            code="invalid_idempotency_key",
+        )
+    return key
+
+
+def scope(tenant: str, key: str) -> str:
+    """The store key of ``key`` for ``tenant`` (fixed length, whatever the key holds)."""
+    return tenant + ":" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def fingerprint(path: str, body: bytes) -> bytes:
+    """What makes two requests with one key "the same": the route and the body's bytes."""
+    h = hashlib.sha256(path.encode("latin-1"))
+    h.update(b"\0")
+    h.update(body)
+    return h.digest()
+
+
+def live(record: Record | None, now: float) -> Record | None:
+    """``record``, or ``None`` once it expired (an abandoned lock, a retention over)."""
+    if record is None or record.expires <= now:
+        return None
+    return record
+
+
+def claim(record: Record | None, fp: bytes, token: str, now: float, lock_ttl: float) -> Decision:
+    """A request with this scope arrives. Raises ``IdempotencyKeyReused`` when the
+    key was used for another request."""
+    current = live(record, now)
+    if current is None:
+        return Run(Record(fp, token, now + lock_ttl))
+    if current.fingerprint != fp:
+        raise IdempotencyKeyReused(
+            "This Idempotency-Key was already used with a different request body; "
+            "use a new key for a new request.",
+            param="Idempotency-Key",
+        )
+    if current.done:
+        return Replay(current)
+    return Wait(current.expires)
+
+
+def refresh(record: Record | None, token: str, now: float, lock_ttl: float) -> Change:
+    """The holder is still running: its lock lasts ``lock_ttl`` more seconds."""
+    if not _held(record, token, now):
+        return KEEP
+    assert record is not None
+    return msgspec.structs.replace(record, expires=now + lock_ttl)
+
+
+def finish(
+    record: Record | None,
+    token: str,
+    status: int,
+    body: bytes,
+    content_type: str,
+    now: float,
+    retention: float,
+) -> Change:
+    """The holder has its answer: kept for ``retention`` seconds unless it is a
+    server-side failure (5xx: a retry must run for real), which frees the key."""
+    if not _held(record, token, now):
+        return KEEP
+    assert record is not None
+    if not storable(status):
+        return None
+    return Record(record.fingerprint, token, now + retention, status, body, content_type)
+
+
+def release(record: Record | None, token: str, now: float) -> Change:
+    """The holder stops without an answer to keep (failure, cancellation, a stream)."""
+    return None if _held(record, token, now) else KEEP
+
+
+def storable(status: int) -> bool:
+    """2xx-4xx answers are replayed (the same request would fail the same way); 5xx not."""
+    return 100 <= status < 500
+
+
+def _held(record: Record | None, token: str, now: float) -> bool:
+    current = live(record, now)
+    return current is not None and not current.done and current.token == token
+
+
+_ENCODER = msgspec.msgpack.Encoder()
+_DECODER = msgspec.msgpack.Decoder(Record)
+
+
+def encode(record: Record) -> bytes:
+    """A record as bytes (for a store outside the process)."""
+    return _ENCODER.encode(record)
+
+
+def decode(data: bytes | None) -> Record | None:
+    """A record from ``encode``'s bytes; ``None`` for absent or unreadable (another
+    version's) bytes, which count as absent."""
+    if data is None:
+        return None
+    try:
+        return _DECODER.decode(data)
+    except msgspec.DecodeError:
+        return None

@@ -1,0 +1,53 @@
+"""What the endpoints see of a store (``memory.MemoryStore``, ``redis.RedisStore``)."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from gateway.core.idempotency import Decision
+
+
+class Store(Protocol):
+    """Idempotency records by scope (``core.idempotency.scope``), and per-tenant
+    counters for the request limits. Every method may raise ``StoreUnavailable``,
+    except ``leave`` and ``close``."""
+
+    async def claim(self, scope: str, fingerprint: bytes, token: str) -> Decision:
+        """``Run`` (the caller holds the key), ``Wait`` or ``Replay``; raises
+        ``IdempotencyKeyReused`` for another body under the same key."""
+        ...
+
+    async def refresh(self, scope: str, token: str) -> None:
+        """The holder is still running: renew its lock."""
+        ...
+
+    async def finish(
+        self, scope: str, token: str, status: int, body: bytes, content_type: str
+    ) -> None:
+        """The holder's answer: kept if it is storable, otherwise the key is freed."""
+        ...
+
+    async def release(self, scope: str, token: str) -> None:
+        """The holder ends without an answer to keep: the key is free again."""
+        ...
+
+    async def wait(self, scope: str, until: float) -> None:
+        """Return when the record of ``scope`` may have changed, or at ``until``
+        (wall-clock seconds) at the latest."""
+        ...
+
+    async def hit(self, tenant: str) -> tuple[int, float]:
+        """Count one request of ``tenant`` in the current minute: (requests in it so
+        far, this one included; seconds until the minute ends)."""
+        ...
+
+    async def enter(self, tenant: str, token: str, limit: int) -> int:
+        """Take one of ``tenant``'s ``limit`` in-flight slots for ``token``: the slots
+        in use after it, or -1 (taking none) when all are taken."""
+        ...
+
+    async def leave(self, tenant: str, token: str) -> None:
+        """Give ``token``'s slot back (never raises)."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,164 @@
+"""The in-process store: a dict of records, bounded by entries and bytes, with expiry.
+
+One event loop runs every transition to its end without an ``await`` inside, so
+each is atomic. Records are kept in the order they were last written; a full
+store drops the oldest first (expired ones before any other), and an in-flight
+record is never dropped for room (a full store of in-flight keys refuses the new
+one as ``Overloaded``). Waiters for a key are woken at once when its holder ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from gateway.core import idempotency as idem
+from gateway.errors import Overloaded
+from gateway.limits import (
+    IDEMPOTENCY_LOCK_TTL,
+    IDEMPOTENCY_MAX_BYTES,
+    IDEMPOTENCY_MAX_ENTRIES,
+    IDEMPOTENCY_RETENTION,
+    RATE_WINDOW,
+)
+
+FULL = "The gateway holds as many requests with an Idempotency-Key in flight as it can."
+
+
+class MemoryStore:
+    def __init__(
+        self,
+        *,
+        retention: float = IDEMPOTENCY_RETENTION,
+        lock_ttl: float = IDEMPOTENCY_LOCK_TTL,
+        max_entries: int = IDEMPOTENCY_MAX_ENTRIES,
+        max_bytes: int = IDEMPOTENCY_MAX_BYTES,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.retention = retention
+        self.lock_ttl = lock_ttl
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.clock = clock
+        self.records: OrderedDict[str, idem.Record] = OrderedDict()
+        self.bytes = 0
+        self._waiters: dict[str, asyncio.Event] = {}
+        self._minutes: dict[str, tuple[int, int]] = {}  # tenant -> (minute, count)
+        self._flying: dict[str, set[str]] = {}  # tenant -> tokens in flight
+
+    # ---- records ---------------------------------------------------------------------
+
+    def _put(self, scope: str, change: idem.Change) -> None:
+        if change is idem.KEEP:
+            return
+        self.wake(scope)
+        old = self.records.pop(scope, None)
+        if old is not None:
+            self.bytes -= len(old.body)
+        if isinstance(change, idem.Record):
+            self.records[scope] = change
+            self.bytes += len(change.body)
+            self._evict()
+
+    def wake(self, scope: str) -> None:
+        """Wake whoever waits for ``scope`` (its record changed)."""
+        event = self._waiters.pop(scope, None)
+        if event is not None:
+            event.set()
+
+    def _evict(self, room: int = 0) -> None:
+        """Drop expired records from the front, then the oldest done ones while over a
+        bound (or without ``room`` entries free)."""
+        records, now = self.records, self.clock()
+        while records:
+            scope, first = next(iter(records.items()))
+            if idem.live(first, now) is not None:
+                break
+            del records[scope]
+            self.bytes -= len(first.body)
+        most = self.max_entries - room
+        entries, size = len(records), self.bytes
+        if entries <= most and size <= self.max_bytes:
+            return
+        victims = []
+        for scope, record in records.items():
+            if entries <= most and size <= self.max_bytes:
+                break
+            if record.done:
+                victims.append(scope)
+                entries -= 1
+                size -= len(record.body)
+        for scope in victims:
+            self.bytes -= len(records.pop(scope).body)
+
+    async def claim(self, scope: str, fingerprint: bytes, token: str) -> idem.Decision:
+        decision = idem.claim(
+            self.records.get(scope), fingerprint, token, self.clock(), self.lock_ttl
+        )
+        if isinstance(decision, idem.Run):
+            if scope not in self.records and len(self.records) >= self.max_entries:
+                self._evict(room=1)
+                if len(self.records) >= self.max_entries:
+                    raise Overloaded(FULL)
+            self._put(scope, decision.record)
+        return decision
+
+    async def refresh(self, scope: str, token: str) -> None:
+        record = self.records.get(scope)
+        change = idem.refresh(record, token, self.clock(), self.lock_ttl)
+        if isinstance(change, idem.Record):
+            self.records[scope] = change  # (same size; kept in place)
+
+    async def finish(
+        self, scope: str, token: str, status: int, body: bytes, content_type: str
+    ) -> None:
+        now = self.clock()
+        change = idem.finish(
+            self.records.get(scope), token, status, body, content_type, now, self.retention
+        )
+        if isinstance(change, idem.Record) and len(body) > self.max_bytes:
+            change = None  # larger than the whole store: not kept
+        self._put(scope, change)
+
+    async def release(self, scope: str, token: str) -> None:
+        self._put(scope, idem.release(self.records.get(scope), token, self.clock()))
+
+    async def wait(self, scope: str, until: float) -> None:
+        event = self._waiters.get(scope)
+        if event is None:
+            event = self._waiters[scope] = asyncio.Event()
+        timeout = max(0.0, until - self.clock())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
+
+    # ---- counters --------------------------------------------------------------------
+
+    async def hit(self, tenant: str) -> tuple[int, float]:
+        now = self.clock()
+        minute = int(now // RATE_WINDOW)
+        seen, count = self._minutes.get(tenant, (minute, 0))
+        count = count + 1 if seen == minute else 1
+        self._minutes[tenant] = (minute, count)
+        return count, (minute + 1) * RATE_WINDOW - now
+
+    async def enter(self, tenant: str, token: str, limit: int) -> int:
+        tokens = self._flying.setdefault(tenant, set())
+        if len(tokens) >= limit:
+            return -1
+        tokens.add(token)
+        return len(tokens)
+
+    async def leave(self, tenant: str, token: str) -> None:
+        tokens = self._flying.get(tenant)
+        if tokens is not None:
+            tokens.discard(token)
+            if not tokens:
+                del self._flying[tenant]
+
+    async def close(self) -> None:
+        for event in self._waiters.values():
+            event.set()
+        self._waiters.clear()
