@@ -59,6 +59,7 @@ class Replays:
     def __init__(self, store: Store, lock_ttl: float) -> None:
         self.store = store
         self.beat = lock_ttl / 3
+        self._running: set[asyncio.Future[Reply]] = set()
 
     async def run(
         self, call: Call, key: str, path: str, body: bytes, answer: Callable[[], Awaitable[Reply]]
@@ -80,6 +81,18 @@ class Replays:
             if isinstance(decision, idem.Run):
                 break
             await store.wait(scope, decision.until)
+        # The run goes on if the client goes away (a timeout): its retry waits for it and
+        # gets its answer, instead of finding the key free and generating again.
+        task = asyncio.ensure_future(self._hold(call, scope, token, answer))
+        self._running.add(task)
+        task.add_done_callback(self._ended)
+        return await asyncio.shield(task)
+
+    async def _hold(
+        self, call: Call, scope: str, token: str, answer: Callable[[], Awaitable[Reply]]
+    ) -> Reply:
+        """Run ``answer()`` holding the key; then keep its answer, or free the key."""
+        store = self.store
         beat = asyncio.create_task(self._renew(scope, token))
         try:
             try:
@@ -101,6 +114,11 @@ class Replays:
             # The answer is here: send it. Its key frees itself when the lock expires.
             log.warning("request %s: its answer could not be stored for replay", call.rid)
         return reply
+
+    def _ended(self, task: asyncio.Future[Reply]) -> None:
+        self._running.discard(task)
+        if not task.cancelled():
+            task.exception()  # (retrieved: its client may be gone, nobody else will)
 
     async def _renew(self, scope: str, token: str) -> None:
         """Keep the holder's lock while its request runs."""

@@ -81,6 +81,7 @@ MAY_IMPORT = {
     | {"gateway.stores"}
     | LEAF,
     "gateway.demo": {"gateway.demo"},
+    "gateway.client": set(),
     "gateway.config": {"gateway.limits"},
     "gateway.errors": set(),
     "gateway.limits": set(),
