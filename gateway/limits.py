@@ -62,6 +62,9 @@ UPSTREAM_POOL_TIMEOUT = 10.0
 # for at most this many seconds; then the connection is pooled (or closed).
 UPSTREAM_DRAIN_BYTES = 64 * KiB
 UPSTREAM_DRAIN_TIMEOUT = 2.0
+# A request that finds no idle connection but one draining waits at most this long for it
+# (a stream's end is usually milliseconds behind its [DONE]) before opening another.
+UPSTREAM_DRAIN_WAIT = 0.25
 # Seconds between two asks of an upstream's ``GET /models`` for an unknown model id.
 MODELS_REFRESH = 5.0
 
