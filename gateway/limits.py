@@ -18,6 +18,9 @@ MAX_REQUEST_LINE = 8190
 MAX_HEADER_LINE = 8190
 MAX_HEADERS = 128
 MAX_REQUEST_HEAD = 64 * KiB
+# A header's name: far above any real one. (aiohttp counts the name before it into a
+# name's length, so that a name of 8,187 bytes after ``Host`` is refused.)
+MAX_HEADER_NAME = 1 * KiB
 # Seconds a client has to send a whole request head (slow-header clients): 408.
 REQUEST_HEAD_TIMEOUT = 15.0
 # Seconds a handler waits for more of a request body that trickles: 408.
@@ -32,6 +35,10 @@ MAX_REQUEST_BODY = 8 * MiB
 REQUEST_BODY_HIGH_WATER = 256 * KiB
 # Pipelined requests queued behind the running one before the socket stops being read.
 MAX_PIPELINED = 8
+# Pipelined requests queued on one connection at most (those in the reads before it
+# stopped): one more is refused (503) and the connection closed once the queue is
+# answered. One read can hold thousands of small requests; aiohttp queues 32.
+MAX_QUEUED_REQUESTS = 32
 # HTTP keep-alive: seconds an idle client connection stays open (above the 60 s
 # of common load balancers, so that they, not we, close idle connections).
 HTTP_KEEPALIVE_IDLE = 75.0

@@ -9,12 +9,15 @@ low-level server runs the same handler in ``gateway.http.aiohttp_server``.
 
 * One ``Connection`` per socket parses requests with llhttp (strict: no
   obs-fold, no bare LF, no Content-Length beside Transfer-Encoding, no
-  duplicate Content-Length, no control characters in names or values). Each
-  request runs its handler in a task of its own; pipelined requests queue (at
-  most ``max_pipelined``) and run in order.
+  duplicate Content-Length, no control characters in names or values) and
+  refuses what llhttp lets through: a version other than 1.1 and 1.0 (llhttp
+  takes HTTP/0.9 and 2.0), a Transfer-Encoding other than ``chunked``. Each
+  request runs its handler in a task of its own; pipelined requests queue and
+  run in order (reading stops at ``max_pipelined`` queued; a request read past
+  ``MAX_QUEUED_REQUESTS`` queued is refused, 503).
 * A client that goes away cancels its handler at once.
 * Bounds (``config.Http``, defaults in ``gateway.limits``): the request line,
-  each header line, the header count and the whole head (431); the time to
+  each header line (and name), the header count and the whole head (431); the time to
   send a head (408); a body over the limit (413, before it is read when
   Content-Length says so); open connections (one more gets 503); keep-alive
   idle time. HTTP/1.1 without exactly one Host: 400; ``Expect`` other than
@@ -47,7 +50,7 @@ from gateway.errors import (
     body_too_large,
 )
 from gateway.http.messages import Handler, Headers, Request, Response, StreamResponse, unreadable
-from gateway.limits import UNREAD_BODY_LINGER
+from gateway.limits import MAX_HEADER_NAME, MAX_QUEUED_REQUESTS, UNREAD_BODY_LINGER
 
 log = logging.getLogger("gateway")
 
@@ -96,6 +99,8 @@ class Server:
         # Read per header and URL piece: plain attributes.
         self.max_line = limits.max_request_line
         self.max_field = limits.max_header_line - 2  # name + value (": " and CRLF aside)
+        self.max_queued = max(limits.max_pipelined, MAX_QUEUED_REQUESTS)
+        self.max_name = min(MAX_HEADER_NAME, self.max_field)  # (a line within it passes)
         self._sweeper: asyncio.TimerHandle | None = None
 
     def __call__(self) -> Connection:
@@ -287,7 +292,8 @@ class Connection(asyncio.Protocol):
         self.headers.append((key, value))
         size = len(name) + len(value)
         self.head_size += size + 4
-        if size > self.server.max_field:
+        server = self.server
+        if size > server.max_name and (size > server.max_field or len(name) > server.max_name):
             self._stop(HeadersTooLarge("A request header line is too long."))
         if key == b"content-length":
             self.length = int(value)  # (llhttp has checked the digits, and that it is the only one)
@@ -295,6 +301,10 @@ class Connection(asyncio.Protocol):
             self.hosts += 1
         elif key == b"expect":
             self.expect = value.lower()
+        elif key == b"transfer-encoding" and value.lower() != b"chunked":
+            # llhttp takes the last coding of the last such header (``identity`` then
+            # ``chunked`` is chunked): a proxy in front may read it otherwise.
+            self._stop(InvalidRequest("Only 'Transfer-Encoding: chunked' is understood."))
 
     def on_headers_complete(self) -> None:
         self.in_head = False
@@ -304,12 +314,17 @@ class Connection(asyncio.Protocol):
         if self.head_size > limits.max_head_bytes:
             self._stop(HeadersTooLarge("The request head is too large."))
         parser = self.parser
-        http10 = parser.get_http_version() == "1.0"
+        version = parser.get_http_version()
+        http10 = version == "1.0"
+        if not http10 and version != "1.1":  # llhttp takes 0.9 (no version at all) and 2.0
+            self._stop(InvalidRequest(f"HTTP/{version} is not supported: HTTP/1.1 or 1.0."))
         if self.hosts != 1 and (self.hosts or not http10):
             self._stop(InvalidRequest("An HTTP/1.1 request needs exactly one Host header."))
         expect = self.expect
         if expect is not None and expect != b"100-continue":
             self._stop(ExpectationFailed("Only 'Expect: 100-continue' is understood."))
+        if len(self.queue) >= self.server.max_queued:  # (one read can hold thousands)
+            self._stop(Overloaded("Too many pipelined requests wait on this connection."))
         raw = parser.get_method()
         method = METHODS.get(raw) or raw.decode("latin-1")
         url = self.url

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from gateway.config import Http
 from gateway.http.messages import Incoming, Reply, Response
 from gateway.http.server import Connection, Server
-from gateway.limits import REQUEST_BODY_HIGH_WATER, KiB, MiB
+from gateway.limits import MAX_QUEUED_REQUESTS, REQUEST_BODY_HIGH_WATER, KiB, MiB
 
 MAX_BODY = 8 * MiB
 
@@ -414,6 +414,30 @@ def test_pipelined_requests_beyond_the_queue_pause_reading() -> None:
         conn.data_received(request("/4", None))
         await settle(lambda: len(parse_complete(transport.data)) >= 5)
         check(parse_answers(transport.data), [expected(f"/{i}", None) for i in range(5)])
+        transport.close()
+        await settle(lambda: not server.connections)
+
+    asyncio.run(scenario())
+
+
+def test_a_read_of_many_pipelined_requests_queues_a_bounded_number() -> None:
+    """The bug: every request in a read was parsed and queued (a 256 KiB read of tiny
+    GETs queued thousands of them). Past MAX_QUEUED_REQUESTS waiting, the next is
+    refused (503) once those before it are answered, and the connection closes."""
+
+    async def scenario() -> None:
+        server = Server(digest, max_body=MAX_BODY)
+        conn = server()
+        transport = FakeTransport(conn)
+        conn.connection_made(transport)  # type: ignore[arg-type]
+        conn.data_received(b"".join(request(f"/{i}", None) for i in range(1000)))
+        assert len(conn.queue) == MAX_QUEUED_REQUESTS  # (the first one runs)
+        await settle(lambda: transport.eof or transport.closed)
+        got = parse_answers(transport.data)
+        n = MAX_QUEUED_REQUESTS + 1
+        assert [body for _, _, body in got[:n]] == [expected(f"/{i}", None) for i in range(n)]
+        assert [status for status, _, _ in got] == [200] * n + [503]
+        assert got[-1][1]["connection"] == "close"
         transport.close()
         await settle(lambda: not server.connections)
 
