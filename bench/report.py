@@ -25,6 +25,7 @@ METRICS: dict[str, list[tuple[str, str]]] = {
         ("answers_s", "answers/s (64 conns)"),
         ("events_s", "events/s"),
         ("events_per_answer", "events/answer"),
+        ("upstream_conns_per_1k", "upstream conns opened per 1k answers"),
         ("p50_ms", "p50 ms (whole answer)"),
         ("p99_ms", "p99 ms (whole answer)"),
         ("proxy_cpu_pct", "proxy core busy %"),
@@ -51,7 +52,14 @@ METRICS: dict[str, list[tuple[str, str]]] = {
 }
 
 
-NO_RATIO = ("streams_open", "scaling", "proxy_cpu_pct", "load_cpu_pct", "added_p99_ms")
+NO_RATIO = (
+    "streams_open",
+    "scaling",
+    "proxy_cpu_pct",
+    "load_cpu_pct",
+    "added_p99_ms",
+    "upstream_conns_per_1k",
+)
 
 
 class Results:

@@ -136,18 +136,29 @@ class Bench:
             except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as exc:
                 self.res.fail(row, series, str(exc))
 
+    def accepted(self) -> int:
+        """Connections the fake upstream accepted so far (its demo-only stats path)."""
+        status, _, raw = h.request(self.fast_port, "GET", "/demo/stats", None)
+        if status != 200:
+            raise RuntimeError(f"GET /demo/stats -> {status}: {raw[:200]!r}")
+        return int(json.loads(raw)["connections_accepted"])
+
     def wrk_row(self, row: str, series: str, port: int, api: str, stream: bool) -> None:
         a, pid = self.args, self.pid(series.split()[0])
+        conns0 = self.accepted() if stream else 0
         cpu0, load0 = h.cpu_seconds(pid), h.cpu_seconds(self.fast_pid) + h.reaped_cpu_seconds()
         script = self.scripts[api, stream]
         m = h.run_wrk(self.pin_load, port, PATHS[api], script, a.conns, a.duration)
         cpu = h.cpu_seconds(pid) - cpu0
         load = h.cpu_seconds(self.fast_pid) + h.reaped_cpu_seconds() - load0
+        # (less the stats request's own connection)
+        opened = self.accepted() - conns0 - 1 if stream else 0
         if m["errors"]:
             self.res.notes.append(f"{row} {series}: {m['errors']:.0f} wrk errors/non-2xx")
         if stream:
             ev = self.events[series]
             metrics = {"answers_s": m["rps"], "events_s": m["rps"] * ev, "events_per_answer": ev}
+            metrics["upstream_conns_per_1k"] = opened * 1000 / max(1.0, m["requests"])
         else:
             metrics = {"rps": m["rps"]}
         metrics |= {"p50_ms": m["p50_ms"], "p99_ms": m["p99_ms"]}

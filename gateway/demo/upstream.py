@@ -8,6 +8,9 @@ without a GPU:
 * ``POST /v1/chat/completions``, streaming or not, shaped like vLLM's output:
   a role chunk, N content deltas, a finish chunk, an optional usage chunk
   (``stream_options.include_usage``), then ``data: [DONE]``.
+* ``GET /demo/stats`` (demo only, for the benchmarks): ``{"connections_accepted": N}``,
+  the TCP connections accepted since start, when served by ``make_server``
+  (``python -m gateway.demo``); 0 under ``make_handler``, which cannot see them.
 
 Answer rules, first match wins:
 
@@ -288,11 +291,12 @@ def stream_frames(
 class _Demo:
     """Request dispatch plus the bytes that never change (models list, fixed answers)."""
 
-    __slots__ = ("opts", "models_body", "fixed", "count", "delay")
+    __slots__ = ("opts", "models_body", "fixed", "count", "delay", "accepted")
 
     def __init__(self, opts: DemoOptions) -> None:
         self.opts = opts
         self.count = 0
+        self.accepted = 0  # connections (counted by ``_CountingServer``)
         self.delay = opts.delay_ms / 1000.0
         created = int(time.time())
         data = [
@@ -324,6 +328,9 @@ class _Demo:
                 return error_response(err.status, str(err), err.param, err.code)
         if path == "/v1/models" and request.method == "GET":
             return web.Response(body=self.models_body, headers=JSON_HEADERS)
+        if path == "/demo/stats" and request.method == "GET":
+            stats = {"connections_accepted": self.accepted}
+            return web.Response(body=orjson.dumps(stats), headers=JSON_HEADERS)
         return error_response(404, f"No route for {request.method} {path}", None, None)
 
     async def chat(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -391,11 +398,29 @@ def make_handler(options: DemoOptions) -> Handler:
     return _Demo(options).handle
 
 
+class _CountingServer(web.Server):
+    """aiohttp's low-level server, counting the connections it accepts."""
+
+    def __init__(self, demo: _Demo, **kwargs: Any) -> None:
+        super().__init__(demo.handle, **kwargs)
+        self.demo = demo
+
+    def connection_made(self, handler: Any, transport: asyncio.Transport) -> None:
+        super().connection_made(handler, transport)
+        self.demo.accepted += 1
+
+
+def make_server(options: DemoOptions) -> web.Server:
+    """The demo as an aiohttp low-level server (a protocol factory), with the
+    connection count of ``GET /demo/stats``; needs a running event loop."""
+    return _CountingServer(_Demo(options), access_log=None)
+
+
 # -- CLI ---------------------------------------------------------------------
 
 
 async def serve(options: DemoOptions, host: str, port: int) -> None:
-    server = web.Server(make_handler(options), access_log=None)
+    server = make_server(options)
     runner = web.ServerRunner(server, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=4096)

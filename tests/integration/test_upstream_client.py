@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 
+import orjson
 import pytest
 
+from gateway.demo.upstream import DemoOptions, make_server
 from gateway.errors import (
     UpstreamBadResponse,
     UpstreamBusy,
@@ -467,3 +469,30 @@ async def test_close_ends_draining_connections(raw_server: Callable) -> None:
     assert p.draining == 0 and p.open == 0
     with pytest.raises(UpstreamUnavailable):
         await p.request(p.head("GET", "/x", {}), b"")
+
+
+async def test_demo_streams_share_one_connection() -> None:
+    """Against aiohttp (the bundled demo: the chunked body's end is a write of its
+    own after ``[DONE]``), and the demo's connection count the bench reads."""
+    demo = make_server(DemoOptions(record=False))
+    server = await asyncio.get_running_loop().create_server(demo, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    p = pool(f"http://127.0.0.1:{port}/v1")
+    stats = pool(f"http://127.0.0.1:{port}")
+    try:
+        head = p.head("POST", "/chat/completions", {"Content-Type": "application/json"})
+        body = orjson.dumps(
+            {"model": "demo", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+        )
+        for _ in range(20):
+            resp = await p.request(head, body)
+            assert resp.status == 200 and b'"finish_reason":"stop"' in await read_stream(resp)
+            resp.release()
+        resp = await stats.request(stats.head("GET", "/demo/stats", {}), b"")
+        assert orjson.loads(await resp.read()) == {"connections_accepted": 2}  # ours + this
+        resp.release()
+    finally:
+        stats.close()
+        p.close()
+        server.close()
+        await demo.shutdown(1.0)
