@@ -10,7 +10,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-SERIES = ("baseline chat", "gateway chat", "gateway responses")
+# "gateway": the lean HTTP server (the default); "aiohttp": serve --http aiohttp.
+SERIES = ("baseline chat", "gateway chat", "gateway responses", "aiohttp chat", "aiohttp responses")
+RATIOS = ("gw chat / base", "gw resp / base", "aio chat / base", "aio resp / base")
 
 # row -> [(metric key, label)]; the order of the printed table
 METRICS: dict[str, list[tuple[str, str]]] = {
@@ -111,7 +113,7 @@ def fmt(v: float) -> str:
 def grid(results: Results) -> list[list[str]]:
     """Header plus one line per (row, metric): medians ± half the range, and ratios."""
     summary = results.summary()
-    lines = [["row", "metric", *SERIES, "gw chat / base", "gw resp / base"]]
+    lines = [["row", "metric", *SERIES, *RATIOS]]
     for row, metrics in METRICS.items():
         if row not in summary and row not in results.errors:
             continue

@@ -46,6 +46,8 @@ def target_cmd(target: str, port: int, upstream: str, workers: int) -> list[str]
             str(workers),
         ]
     extra = ["--workers", str(workers)] if workers > 1 else []
+    if target == "aiohttp":  # the gateway on aiohttp's low-level server (serve --http aiohttp)
+        extra += ["--http", "aiohttp"]
     return [sys.executable, "-m", "gateway", "serve", *common, "--model", "demo", *extra]
 
 
@@ -344,7 +346,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="1 repetition, short durations")
     p.add_argument("--only", default=",".join(ROWS), help=f"comma list of rows: {','.join(ROWS)}")
-    p.add_argument("--targets", default="baseline,gateway", help="comma list: baseline,gateway")
+    p.add_argument(
+        "--targets",
+        default="baseline,gateway,aiohttp",
+        help="comma list: baseline, gateway (the lean server), aiohttp (--http aiohttp)",
+    )
     p.add_argument("--reps", type=int, help="repetitions (default 3; --quick 1)")
     p.add_argument("--duration", type=float, help="seconds per throughput run (default 8)")
     p.add_argument("--latency-duration", type=float, help="seconds per latency run (default 5)")
