@@ -4,9 +4,10 @@ aiohttp's ``web.Server`` is the battle-tested reference the lean server
 (``gateway.http.server``) is compared with: an operator who distrusts our HTTP
 code picks this one. It gets the same bounds where aiohttp has them (request
 line, header line and count, keep-alive), and this module adds the ones it
-lacks: the connection cap (503), Host (400) and Expect (417) checks, a body
-that stalls (408), all answered in the OpenAI envelope. aiohttp answers its own
-parse errors (400, text); it has no timeout for a slow request head.
+lacks: the connection cap (503), Host (400), Transfer-Encoding (400) and
+Expect (417) checks, a body that stalls (408), all answered in the OpenAI
+envelope. aiohttp answers its own parse errors (400, text); it has no timeout
+for a slow request head.
 
 ``AiohttpRequest`` gives a handler what ``messages.Incoming`` lists; answers go
 back as aiohttp's ``web.Response`` / ``web.StreamResponse``.
@@ -31,6 +32,7 @@ from gateway.errors import (
 )
 from gateway.http.messages import CONTINUE, Handler, Headers, Response, StreamResponse, unreadable
 from gateway.http.server import RefusalLog
+from gateway.limits import UNREAD_BODY_LINGER
 
 
 class AiohttpBody:
@@ -117,6 +119,10 @@ def _refusal(request: web.BaseRequest, headers: Headers) -> GatewayError | None:
     expect = headers.get("expect")
     if expect is not None and expect.lower() != "100-continue":
         return ExpectationFailed("Only 'Expect: 100-continue' is understood.")
+    codings = headers.getall("transfer-encoding")
+    if codings and (len(codings) > 1 or codings[0].lower() != "chunked"):
+        # aiohttp reads ``gzip, chunked`` as chunked and an empty one as no body.
+        return InvalidRequest("Only 'Transfer-Encoding: chunked' is understood.")
     return None
 
 
@@ -143,6 +149,7 @@ class AiohttpServer:
             max_field_size=limits.max_header_line,
             max_headers=limits.max_headers,
             keepalive_timeout=limits.keepalive_timeout,
+            lingering_time=UNREAD_BODY_LINGER,  # (aiohttp's 10 s holds a refused client)
             access_log=None,
         )
 
@@ -164,16 +171,20 @@ class AiohttpServer:
             return answer
         try:
             reply = await self.handler(req)
+            if isinstance(reply, StreamResponse):
+                if not reply.prepared:
+                    await reply.prepare(req)
+                await reply.write_eof()
+                assert req.stream is not None
+                return req.stream.response
         except GatewayError as exc:  # (a handler normally answers its own errors)
             answer = _as_aiohttp(Response.error(exc))
             answer.force_close()
             return answer
-        if isinstance(reply, StreamResponse):
-            if not reply.prepared:
-                await reply.prepare(req)
-            await reply.write_eof()
-            assert req.stream is not None
-            return req.stream.response
+        except ConnectionError:
+            # The client is gone: end as aiohttp's own handler cancellation does. Raised
+            # on, aiohttp would log "Error handling request" and make a 500 for it.
+            raise asyncio.CancelledError from None
         return _as_aiohttp(reply)
 
 
