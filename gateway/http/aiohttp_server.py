@@ -6,8 +6,8 @@ code picks this one. It gets the same bounds where aiohttp has them (request
 line, header line and count, keep-alive), and this module adds the ones it
 lacks: the connection cap (503), Host (400), Transfer-Encoding (400) and
 Expect (417) checks, a body that stalls (408), all answered in the OpenAI
-envelope. aiohttp answers its own parse errors (400, text); it has no timeout
-for a slow request head.
+envelope. aiohttp answers its own parse errors (400, text; logged once per
+burst, as the lean server's refusals); it has no timeout for a slow request head.
 
 ``AiohttpRequest`` gives a handler what ``messages.Incoming`` lists; answers go
 back as aiohttp's ``web.Response`` / ``web.StreamResponse``.
@@ -16,6 +16,8 @@ back as aiohttp's ``web.Response`` / ``web.StreamResponse``.
 from __future__ import annotations
 
 import asyncio
+import logging
+import sys
 from typing import Any
 
 from aiohttp import web
@@ -33,6 +35,24 @@ from gateway.errors import (
 from gateway.http.messages import CONTINUE, Handler, Headers, Response, StreamResponse, unreadable
 from gateway.http.server import RefusalLog
 from gateway.limits import UNREAD_BODY_LINGER
+
+
+class _ServerLog(logging.LoggerAdapter):
+    """aiohttp's server logger, but a request aiohttp could not parse is noted in the
+    refusal log (one line per burst, as on the lean server), not logged with a
+    traceback each time: a flood of junk must not become a flood of log lines."""
+
+    def __init__(self, refusals: RefusalLog) -> None:
+        super().__init__(logging.getLogger("aiohttp.server"), {})
+        self.refusals = refusals
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kw: Any) -> None:
+        exc = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
+        if isinstance(exc, HttpProcessingError):
+            what = (exc.message.splitlines() or ["?"])[0].rstrip(" :")
+            self.refusals.note("aiohttp", f"Malformed HTTP request: {what}.")
+            return
+        super().exception(msg, *args, exc_info=exc_info, **kw)
 
 
 class AiohttpBody:
@@ -151,6 +171,7 @@ class AiohttpServer:
             keepalive_timeout=limits.keepalive_timeout,
             lingering_time=UNREAD_BODY_LINGER,  # (aiohttp's 10 s holds a refused client)
             access_log=None,
+            logger=_ServerLog(self.refusals),
         )
 
     def __call__(self) -> asyncio.BaseProtocol:

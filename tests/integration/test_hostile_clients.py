@@ -125,6 +125,8 @@ The other vectors (each test below, both servers, both loops):
                                         8,000+, queued) *
     a client gone mid-body              handler cancelled, no log     was "Error handling request"
                                                                       and a 500 per client +
+    20 malformed requests               one "refused" line            was 20 tracebacks; one
+                                                                      "refused" line +
 """
 
 from __future__ import annotations
@@ -597,6 +599,20 @@ async def test_a_client_gone_mid_body_is_no_error(
     await asyncio.sleep(0.2)
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert not errors, [r.getMessage() for r in errors]
+
+
+async def test_a_flood_of_bad_requests_is_not_a_flood_of_log_lines(
+    start: Start, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The bug (aiohttp's server): every request aiohttp could not parse logged an
+    'Error handling request' traceback, so 30 bytes of junk made 20 log lines. Now as
+    on the lean server: one line per kind of refusal per burst."""
+    port, _ = await start(kind)
+    for raw in [get(b"Host: x\r\nX: a\r\n b\r\n"), b"GET /p HTTP/1.1\nHost: x\n\n"] * 10:
+        seen = await probe(port, raw, 5.0)
+        assert [a.status for a in seen.answers] == [400] and seen.closed
+    lines = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(lines) <= 2, [r.getMessage() for r in lines]
 
 
 # ---- too many: connections, pipelined requests ---------------------------------------
