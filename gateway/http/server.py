@@ -54,6 +54,8 @@ from gateway.limits import MAX_HEADER_NAME, MAX_QUEUED_REQUESTS, UNREAD_BODY_LIN
 
 log = logging.getLogger("gateway")
 
+# The request headers the server itself reads (the rest only go to the handler).
+SPECIAL = frozenset((b"content-length", b"host", b"expect", b"transfer-encoding"))
 METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH")}
 MALFORMED = "Malformed HTTP request"
 
@@ -292,9 +294,12 @@ class Connection(asyncio.Protocol):
         self.headers.append((key, value))
         size = len(name) + len(value)
         self.head_size += size + 4
-        server = self.server
-        if size > server.max_name and (size > server.max_field or len(name) > server.max_name):
+        if size > self.server.max_name and (
+            size > self.server.max_field or len(name) > self.server.max_name
+        ):
             self._stop(HeadersTooLarge("A request header line is too long."))
+        if key not in SPECIAL:
+            return
         if key == b"content-length":
             self.length = int(value)  # (llhttp has checked the digits, and that it is the only one)
         elif key == b"host":
@@ -315,15 +320,18 @@ class Connection(asyncio.Protocol):
             self._stop(HeadersTooLarge("The request head is too large."))
         parser = self.parser
         version = parser.get_http_version()
-        http10 = version == "1.0"
-        if not http10 and version != "1.1":  # llhttp takes 0.9 (no version at all) and 2.0
-            self._stop(InvalidRequest(f"HTTP/{version} is not supported: HTTP/1.1 or 1.0."))
+        http10 = False
+        if version != "1.1":
+            if version != "1.0":  # (llhttp takes 0.9, no version at all, and 2.0)
+                self._stop(InvalidRequest(f"HTTP/{version} is not supported: HTTP/1.1 or 1.0."))
+            http10 = True
         if self.hosts != 1 and (self.hosts or not http10):
             self._stop(InvalidRequest("An HTTP/1.1 request needs exactly one Host header."))
         expect = self.expect
         if expect is not None and expect != b"100-continue":
             self._stop(ExpectationFailed("Only 'Expect: 100-continue' is understood."))
-        if len(self.queue) >= self.server.max_queued:  # (one read can hold thousands)
+        if self.task is not None and len(self.queue) >= self.server.max_queued:
+            # (one read can hold thousands of small requests)
             self._stop(Overloaded("Too many pipelined requests wait on this connection."))
         raw = parser.get_method()
         method = METHODS.get(raw) or raw.decode("latin-1")
