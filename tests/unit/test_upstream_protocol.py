@@ -27,43 +27,9 @@ from gateway.limits import (
     MiB,
 )
 from gateway.upstream.client import Pool, UpstreamConnection
+from tests.fakes import FakeTransport
 
 # ---- the fakes ---------------------------------------------------------------------
-
-
-class FakeTransport:
-    """Records writes, pauses, resumes and the close; loses the connection as asyncio
-    does (on the next loop iteration)."""
-
-    def __init__(self, conn: UpstreamConnection) -> None:
-        self.conn = conn
-        self.writes: list[bytes] = []
-        self.paused = False
-        self.pauses = 0
-        self.resumes = 0
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        assert not self.closed
-        self.writes.append(data)
-
-    def pause_reading(self) -> None:
-        assert not self.paused, "paused twice"
-        self.paused = True
-        self.pauses += 1
-
-    def resume_reading(self) -> None:
-        assert self.paused, "resumed while not paused"
-        self.paused = False
-        self.resumes += 1
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            asyncio.get_running_loop().call_soon(self.conn.connection_lost, None)
 
 
 class FakeTimer:
