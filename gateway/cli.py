@@ -1,11 +1,12 @@
 """Command line: ``gateway serve``, ``gateway check-config``, ``gateway demo-upstream``.
 
     python -m gateway serve --host H --port P --upstream URL [--model NAME ...]
-                            [--upstream-timeout S] [--workers N] [--http lean|aiohttp]
-    python -m gateway serve --config gateway.toml [--host H] [--port P] [--workers N]
+                            [--upstream-timeout S] [--workers N|auto] [--http lean|aiohttp]
+    python -m gateway serve --config gateway.toml [--host H] [--port P] [--workers N|auto]
                             [--http lean|aiohttp]
-    (either form) [--api-keys-file PATH] [--redis URL]
-    python -m gateway check-config gateway.toml
+    (either form) [--api-keys-file PATH] [--redis URL] [--log-level L] [--log-format F]
+                  [--drain-timeout S] [--no-metrics] [--no-access-log]
+    python -m gateway check-config [--config] gateway.toml
     python -m gateway demo-upstream [--port P] ...
 
 ``serve`` with neither ``--upstream`` nor ``--config`` starts the bundled demo
@@ -42,6 +43,17 @@ from gateway.config import (
 from gateway.limits import UPSTREAM_READ_TIMEOUT
 
 log = logging.getLogger("gateway")
+LEVELS = ("debug", "info", "warning", "error")
+
+
+def _workers(text: str) -> int:
+    """``--workers``: a count, or ``auto`` (one per CPU)."""
+    if text == "auto":
+        return os.cpu_count() or 1
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError("must be at least 1 (or auto)")
+    return n
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,7 +77,11 @@ def _parser() -> argparse.ArgumentParser:
         default=UPSTREAM_READ_TIMEOUT,
         help="seconds to wait for upstream headers and between chunks (default 600)",
     )
-    s.add_argument("--workers", type=int, help="processes sharing the port (SO_REUSEPORT)")
+    s.add_argument(
+        "--workers",
+        type=_workers,
+        help="processes sharing the port under a supervisor; auto: one per CPU",
+    )
     s.add_argument(
         "--http",
         choices=("lean", "aiohttp"),
@@ -80,9 +96,22 @@ def _parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="share idempotency keys and limits through Redis, e.g. redis://127.0.0.1:6379/0",
     )
-    s.add_argument("--log-level", default="INFO")
+    s.add_argument("--log-level", type=str.lower, choices=LEVELS, help="default: info ([ops])")
+    s.add_argument(
+        "--log-format",
+        choices=("auto", "json", "text"),
+        help="log lines as JSON or text; auto (the default): text on a terminal",
+    )
+    s.add_argument(
+        "--drain-timeout",
+        type=float,
+        help="seconds requests and streams get to finish after SIGTERM (default 30)",
+    )
+    s.add_argument("--no-metrics", action="store_true", help="no GET /metrics")
+    s.add_argument("--no-access-log", action="store_true", help="no line per request")
     c = sub.add_parser("check-config", help="validate a config file and exit")
-    c.add_argument("file")
+    c.add_argument("file", nargs="?")
+    c.add_argument("--config", dest="config_file", help="the config file (or give it plainly)")
     sub.add_parser(
         "demo-upstream", help="run the bundled demo chat-completions server", add_help=False
     )
@@ -125,6 +154,17 @@ def build_config(args: argparse.Namespace) -> Config:
         idem = Idempotency(
             **{**msgspec.structs.asdict(idem), "store": "redis", "redis_url": args.redis}
         )
+    ops = cfg.ops
+    changes = {
+        "log_level": args.log_level,
+        "log_format": args.log_format,
+        "drain_timeout": args.drain_timeout,
+        "metrics": False if args.no_metrics else None,
+        "access_log": False if args.no_access_log else None,
+    }
+    ops = msgspec.structs.replace(ops, **{k: v for k, v in changes.items() if v is not None})
+    if ops.drain_timeout < 0:
+        raise ConfigError("--drain-timeout must not be negative")
     return msgspec.structs.replace(
         cfg,
         listen=listen,
@@ -132,6 +172,7 @@ def build_config(args: argparse.Namespace) -> Config:
         workers=args.workers if args.workers else cfg.workers,
         auth=auth,
         idempotency=idem,
+        ops=ops,
     )
 
 
@@ -172,9 +213,9 @@ def start_demo() -> tuple[subprocess.Popen[bytes], str]:
 
 
 def serve(args: argparse.Namespace) -> int:
-    from gateway.ops import lifecycle
+    from gateway.ops.access_log import setup
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    setup(args.log_level or "info", args.log_format or "auto")
     demo = None
     if not args.config and not args.upstream:
         demo, args.upstream = start_demo()
@@ -183,18 +224,52 @@ def serve(args: argparse.Namespace) -> int:
             args.upstream,
         )
     try:
-        cfg = build_config(args)
-        keys_text = read_keys(cfg)
-        if cfg.auth is not None:
-            client_keys(cfg.auth, os.environ, keys_text)  # none at all: fail now, not per worker
+        cfg, keys_text = reread(args)
+        setup(cfg.ops.log_level, cfg.ops.log_format)
+
+        def again() -> tuple[Config, str | None]:  # SIGHUP: the same files, read anew
+            return reread(args)
+
+        hup = again if args.config else None
         if cfg.workers > 1:
-            return lifecycle.run_workers(cfg, os.environ, keys_text=keys_text)
-        lifecycle.run(cfg, os.environ, keys_text=keys_text)
+            return supervise(cfg, keys_text, hup)
+        from gateway.ops import lifecycle
+
+        lifecycle.run(cfg, os.environ, keys_text=keys_text, reread=hup)
         return 0
     finally:
         if demo is not None:
             demo.terminate()
             demo.wait(5)
+
+
+def reread(args: argparse.Namespace) -> tuple[Config, str | None]:
+    """The config (file and flags) and the keys file's text, checked; ConfigError if bad."""
+    cfg = build_config(args)
+    keys_text = read_keys(cfg)
+    if cfg.auth is not None:
+        client_keys(cfg.auth, os.environ, keys_text)  # none at all: fail now, not per worker
+    return cfg, keys_text
+
+
+def supervise(cfg: Config, keys_text: str | None, hup: object) -> int:
+    """Several workers: their metrics meet in a directory that must be named in the
+    environment before the metrics library is first imported (its import reads it)."""
+    import shutil
+    import tempfile
+
+    metrics_dir = None
+    if cfg.ops.metrics:
+        metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    from gateway.ops.supervisor import Supervisor
+
+    try:
+        sup = Supervisor(cfg, os.environ, keys_text=keys_text, reread=hup, metrics_dir=metrics_dir)
+        return sup.run()
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,8 +281,14 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "check-config":
-            cfg = load(args.file)
-            print(f"{args.file}: OK ({len(cfg.deployment)} deployment(s))")
+            path = args.config_file or args.file
+            if not path:
+                print("gateway: check-config needs a config file", file=sys.stderr)
+                return 2
+            cfg = load(path)
+            if cfg.auth is not None and cfg.auth.keys_file:
+                read_keys(cfg)  # (the keys themselves may come from the environment)
+            print(f"{path}: OK ({len(cfg.deployment)} deployment(s))")
             return 0
         return serve(args)
     except (ConfigError, ValueError, msgspec.ValidationError) as exc:

@@ -36,6 +36,13 @@ Example ``gateway.toml``::
     max-entries = 100000                  # the memory store's bounds
     max-bytes = 268435456
 
+    [ops]
+    metrics = true                        # GET /metrics (Prometheus text format)
+    access-log = true                     # one line per finished request
+    log-level = "info"                    # debug | info | warning | error (also --log-level)
+    log-format = "auto"                   # json | text | auto: text on a terminal (--log-format)
+    drain-timeout = 30.0                  # seconds requests and streams get after SIGTERM
+
     [[deployment]]
     models = ["qwen"]                     # ids clients send; empty: ask the upstream's /v1/models
     upstream = "http://127.0.0.1:8000/v1"
@@ -184,6 +191,20 @@ class Idempotency(_Base, frozen=True):
             raise ValueError("[idempotency] max-entries and max-bytes must be positive")
 
 
+class Ops(_Base, frozen=True):
+    """The process: what it tells operators (metrics, logs) and how it stops."""
+
+    metrics: bool = True  # GET /metrics
+    access_log: bool = True  # one line per finished request (logger gateway.access, INFO)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "text"] = "auto"  # auto: text on a terminal, else JSON
+    drain_timeout: float = limits.DRAIN_TIMEOUT  # seconds in-flight requests get after SIGTERM
+
+    def __post_init__(self) -> None:
+        if self.drain_timeout < 0:
+            raise ValueError("[ops] drain-timeout must not be negative")
+
+
 class Config(_Base, frozen=True):
     listen: Listen = Listen()
     http: Http = Http()
@@ -193,6 +214,7 @@ class Config(_Base, frozen=True):
     auth: Auth | None = None
     limits: Limits = Limits()
     idempotency: Idempotency = Idempotency()
+    ops: Ops = Ops()
 
     def __post_init__(self) -> None:
         if not self.deployment:

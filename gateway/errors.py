@@ -15,6 +15,7 @@
     │   ├── RateLimited               429     requests               rate_limit_exceeded
     │   └── HeadersTooLarge           431     invalid_request_error  request_header_fields_too_large
     ├── Overloaded                    503     server_error           server_overloaded
+├── ShuttingDown                  503     server_error           server_shutting_down
     ├── StoreUnavailable              503     server_error           idempotency_store_unavailable
     ├── UpstreamError
     │   ├── UpstreamRejected          4xx     (the upstream's)       (the upstream's)
@@ -155,6 +156,14 @@ class Overloaded(GatewayError):
 
     status = 503
     code = "server_overloaded"
+
+
+class ShuttingDown(GatewayError):
+    """The gateway is draining (SIGTERM): a stream still open at the drain's deadline
+    ends with this (``response.failed``)."""
+
+    status = 503
+    code = "server_shutting_down"
 
 
 class StoreUnavailable(GatewayError):

@@ -88,8 +88,21 @@ STREAM_WRITE_AHEAD = 64 * KiB
 
 # ---- the process (gateway.ops) --------------------------------------------------------
 
-# Seconds that requests in flight get to finish after SIGTERM.
-SHUTDOWN_GRACE = 10.0
+# Seconds that requests in flight get to finish after SIGTERM (``[ops] drain-timeout``);
+# streams still open then end with response.failed (server_shutting_down).
+DRAIN_TIMEOUT = 30.0
+# After that (or on a plain close): seconds for those last events and answers to leave
+# before the remaining connections are cut.
+SHUTDOWN_GRACE = 2.0
+# Supervised workers (serve --workers N): a worker that exits unasked is started again
+# after RESTART_BACKOFF s, doubled after each quick failure up to RESTART_BACKOFF_MAX;
+# one that ran RESTART_STABLE s counts as healthy again.
+RESTART_BACKOFF = 0.5
+RESTART_BACKOFF_MAX = 30.0
+RESTART_STABLE = 60.0
+# A worker that sent no WATCHDOG=1 for this long (its loop is stuck) is killed and
+# replaced; under systemd's WatchdogSec= that interval is used instead.
+WORKER_WATCHDOG = 30.0
 
 # ---- request identity, keys and replay (gateway.api, gateway.stores) ------------------
 

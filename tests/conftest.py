@@ -195,9 +195,13 @@ async def start_gateway(http_server: str) -> Any:
     stack: list[Any] = []
 
     async def start(
-        cfg: Config, env: dict[str, str] | None = None, *, keys_text: str | None = None
+        cfg: Config,
+        env: dict[str, str] | None = None,
+        *,
+        keys_text: str | None = None,
+        access_out: Any = None,
     ) -> str:
-        cm = open_gateway(cfg, env or {}, keys_text=keys_text)
+        cm = open_gateway(cfg, env or {}, keys_text=keys_text, access_out=access_out)
         gateway = await cm.__aenter__()
         stack.append(cm)
         http = msgspec.structs.replace(cfg.http, server=http_server)

@@ -5,18 +5,37 @@ A ``Call`` goes with each request through the endpoints: ``rid`` (the client's
 characters, otherwise one of ours), the headers every answer carries, and the
 tenant (the short hash of the client's API key; ``""`` without keys), which
 scopes idempotency keys and counts against the request limits.
+
+It also carries what the operations side (``Gateway.observer``: the metrics and
+the access log) learns of the request on its way: the endpoint, the model and
+its route, the status and outcome, the time to the first streamed token, the
+events streamed and the upstream's token counts. Each is set once per request
+(never per chunk): the stream loop counts nothing that the encoder does not
+count already.
 """
 
 from __future__ import annotations
+
+import time
+from typing import Any
 
 from gateway.core.ids import IDS
 from gateway.limits import MAX_REQUEST_ID
 
 REQUEST = "req_"
 
+# Outcomes (the access log's ``outcome``, the metrics' ``outcome`` label).
+COMPLETED = "completed"
+INCOMPLETE = "incomplete"
+FAILED = "failed"
+CLIENT_GONE = "client_gone"
+
 
 class Call:
-    __slots__ = ("rid", "headers", "tenant")
+    __slots__ = (
+        "rid", "headers", "tenant", "started", "endpoint", "model", "route", "status",
+        "outcome", "ttft", "events", "usage", "error", "replayed",
+    )  # fmt: skip
 
     def __init__(self, rid: str | None) -> None:
         if not rid or len(rid) > MAX_REQUEST_ID or not (rid.isascii() and rid.isprintable()):
@@ -24,3 +43,14 @@ class Call:
         self.rid = rid
         self.headers = {"x-request-id": rid}
         self.tenant = ""
+        self.started = time.monotonic()
+        self.endpoint = "other"  # the route's short name: bounded, never the raw path
+        self.model = ""  # the model id the client asked for, once a deployment serves it
+        self.route: Any = None  # the upstream.routing.Route that served it
+        self.status = 0  # the HTTP status (200 for a stream, whatever its end)
+        self.outcome = COMPLETED
+        self.ttft: float | None = None  # seconds to the first streamed output
+        self.events = 0  # Responses events streamed
+        self.usage: dict | None = None  # the Responses usage object, from upstream usage
+        self.error: Exception | None = None  # the error that ended it, if one did
+        self.replayed = False  # answered from the idempotency store

@@ -8,23 +8,26 @@ failures become the transcoder's ``response.failed`` event instead.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
+import msgspec
 import orjson
 
 from gateway.api.body import decode, read_body
-from gateway.api.calls import Call
+from gateway.api.calls import CLIENT_GONE, FAILED, Call
 from gateway.api.guard import Guard
 from gateway.api.pings import SsePings
-from gateway.api.replay import Replays, error_reply, streamed
+from gateway.api.replay import REPLAYED, Replays, error_reply, streamed
 from gateway.core.ids import IDS, RESPONSE
 from gateway.core.stream.transcoder import Transcoder
 from gateway.core.translate.request import to_chat_request
 from gateway.core.translate.response import to_response
+from gateway.core.wire import chunks as ck
 from gateway.core.wire import output
 from gateway.core.wire.chat import PASS_THROUGH_DECODER
 from gateway.core.wire.responses import REQUEST_DECODER
@@ -33,6 +36,7 @@ from gateway.errors import (
     InternalError,
     MethodNotAllowed,
     NotFound,
+    ShuttingDown,
     body_too_large,
 )
 from gateway.http.messages import Incoming, Reply, Response, StreamResponse
@@ -42,6 +46,23 @@ from gateway.upstream.routing import Route, Router
 
 log = logging.getLogger("gateway")
 
+
+class _WithUsage(msgspec.Struct):
+    usage: ck.Usage | None = None
+
+
+_USAGE = msgspec.json.Decoder(_WithUsage)
+
+
+def chat_usage(body: bytes) -> dict | None:
+    """The Responses-shaped usage of a passed-through chat completion (for the
+    metrics and the access log); None when it has none or is not JSON."""
+    try:
+        return output.usage_from_chat(_USAGE.decode(body).usage)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
 JSON = "application/json"
 SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
@@ -49,14 +70,37 @@ SSE_HEADERS = {
     "X-Accel-Buffering": "no",
 }
 Route_ = Callable[[Incoming, Call], Awaitable[Any]]
+OpsRoute = Callable[[Incoming], Awaitable[Reply]]
+# The endpoint label of a path (metrics, access log): bounded, never the raw path.
+ENDPOINTS = {
+    "/v1/responses": "responses",
+    "/v1/chat/completions": "chat_completions",
+    "/v1/models": "models",
+}
+OPENING_EVENTS = 2  # response.created, response.in_progress
 NO_STORED = (
     "Stored responses are not offered: this gateway is stateless, so responses cannot be "
     "retrieved, deleted or cancelled after they were returned."
 )
 
 
+class Observer(Protocol):
+    """Told of every finished API request, once (``gateway.ops``: metrics, access log)."""
+
+    def started(self, call: Call) -> None: ...
+
+    def finished(self, call: Call) -> None: ...
+
+
 class Gateway:
-    """Serves ``/v1/responses``, ``/v1/chat/completions`` and ``/v1/models``."""
+    """Serves ``/v1/responses``, ``/v1/chat/completions`` and ``/v1/models``.
+
+    The process side (``gateway.ops``) plugs in here: ``ops`` routes (health,
+    readiness, metrics: answered before auth and not counted as API traffic), an
+    ``observer`` told of each finished request, ``in_flight`` and ``idle()`` for a
+    drain, ``cut_streams()`` at the drain's deadline; a reload assigns ``router``,
+    ``guard`` and ``max_body`` (a request keeps the objects it already took).
+    """
 
     def __init__(
         self,
@@ -74,6 +118,12 @@ class Gateway:
         self.guard = guard
         self.replays = replays  # None: Idempotency-Key is ignored
         self.created = int(time.time())
+        self.ops: dict[tuple[str, str], OpsRoute] = {}
+        self.observer: Observer | None = None
+        self.process: Any = None  # the process side's state (ops.health.Health)
+        self.in_flight = 0  # API requests being answered (streams until their end)
+        self.streams: set[UpstreamConnection] = set()  # upstream reads of open streams
+        self._idle: asyncio.Future[None] | None = None
         self._routes: dict[tuple[str, str], Route_] = {
             ("POST", "/v1/responses"): self.responses,
             ("POST", "/v1/chat/completions"): self.chat,
@@ -81,7 +131,54 @@ class Gateway:
         }
 
     async def handle(self, request: Incoming) -> Reply:
+        ops = self.ops.get((request.method, request.path))
+        if ops is not None:
+            return await ops(request)
         call = Call(request.headers.get("x-request-id"))
+        call.endpoint = ENDPOINTS.get(request.path, "other")
+        self.in_flight += 1
+        if self.observer is not None:
+            self.observer.started(call)
+        reply: Reply | None = None
+        try:
+            reply = await self._answer(request, call)
+            return reply
+        finally:
+            self.in_flight -= 1
+            if self.observer is not None:
+                self._finished(call, reply, self.observer)
+            if not self.in_flight and self._idle is not None and not self._idle.done():
+                self._idle.set_result(None)
+
+    def _finished(self, call: Call, reply: Reply | None, observer: Observer) -> None:
+        if reply is None:  # the client went away (the task was cancelled, or a write failed)
+            call.outcome = CLIENT_GONE
+            call.status = call.status or 499
+        else:
+            call.status = reply.status
+            if reply.status >= 400:
+                call.outcome = FAILED
+            elif isinstance(reply, Response) and reply.headers and REPLAYED in reply.headers:
+                call.replayed = True
+        observer.finished(call)
+
+    async def idle(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for no API request to be in flight; whether none is."""
+        if self.in_flight:
+            self._idle = asyncio.get_running_loop().create_future()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._idle), timeout)
+            self._idle = None
+        return not self.in_flight
+
+    def cut_streams(self) -> None:
+        """End every open stream now: a Responses stream with ``response.failed``
+        (code ``server_shutting_down``), a chat pass-through by closing it."""
+        exc = ShuttingDown("The gateway is shutting down; retry the request.")
+        for upstream in list(self.streams):
+            upstream._fail(exc)
+
+    async def _answer(self, request: Incoming, call: Call) -> Reply:
         try:
             if self.guard is not None:
                 return await self._guarded(request, call, self.guard)
@@ -90,6 +187,7 @@ class Gateway:
                 route = self._not_routed(request)
             return await route(request, call)
         except GatewayError as exc:
+            call.error = exc
             return error_reply(exc, call)
         except (ConnectionError, asyncio.CancelledError):
             raise
@@ -134,12 +232,14 @@ class Gateway:
         body = orjson.dumps({"object": "list", "data": data})
         return Response(body=body, content_type=JSON, headers=call.headers)
 
-    async def _route(self, body: bytes, model: str) -> Route:
+    async def _route(self, call: Call, body: bytes, model: str) -> Route:
         """The deployment of ``model``, which must take a body of this size."""
         route = await self.router.resolve(model)
         limit = route.dep.max_body_bytes
         if len(body) > limit:
             raise body_too_large(limit, len(body))
+        call.model = model
+        call.route = route
         return route
 
     def _key(self, request: Incoming) -> str | None:
@@ -163,7 +263,7 @@ class Gateway:
     async def _chat(self, request: Incoming, call: Call, held: list[Any]) -> Reply:
         body, view = held
         held.clear()
-        route = await self._route(body, view.model)
+        route = await self._route(call, body, view.model)
         if route.upstream_model != view.model:
             doc = orjson.loads(body)
             doc["model"] = route.upstream_model
@@ -173,21 +273,32 @@ class Gateway:
         try:
             ctype = resp.content_type.decode("latin-1") or JSON
             if not ctype.startswith("text/event-stream"):
-                return Response(body=await resp.read(), content_type=ctype, headers=call.headers)
+                data = await resp.read()
+                if self.observer is not None:
+                    call.usage = chat_usage(data)
+                return Response(body=data, content_type=ctype, headers=call.headers)
             out = StreamResponse(headers={**SSE_HEADERS, **call.headers})
             await out.prepare(request)
+            call.status = 200
+            self.streams.add(resp)
             try:
-                while data := await resp.read_some():
+                data = await resp.read_some()
+                call.ttft = time.monotonic() - call.started
+                while data:
                     await out.write(data)
+                    data = await resp.read_some()
             except GatewayError as exc:
                 # Bytes already went out: cut the connection, so that the client
                 # sees a broken stream rather than one that looks complete.
                 log.warning(
                     "request %s: chat stream from upstream broke: %s", call.rid, exc.message
                 )
+                call.error = exc
+                call.outcome = FAILED
                 request.abort()
                 return out
         finally:
+            self.streams.discard(resp)
             resp.release()
         await out.write_eof()
         return out
@@ -209,7 +320,7 @@ class Gateway:
     async def _responses(self, request: Incoming, call: Call, held: list[Any]) -> Reply:
         body, req = held
         held.clear()
-        route = await self._route(body, req.model)
+        route = await self._route(call, body, req.model)
         stream = bool(req.stream)
         pump = stream and route.caps.streaming
         chat, echo = to_chat_request(req, route.caps, route.upstream_model, stream=pump)
@@ -225,8 +336,10 @@ class Gateway:
             data = await upstream.read()
         finally:
             upstream.release()
-        body = orjson.dumps(to_response(data, base))
-        return Response(body=body, content_type=JSON, headers=call.headers)
+        doc = to_response(data, base)
+        call.outcome = doc["status"]
+        call.usage = doc["usage"]
+        return Response(body=orjson.dumps(doc), content_type=JSON, headers=call.headers)
 
     async def _stream(
         self,
@@ -238,26 +351,45 @@ class Gateway:
     ) -> StreamResponse:
         out = StreamResponse(headers={**SSE_HEADERS, **call.headers})
         await out.prepare(request)
+        call.status = 200
         frames = tx.start()
+        self.streams.add(upstream)
         try:
             if pump:
-                last = await self._pump(out, tx, upstream, frames)
+                last = await self._pump(out, tx, upstream, frames, call)
             else:
                 await out.write(frames)
                 last = tx.complete(await upstream.read())
+                call.ttft = time.monotonic() - call.started
         except GatewayError as exc:
-            last = tx.fail(exc.message)
+            call.error = exc
+            if isinstance(exc, ShuttingDown):
+                last = tx.fail(exc.message, "server_shutting_down")
+            else:
+                last = tx.fail(exc.message)
         except ConnectionError:
             raise  # the client is gone: nothing can be written any more
         except Exception:
             # A bug of ours, after the 200 went out: still end the stream honestly.
             log.exception("request %s: stream failed unexpectedly", call.rid)
             last = tx.fail("The gateway failed unexpectedly.")
+        finally:
+            self.streams.discard(upstream)
+            final = tx.final
+            if final is not None:
+                call.outcome = final["status"]
+                call.usage = final["usage"]
+            call.events = tx.events
         await out.write_eof(last)  # the terminal event and the end of the body: one write
         return out
 
     async def _pump(
-        self, out: StreamResponse, tx: Transcoder, upstream: UpstreamConnection, frames: bytes
+        self,
+        out: StreamResponse,
+        tx: Transcoder,
+        upstream: UpstreamConnection,
+        frames: bytes,
+        call: Call | None = None,
     ) -> bytes:
         """Upstream bytes → transcoder → client.
 
@@ -268,9 +400,12 @@ class Gateway:
         across a read that returns at once (``ready``: bytes or the end, never an
         error), and written before a failure propagates, so no event is lost
         before the ``response.failed`` that follows it. Returns the frames that
-        end the stream, for the caller's final write.
+        end the stream, for the caller's final write. The first read that makes
+        events past the two opening ones sets the call's time to first token
+        (until then one local test per read; after it, none).
         """
         watch = self.pings.watch(out)
+        first = call is not None
         try:
             while True:
                 if frames and (not upstream.ready() or len(frames) > STREAM_WRITE_AHEAD):
@@ -285,6 +420,9 @@ class Gateway:
                 except Exception:
                     await out.write(frames)  # owed to the client before the failure event
                     raise
+                if first and tx.events > OPENING_EVENTS and call is not None:
+                    first = False
+                    call.ttft = time.monotonic() - call.started
                 if tx.done:
                     return frames
         finally:

@@ -179,6 +179,11 @@ class AiohttpServer:
             return _Refuse(self)
         return self.web()
 
+    def begin_drain(self) -> None:
+        """Serve no new request: close idle connections now, busy ones after their answer."""
+        for conn in list(self.web.connections):
+            conn.close()
+
     async def shutdown(self, timeout: float) -> None:
         await self.web.shutdown(timeout)
 

@@ -129,6 +129,12 @@ class Server:
         if not self.connections and done is not None and not done.done():
             done.set_result(None)
 
+    def begin_drain(self) -> None:
+        """Serve no new request: close idle connections now, busy ones after their answer."""
+        self.closing = True
+        for conn in list(self.connections):
+            conn.close_when_idle()
+
     async def shutdown(self, timeout: float) -> None:
         """Close idle connections; give busy ones ``timeout`` s to finish, then abort them.
 

@@ -1,10 +1,21 @@
-"""Process lifecycle: open the upstream session, serve, stop cleanly.
+"""Process lifecycle: open the upstream session, serve, drain, stop cleanly.
 
-``open_gateway`` builds everything a handler needs (the tests use it too);
-``listen`` serves it with the lean HTTP server (``gateway.http.server``) or
-aiohttp's (``gateway.http.aiohttp_server``), as ``[http] server`` says;
-``serve`` runs it on a socket until SIGTERM/SIGINT; ``run_workers`` forks
-several processes that share the port through SO_REUSEPORT.
+``open_gateway`` builds everything a handler needs (the tests use it too), with
+the process's own routes (``ops.health``: /healthz, /readyz, /metrics) and the
+observer of each request (``ops.metrics``, ``ops.access_log``) as ``[ops]``
+says; ``listen`` serves it with the lean HTTP server (``gateway.http.server``)
+or aiohttp's (``gateway.http.aiohttp_server``), as ``[http] server`` says, on
+host:port or on a socket handed in (socket activation), and drains on exit;
+``serve`` runs it until SIGTERM/SIGINT (a drain), reloads on SIGHUP
+(``ops.reload``) and talks to systemd (``ops.notify``); ``ops.supervisor``
+runs several such processes.
+
+The drain: ``/readyz`` turns 503 and the listener closes (new connections are
+refused); idle connections close, busy ones after their answer; requests and
+streams in flight get ``[ops] drain-timeout`` seconds; streams still open then
+end with ``response.failed`` (``server_shutting_down``); after
+``limits.SHUTDOWN_GRACE`` more seconds what is left is cut, the upstream
+connections close, and the process exits 0.
 """
 
 from __future__ import annotations
@@ -14,9 +25,9 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager, suppress
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import IO, TYPE_CHECKING, Any
 
 from gateway.api.endpoints import Gateway
 from gateway.api.guard import Guard
@@ -25,6 +36,17 @@ from gateway.api.replay import Replays
 from gateway.config import Config, Http, client_keys, upstream_key
 from gateway.http.server import Server
 from gateway.limits import LISTEN_BACKLOG, SHUTDOWN_GRACE
+from gateway.ops.access_log import AccessLog, access_enabled, resolve_format
+from gateway.ops.health import Health, Observer
+from gateway.ops.metrics import Metrics, multiprocess_dir
+from gateway.ops.notify import (
+    Notifier,
+    activated_socket,
+    listen_fds,
+    notify_address,
+    watchdog_interval,
+)
+from gateway.ops.reload import Reloads
 from gateway.stores.base import Store
 from gateway.stores.memory import MemoryStore
 from gateway.upstream.replica import Replica
@@ -54,45 +76,88 @@ def open_store(cfg: Config) -> Store:
     )
 
 
+def make_guard(
+    cfg: Config, env: Mapping[str, str], keys_text: str | None, store: Store
+) -> Guard | None:
+    """The client keys and limits of ``cfg``; None when it has neither."""
+    keys = client_keys(cfg.auth, env, keys_text) if cfg.auth is not None else ()
+    limits = cfg.limits
+    if not (keys or limits.requests_per_minute or limits.max_in_flight):
+        return None
+    return Guard(keys, store, per_minute=limits.requests_per_minute, in_flight=limits.max_in_flight)
+
+
+def make_router(cfg: Config, env: Mapping[str, str]) -> Router:
+    """A router over new replicas of ``cfg``'s deployments (``discover`` it, then use it)."""
+    return Router([(d, Replica(d, upstream_key(d, env))) for d in cfg.deployment])
+
+
+def close_router(router: Router) -> None:
+    for _, replica in router._deployments:
+        replica.close()
+
+
+def observe(gateway: Gateway, cfg: Config, env: Mapping[str, str], out: IO[bytes] | None) -> Health:
+    """Plug ``[ops]`` in: metrics and the access log as the observer, the health routes."""
+    ops = cfg.ops
+    metrics = Metrics(multiprocess_dir(env)) if ops.metrics else None
+    access = None
+    if ops.access_log and (out is not None or access_enabled()):
+        fmt = resolve_format(ops.log_format, sys.stderr)
+        access = AccessLog(out if out is not None else sys.stderr.buffer, fmt)
+    if metrics is not None or access is not None:
+        gateway.observer = Observer(metrics, access)
+    return Health(gateway, metrics)
+
+
 @asynccontextmanager
 async def open_gateway(
-    cfg: Config, env: Mapping[str, str] = NO_ENV, *, keys_text: str | None = None
+    cfg: Config,
+    env: Mapping[str, str] = NO_ENV,
+    *,
+    keys_text: str | None = None,
+    access_out: IO[bytes] | None = None,
 ) -> AsyncIterator[Gateway]:
     """The gateway for ``cfg``; ``env`` is the environment as the command line read it
     (upstream and client keys are looked up there), ``keys_text`` the text of the
-    ``[auth]`` keys file, which the command line read."""
-    keys = client_keys(cfg.auth, env, keys_text) if cfg.auth is not None else ()
-    limits = cfg.limits
+    ``[auth]`` keys file, which the command line read. The access log goes to
+    ``access_out`` if given (else to stderr, if the ``gateway.access`` logger is on)."""
     pings = SsePings(cfg.stream.keepalive_interval)
-    deployments = [(d, Replica(d, upstream_key(d, env))) for d in cfg.deployment]
     store = open_store(cfg)
-    guard = None
-    if keys or limits.requests_per_minute or limits.max_in_flight:
-        guard = Guard(
-            keys,
-            store,
-            per_minute=limits.requests_per_minute,
-            in_flight=limits.max_in_flight,
-        )
+    guard = make_guard(cfg, env, keys_text, store)
     replays = Replays(store, cfg.idempotency.lock_ttl) if cfg.idempotency.enabled else None
+    gateway: Gateway | None = None
+    router = make_router(cfg, env)
     try:
-        router = Router(deployments)
         await router.discover()
         max_body = max(d.max_body_bytes for d in cfg.deployment)
         pings.start()
-        yield Gateway(router, pings, max_body, guard=guard, replays=replays)
+        gateway = Gateway(router, pings, max_body, guard=guard, replays=replays)
+        gateway.process = observe(gateway, cfg, env, access_out)
+        gateway.process.store = store
+        yield gateway
     finally:
         pings.stop()
-        for _, replica in deployments:
-            replica.close()
+        close_router(gateway.router if gateway is not None else router)
+        if gateway is not None and gateway.router is not router:
+            close_router(router)  # (a reload swapped it; closing twice is harmless)
         await store.close()
 
 
 @asynccontextmanager
 async def listen(
-    gateway: Gateway, host: str, port: int, *, http: Http = DEFAULT_HTTP, reuse_port: bool = False
+    gateway: Gateway,
+    host: str,
+    port: int,
+    *,
+    http: Http = DEFAULT_HTTP,
+    reuse_port: bool = False,
+    sock: Any = None,
+    drain_timeout: float = SHUTDOWN_GRACE,
 ) -> AsyncIterator[asyncio.Server]:
-    """Serve ``gateway`` on host:port; on exit, stop listening and let requests finish."""
+    """Serve ``gateway`` on host:port (or on the listening socket ``sock``); on exit,
+    drain: stop listening, let requests and streams finish for ``drain_timeout`` s,
+    then end the streams left (``response.failed``) and close."""
     loop = asyncio.get_running_loop()
     server: Server | AiohttpServer
     if http.server == "aiohttp":  # (imported only then: aiohttp's server costs startup)
@@ -101,14 +166,45 @@ async def listen(
         server = AiohttpServer(gateway.handle, max_body=gateway.max_body, limits=http)
     else:
         server = Server(gateway.handle, max_body=gateway.max_body, limits=http)
-    sock_server = await loop.create_server(
-        server, host, port, reuse_port=reuse_port or None, backlog=LISTEN_BACKLOG
-    )
+    if sock is not None:
+        sock_server = await loop.create_server(server, sock=sock, backlog=LISTEN_BACKLOG)
+    else:
+        sock_server = await loop.create_server(
+            server, host, port, reuse_port=reuse_port or None, backlog=LISTEN_BACKLOG
+        )
+    health: Health | None = gateway.process
+    if health is not None:
+        health.listening += 1
+        health.servers.append(server)
     try:
         yield sock_server
     finally:
+        if health is not None:
+            health.draining = True
+            health.listening -= 1
+            health.servers.remove(server)
         sock_server.close()
+        server.begin_drain()
+        if not await gateway.idle(drain_timeout):
+            log.warning(
+                "drain: %d request(s) still in flight after %.1f s: ending their streams",
+                gateway.in_flight,
+                drain_timeout,
+            )
+            gateway.cut_streams()
+            await gateway.idle(SHUTDOWN_GRACE)
         await server.shutdown(SHUTDOWN_GRACE)
+
+
+Reread = Callable[[], tuple[Config, str | None]]
+
+
+def listening_socket(env: Mapping[str, str], listen_fd: int | None) -> Any:
+    """The socket systemd (or the supervisor) passed in, if any (socket activation)."""
+    if listen_fd is None:
+        fds = listen_fds(env, os.getpid())
+        listen_fd = fds[0] if fds else None
+    return None if listen_fd is None else activated_socket(listen_fd)
 
 
 async def serve(
@@ -117,22 +213,73 @@ async def serve(
     *,
     reuse_port: bool = False,
     keys_text: str | None = None,
+    listen_fd: int | None = None,
+    reread: Reread | None = None,
 ) -> None:
+    """Serve until SIGTERM/SIGINT, then drain; SIGHUP re-reads the config (``reread``)."""
+    notifier = Notifier(notify_address(env))
+    sock = listening_socket(env, listen_fd)
     async with (
         open_gateway(cfg, env, keys_text=keys_text) as gateway,
-        listen(gateway, cfg.listen.host, cfg.listen.port, http=cfg.http, reuse_port=reuse_port),
-    ):
-        log.info(
-            "gateway listening on http://%s:%d (models: %s)",
+        listen(
+            gateway,
             cfg.listen.host,
             cfg.listen.port,
+            http=cfg.http,
+            reuse_port=reuse_port,
+            sock=sock,
+            drain_timeout=cfg.ops.drain_timeout,
+        ) as server,
+    ):
+        where = ", ".join(_address(s) for s in server.sockets)
+        log.info(
+            "gateway %d serving http://%s/v1 (%s server%s): models %s; %s",
+            os.getpid(),
+            where,
+            cfg.http.server,
+            ", socket from the service manager" if sock is not None else "",
             ", ".join(gateway.router.model_ids()) or "none yet",
+            "; ".join(
+                f"{d.upstream} for {', '.join(d.models) or 'its /models'}" for d in cfg.deployment
+            ),
         )
+        log.info(
+            "health on /healthz and /readyz%s; drain %.1f s",
+            ", metrics on /metrics" if cfg.ops.metrics else "",
+            cfg.ops.drain_timeout,
+        )
+
+        def status() -> str:
+            return f"{gateway.in_flight} requests in flight"
+
+        notifier.ready(status())
+        notifier.start(watchdog_interval(env, os.getpid()), status)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        reloads = Reloads(gateway, cfg, env, reread)
+        if reread is not None:
+            loop.add_signal_handler(signal.SIGHUP, reloads.request)
         await stop.wait()
+        log.info("drain: stopping (%d request(s) in flight)", gateway.in_flight)
+        notifier.stop()
+        notifier.stopping(f"draining {gateway.in_flight} requests")
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        if reread is not None:
+            loop.remove_signal_handler(signal.SIGHUP)
+    await reloads.close()
+    notifier.close()
+    log.info("gateway %d stopped", os.getpid())
+
+
+def _address(sock: Any) -> str:
+    name = sock.getsockname()
+    if isinstance(name, tuple):
+        host = f"[{name[0]}]" if ":" in name[0] else name[0]
+        return f"{host}:{name[1]}"
+    return str(name)
 
 
 def run(
@@ -141,38 +288,13 @@ def run(
     *,
     reuse_port: bool = False,
     keys_text: str | None = None,
+    listen_fd: int | None = None,
+    reread: Reread | None = None,
 ) -> None:
     import uvloop
 
-    uvloop.run(serve(cfg, env, reuse_port=reuse_port, keys_text=keys_text))
-
-
-def run_workers(cfg: Config, env: Mapping[str, str], *, keys_text: str | None = None) -> int:
-    """Fork ``cfg.workers`` processes sharing the port; forward SIGTERM/SIGINT to them."""
-    children = []
-    for _ in range(cfg.workers):
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                run(cfg, env, reuse_port=True, keys_text=keys_text)
-                code = 0
-            except BaseException:
-                log.exception("worker failed")
-            finally:
-                os._exit(code)
-        children.append(pid)
-
-    def forward(signum: int, _frame: object) -> None:
-        for child in children:
-            with suppress(ProcessLookupError):
-                os.kill(child, signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    status = 0
-    for child in children:
-        _, code = os.waitpid(child, 0)
-        status = status or os.waitstatus_to_exitcode(code)
-    sys.stdout.flush()
-    return 1 if status else 0
+    uvloop.run(
+        serve(
+            cfg, env, reuse_port=reuse_port, keys_text=keys_text, listen_fd=listen_fd, reread=reread
+        )
+    )

@@ -220,7 +220,9 @@ class EventEncoder:
 
     def failed(self, message: str, code: str) -> None:
         error = {"code": code, "message": message}
-        final = output.response_final(self.base, "failed", self.output, None, error=error)
+        final = self.final = output.response_final(
+            self.base, "failed", self.output, None, error=error
+        )
         self.emit(ev.TERMINAL["failed"], {"response": final})
 
 

@@ -98,6 +98,16 @@ class Transcoder:
     def done(self) -> bool:
         return self._state is State.DONE
 
+    @property
+    def events(self) -> int:
+        """Events made so far (the next sequence number)."""
+        return self._enc.seq
+
+    @property
+    def final(self) -> dict | None:
+        """The terminal response object (its ``status`` and ``usage``), once sent."""
+        return self._enc.final
+
     def start(self) -> bytes:
         self._begin()
         return self._enc.drain()

@@ -1,0 +1,188 @@
+"""Logs: one access-log line per finished API request, and the format of the others.
+
+The access log (logger ``gateway.access``, level INFO) has one line per request
+when its answer ends (a stream at its last event), never per chunk: request id,
+endpoint, model, deployment and replica, status, outcome (``completed``,
+``incomplete``, ``failed``, ``client_gone``), duration, time to first token,
+events and token counts, the error code if one ended it, and the tenant (the
+short hash of the client's key, never the key). Never prompt text, never a key.
+
+Format ``json`` (one object per line, for journald and log shippers), ``text``
+(for a person at a terminal), or ``auto``: text when stderr is a terminal, JSON
+otherwise. Every other log line (startup, warnings) takes the same format
+(``setup``). Lines of one loop turn leave in one write (``call_soon``), so a
+busy process makes one write per turn, not one per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from typing import IO, Any
+
+import orjson
+
+from gateway.api.calls import Call
+
+ACCESS = "gateway.access"
+FORMATS = ("auto", "json", "text")
+
+_stamp_second = -1
+_stamp_prefix = ""
+
+
+def timestamp(now: float) -> str:
+    """UTC ISO 8601 with milliseconds; the seconds part is formatted once per second."""
+    global _stamp_second, _stamp_prefix
+    second = int(now)
+    if second != _stamp_second:
+        _stamp_second = second
+        _stamp_prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    return f"{_stamp_prefix}.{int((now - second) * 1000):03d}Z"
+
+
+def resolve_format(fmt: str, stream: IO[Any]) -> str:
+    if fmt == "auto":
+        isatty = getattr(stream, "isatty", None)
+        return "text" if isatty is not None and isatty() else "json"
+    return fmt
+
+
+class JsonFormatter(logging.Formatter):
+    """A log record as one JSON object: ts, level, logger, msg (and exc if any)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": timestamp(record.created),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(doc).decode()
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line = (
+            f"{timestamp(record.created)} {record.levelname} {record.name}: {record.getMessage()}"
+        )
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def setup(level: str, fmt: str, stream: IO[str] | None = None) -> str:
+    """Configure the root logger: ``level`` (a name), ``fmt`` (auto/json/text) on
+    ``stream`` (stderr). Returns the resolved format."""
+    stream = stream or sys.stderr
+    resolved = resolve_format(fmt, stream)
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter() if resolved == "json" else TextFormatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    return resolved
+
+
+def replica_name(route: Any) -> tuple[str, str]:
+    """(deployment, replica) labels of a route: its deployment's name (or first model)
+    and its upstream's base URL, both from the config (bounded)."""
+    if route is None:
+        return "", ""
+    replica = getattr(route, "replica", None)
+    base = str(getattr(replica, "base", "") or getattr(route.dep, "upstream", ""))
+    return deployment_name(route.dep), base
+
+
+def deployment_name(dep: Any) -> str:
+    name = getattr(dep, "name", None)
+    if name:
+        return str(name)
+    models = getattr(dep, "models", ())
+    return str(models[0]) if models else str(dep.upstream)
+
+
+def fields(call: Call, now: float) -> dict[str, Any]:
+    """What the access log says of a finished request."""
+    dep, replica = replica_name(call.route)
+    doc: dict[str, Any] = {
+        "request_id": call.rid,
+        "endpoint": call.endpoint,
+        "model": call.model or None,
+        "deployment": dep or None,
+        "replica": replica or None,
+        "status": call.status,
+        "outcome": call.outcome,
+        "duration_s": round(now - call.started, 6),
+        "ttft_s": None if call.ttft is None else round(call.ttft, 6),
+    }
+    usage = call.usage
+    if usage is not None:
+        doc["input_tokens"] = usage["input_tokens"]
+        doc["output_tokens"] = usage["output_tokens"]
+        details = usage.get("output_tokens_details") or {}
+        doc["reasoning_tokens"] = details.get("reasoning_tokens") or 0
+    if call.events:
+        doc["events"] = call.events
+    error = call.error
+    if error is not None:
+        doc["error"] = getattr(error, "code", None) or type(error).__name__
+    if call.replayed:
+        doc["replayed"] = True
+    if call.tenant:
+        doc["tenant"] = call.tenant
+    return doc
+
+
+class AccessLog:
+    """Writes the access-log lines to ``out`` (a binary stream: stderr's buffer)."""
+
+    def __init__(self, out: IO[bytes], fmt: str = "json") -> None:
+        self.out = out
+        self.json = fmt == "json"
+        self.pending: list[bytes] = []
+        self.scheduled = False
+
+    def write(self, call: Call, now: float) -> None:
+        doc = fields(call, now)
+        wall = time.time()
+        if self.json:
+            head = {"ts": timestamp(wall), "level": "info", "logger": ACCESS, "msg": "request"}
+            line = orjson.dumps({**head, **doc}) + b"\n"
+        else:
+            line = self._text(doc, wall)
+        self.pending.append(line)
+        if not self.scheduled:
+            self.scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    @staticmethod
+    def _text(doc: dict[str, Any], wall: float) -> bytes:
+        rest = " ".join(
+            f"{k}={v}"
+            for k, v in doc.items()
+            if k not in ("request_id", "endpoint") and v is not None
+        )
+        return (
+            f"{timestamp(wall)} INFO access {doc['request_id']} {doc['endpoint']} {rest}\n".encode()
+        )
+
+    def flush(self) -> None:
+        self.scheduled = False
+        data = b"".join(self.pending)
+        self.pending.clear()
+        try:
+            self.out.write(data)
+            self.out.flush()
+        except (OSError, ValueError):
+            pass  # (stderr closed: the request was answered; nothing to do)
+
+
+def access_enabled() -> bool:
+    return logging.getLogger(ACCESS).isEnabledFor(logging.INFO)

@@ -1,0 +1,106 @@
+"""The process's own routes and its view of each request: ``GET /healthz``,
+``GET /readyz``, ``GET /metrics``, and the observer that feeds the metrics and
+the access log.
+
+These routes sit in ``Gateway.ops``: answered before client keys and limits,
+never counted as API traffic (no metrics, no access-log line). ``/healthz`` is
+200 while the process runs its loop; ``/readyz`` is 200 while it listens, is not
+draining and its router says every deployment has a healthy replica (a
+``ready()`` the router may offer; without one, ready), else 503 with the
+reasons. Plain JSON.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import orjson
+
+from gateway.api.calls import Call
+from gateway.api.endpoints import Gateway
+from gateway.http.messages import Incoming, Reply, Response
+from gateway.ops.access_log import AccessLog, deployment_name
+from gateway.ops.metrics import CONTENT_TYPE, Metrics
+
+JSON = "application/json"
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+def router_ready(router: Any) -> bool:
+    ready = getattr(router, "ready", None)
+    return True if ready is None else bool(ready())
+
+
+def router_replicas(router: Any) -> list[tuple[str, str, bool]]:
+    """(deployment, replica, healthy) for each replica the router knows."""
+    out = []
+    for dep, replica in getattr(router, "_deployments", ()):
+        replicas = getattr(replica, "replicas", None) or [replica]
+        for one in replicas:
+            healthy = bool(getattr(one, "healthy", True))
+            out.append((deployment_name(dep), str(getattr(one, "base", dep.upstream)), healthy))
+    return out
+
+
+class Observer:
+    """``Gateway.observer``: each finished request to the metrics and the access log."""
+
+    def __init__(self, metrics: Metrics | None, access: AccessLog | None) -> None:
+        self.metrics = metrics
+        self.access = access
+
+    def started(self, call: Call) -> None:
+        if self.metrics is not None:
+            self.metrics.in_flight.inc()
+
+    def finished(self, call: Call) -> None:
+        now = time.monotonic()
+        if self.metrics is not None:
+            self.metrics.finished(call, now)
+        if self.access is not None:
+            self.access.write(call, now)
+
+
+class Health:
+    """The state readiness is made of, and the three routes."""
+
+    def __init__(self, gateway: Gateway, metrics: Metrics | None) -> None:
+        self.gateway = gateway
+        self.metrics = metrics
+        self.listening = 0  # listeners open
+        self.draining = False
+        self.servers: list[Any] = []  # the HTTP servers serving it (a reload sets max_body)
+        self.store: Any = None  # the idempotency and limits store (a reload keeps it)
+        gateway.ops[("GET", "/healthz")] = self.healthz
+        gateway.ops[("GET", "/readyz")] = self.readyz
+        if metrics is not None:
+            gateway.ops[("GET", "/metrics")] = self.scrape
+            metrics.replicas = lambda: router_replicas(self.gateway.router)
+
+    def reasons(self) -> list[str]:
+        why = []
+        if not self.listening:
+            why.append("not listening")
+        if self.draining:
+            why.append("draining")
+        if not router_ready(self.gateway.router):
+            why.append("a deployment has no healthy replica")
+        return why
+
+    async def healthz(self, request: Incoming) -> Reply:
+        doc = {"status": "ok", "pid": os.getpid(), "in_flight": self.gateway.in_flight}
+        return Response(body=orjson.dumps(doc), content_type=JSON, headers=NO_STORE)
+
+    async def readyz(self, request: Incoming) -> Reply:
+        why = self.reasons()
+        if why:
+            doc: dict[str, Any] = {"status": "not ready", "reasons": why}
+            return Response(status=503, body=orjson.dumps(doc), content_type=JSON, headers=NO_STORE)
+        return Response(body=b'{"status":"ready"}', content_type=JSON, headers=NO_STORE)
+
+    async def scrape(self, request: Incoming) -> Reply:
+        assert self.metrics is not None
+        body = self.metrics.exposition()
+        return Response(body=body, content_type=CONTENT_TYPE, headers=NO_STORE)
