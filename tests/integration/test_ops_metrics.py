@@ -260,3 +260,24 @@ def test_log_setup_formats_other_lines_too() -> None:
         assert (doc["level"], doc["logger"], doc["msg"]) == ("warning", "gateway", "hello there")
     finally:
         root.handlers[:], _ = saved[0], root.setLevel(saved[1])
+
+
+async def test_readyz_is_503_while_draining_and_healthz_stays_200(upstream: FakeUpstream) -> None:
+    """The drain sets ``draining`` first (then closes the listener): readiness says so
+    with the reason, liveness does not change."""
+    from gateway.ops.lifecycle import listen, open_gateway
+
+    async with open_gateway(make_config(upstream.url)) as gw:
+        async with listen(gw, "127.0.0.1", 0) as server:
+            port = server.sockets[0].getsockname()[1]
+            assert (await get(port, "/readyz"))[0] == 200
+            gw.process.draining = True
+            status, body = await get(port, "/readyz")
+            assert (status, orjson.loads(body)["reasons"]) == (503, ["draining"])
+            assert (await get(port, "/healthz"))[0] == 200
+            gw.process.draining = False
+            gw.router.ready = lambda: False  # (the router of issue 11 offers ready())
+            status, body = await get(port, "/readyz")
+            assert status == 503
+            assert orjson.loads(body)["reasons"] == ["a deployment has no healthy replica"]
+        assert gw.process.listening == 0
