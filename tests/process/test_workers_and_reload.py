@@ -1,0 +1,265 @@
+"""``serve --workers 2`` under the supervisor (metrics summed across workers, a worker
+killed with SIGKILL replaced while the port keeps answering) and SIGHUP reloads (an
+upstream swapped under a stream in flight, a bad file refused)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.conftest import FakeUpstream, completion, sdk, text_stream
+from tests.integration.ops_support import GatewayProcess, get, scrape, value
+
+M = "gen_ai_request_model"
+
+
+async def post(port: int, doc: dict, *, timeout: float = 10.0) -> tuple[int, dict]:
+    """``POST /v1/responses`` on a connection of its own (so that the kernel may hand
+    each to another worker)."""
+
+    async def go() -> tuple[int, dict]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        body = orjson.dumps(doc)
+        writer.write(
+            b"POST /v1/responses HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        data = await reader.read()
+        writer.close()
+        head, _, rest = data.partition(b"\r\n\r\n")
+        return int(head.split()[1]), orjson.loads(rest)
+
+    return await asyncio.wait_for(go(), timeout)
+
+
+async def pids(port: int, n: int = 40) -> set[int]:
+    """The worker pids that answer ``n`` health checks, each on a new connection."""
+    out = set()
+    for _ in range(n):
+        status, body = await get(port, "/healthz")
+        assert status == 200
+        out.add(orjson.loads(body)["pid"])
+    return out
+
+
+async def all_up(port: int, n: int = 2, timeout: float = 15.0) -> set[int]:
+    """Wait until ``n`` workers answer (each listens once its start is done)."""
+    deadline = time.monotonic() + timeout
+    seen: set[int] = set()
+    while time.monotonic() < deadline:
+        seen = await pids(port, 20)
+        if len(seen) >= n:
+            return seen
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"only {seen} answer")
+
+
+def workers(upstream: FakeUpstream, tmp: Any, *more: str) -> GatewayProcess:
+    args = ["--upstream", upstream.url, "--model", "m1", "--workers", "2", "--log-format", "json"]
+    return GatewayProcess([*args, *more], tmp)
+
+
+async def test_two_workers_scrape_sums_both(upstream: FakeUpstream, tmp_path: Any) -> None:
+    gw = workers(upstream, tmp_path).start()
+    try:
+        await gw.ready()
+        seen = await all_up(gw.port)
+        assert len(seen) == 2, seen  # both workers answer on the one port
+        before = await scrape(gw.port)
+        for _ in range(20):
+            status, doc = await post(gw.port, {"model": "m1", "input": "Hi"})
+            assert status == 200 and doc["status"] == "completed"
+        upstream.reply = upstream.sse_reply(text_stream("a", "b"))
+        async with sdk(f"http://127.0.0.1:{gw.port}/v1") as client:
+            async with client.responses.stream(model="m1", input="Hi") as stream:
+                n = len([ev async for ev in stream])
+        # Whichever worker a scrape lands on, it reports both workers' figures.
+        for _ in range(6):
+            after = await scrape(gw.port)
+            ok = {"endpoint": "responses", M: "m1", "status": "200"}
+            total = "gateway_requests_total"
+            assert value(after, total, **ok) - value(before, total, **ok) == 21
+            hist = "gateway_request_duration_seconds_count"
+            assert value(after, hist) - value(before, hist) == 21
+            tok = "gateway_tokens_total"
+            assert value(after, tok, type="input") - value(before, tok, type="input") == 20 * 11 + 5
+            assert value(after, "gateway_stream_events_total") == n
+            assert value(after, "gateway_time_to_first_token_seconds_count") == 1
+            assert value(after, "gateway_requests_in_flight") == 0
+        gw.signal(signal.SIGTERM)
+        assert await gw.wait() == 0
+    finally:
+        gw.stop()
+
+
+async def test_a_worker_killed_is_replaced_and_the_port_keeps_answering(
+    upstream: FakeUpstream, tmp_path: Any
+) -> None:
+    gw = workers(upstream, tmp_path).start()
+    try:
+        await gw.ready()
+        seen = await all_up(gw.port)
+        for _ in range(10):
+            assert (await post(gw.port, {"model": "m1", "input": "Hi"}))[0] == 200
+        counted = value(await scrape(gw.port), "gateway_requests_total")
+        victim = min(seen)
+        os.kill(victim, signal.SIGKILL)
+        # Once it is gone (the supervisor saw it exit), every request is answered: by the
+        # other worker, then by both. (Connections the kernel had already queued on the
+        # dead worker's SO_REUSEPORT socket are reset: that is the kernel's; with a
+        # socket passed in by systemd the workers share one queue and lose none.)
+        deadline = time.monotonic() + 10
+        while "exited (signal 9)" not in gw.text() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        deadline = time.monotonic() + 15
+        replaced: set[int] = set()
+        answered = 0
+        while time.monotonic() < deadline:
+            status, doc = await post(gw.port, {"model": "m1", "input": "Hi"})
+            assert status == 200 and doc["status"] == "completed"
+            answered += 1
+            replaced = await pids(gw.port, 4) - seen
+            if replaced and answered >= 10:
+                break
+            await asyncio.sleep(0.05)
+        assert replaced, "no new worker"
+        assert victim not in await pids(gw.port)
+        assert "exited (signal 9)" in gw.text()
+        # The dead worker's counts stay in the sum; its in-flight gauge is gone.
+        after = await scrape(gw.port)
+        assert value(after, "gateway_requests_total") == counted + answered
+        gw.signal(signal.SIGTERM)
+        assert await gw.wait() == 0
+    finally:
+        gw.stop()
+
+
+# ---- SIGHUP ----------------------------------------------------------------------------------
+
+
+def config(url: str, *, limits: str = "") -> str:
+    return (
+        f'[ops]\nlog-format = "json"\ndrain-timeout = 5.0\n{limits}'
+        f'[[deployment]]\nupstream = "{url}"\nmodels = ["m1"]\n'
+    )
+
+
+@pytest.fixture
+async def second_upstream(aiohttp_raw_server: Any) -> FakeUpstream:
+    fake = FakeUpstream()
+    fake.reply = fake.json_reply(completion("From B"))
+    server = await aiohttp_raw_server(fake.handle)
+    fake.url = str(server.make_url("/v1"))
+    return fake
+
+
+@pytest.mark.parametrize("n_workers", [1, 2])
+async def test_sighup_swaps_the_upstream_without_failing_a_stream(
+    upstream: FakeUpstream, second_upstream: FakeUpstream, tmp_path: Any, n_workers: int
+) -> None:
+    path = tmp_path / "gateway.toml"
+    path.write_text(config(upstream.url))
+    gw = GatewayProcess(["--config", str(path), "--workers", str(n_workers)], tmp_path).start()
+    try:
+        await gw.ready()
+        await all_up(gw.port, n_workers)
+        upstream.reply = upstream.sse_reply(text_stream(*"abcdefgh"), delay=0.15)
+        async with sdk(f"http://127.0.0.1:{gw.port}/v1") as client:
+            async with client.responses.stream(model="m1", input="Hi") as stream:
+                events = [await stream.__anext__()]
+                path.write_text(config(second_upstream.url))
+                gw.signal(signal.SIGHUP)
+                # New requests go to B once the reload is in (on every worker).
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:
+                    _, doc = await post(gw.port, {"model": "m1", "input": "Hi"})
+                    texts = [c["text"] for o in doc["output"] for c in o["content"]]
+                    if texts == ["From B"] and len(second_upstream.received) >= 4 * n_workers:
+                        break
+                    await asyncio.sleep(0.02)
+                assert texts == ["From B"]
+                async for ev in stream:  # the stream that A serves goes on to its end
+                    events.append(ev)
+        assert events[-1].type == "response.completed"
+        assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == (
+            "abcdefgh"
+        )
+        # A file that does not load is refused; B goes on serving.
+        path.write_text(config(second_upstream.url) + "bogus = 1\n")
+        gw.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "reload refused" not in gw.text() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert "reload refused" in gw.text()
+        before = len(second_upstream.received)
+        for _ in range(4):
+            status, doc = await post(gw.port, {"model": "m1", "input": "Hi"})
+            assert status == 200
+        assert len(second_upstream.received) == before + 4
+        gw.signal(signal.SIGTERM)
+        assert await gw.wait() == 0
+    finally:
+        gw.stop()
+
+
+async def test_sighup_changes_limits(upstream: FakeUpstream, tmp_path: Any) -> None:
+    path = tmp_path / "gateway.toml"
+    path.write_text(config(upstream.url))
+    gw = GatewayProcess(["--config", str(path)], tmp_path).start()
+    try:
+        await gw.ready()
+        for _ in range(3):
+            assert (await post(gw.port, {"model": "m1", "input": "Hi"}))[0] == 200
+        path.write_text(config(upstream.url, limits="[limits]\nrequests-per-minute = 2\n"))
+        gw.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "reloaded" not in gw.text() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        codes = [(await post(gw.port, {"model": "m1", "input": "Hi"}))[0] for _ in range(3)]
+        assert codes == [200, 200, 429]
+        gw.signal(signal.SIGTERM)
+        assert await gw.wait() == 0
+    finally:
+        gw.stop()
+
+
+async def test_supervisor_speaks_for_its_workers_and_replaces_a_stuck_one(
+    upstream: FakeUpstream, tmp_path: Any
+) -> None:
+    """Under systemd (a fake NOTIFY_SOCKET, WatchdogSec=1): READY=1 once both workers
+    are ready, the supervisor's own WATCHDOG=1, summed STATUS=; a worker whose loop
+    cannot turn (SIGSTOP) misses its watchdog, is killed and replaced; STOPPING=1."""
+    from tests.process.test_drain_and_notify import FakeNotifySocket
+
+    fake = FakeNotifySocket(str(tmp_path / "notify"))
+    gw = workers(upstream, tmp_path)
+    gw.env.update({"NOTIFY_SOCKET": fake.path, "WATCHDOG_USEC": "1000000"})
+    gw.start()
+    try:
+        await fake.wait_for("READY=1")
+        seen = await pids(gw.port)
+        assert len(seen) == 2  # READY=1 came once both listen
+        assert any("2 of 2 workers ready" in line for line in fake.lines())
+        t0 = time.monotonic()
+        await asyncio.sleep(1.2)
+        assert fake.lines(t0).count("WATCHDOG=1") >= 2
+        stuck = min(seen)
+        os.kill(stuck, signal.SIGSTOP)
+        deadline = time.monotonic() + 10
+        while "sent no watchdog" not in gw.text() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert f"worker {stuck} sent no watchdog" in gw.text()
+        new = await all_up(gw.port)
+        assert stuck not in new and len(new) == 2
+        gw.signal(signal.SIGTERM)
+        await fake.wait_for("STOPPING=1")
+        assert await gw.wait() == 0
+    finally:
+        gw.stop()
+        fake.close()
