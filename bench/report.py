@@ -51,10 +51,21 @@ METRICS: dict[str, list[tuple[str, str]]] = {
         ("open_mib", "RSS MiB with streams open"),
     ],
     "workers": [("rps_w2", "req/s, --workers 2"), ("scaling", "scaling vs 1 worker")],
+    # metrics and access log on (as served) beside off (--no-metrics --no-access-log)
+    "ops": [
+        ("rps_on", "req/s, metrics+logs on"),
+        ("rps_off", "req/s, metrics+logs off"),
+        ("rps_ratio", "req/s on / off"),
+        ("us_event_on", "CPU us/event (stream), on"),
+        ("us_event_off", "CPU us/event (stream), off"),
+        ("event_ratio", "us/event off / on"),
+    ],
 }
 
 
 NO_RATIO = (
+    "rps_ratio",
+    "event_ratio",
     "streams_open",
     "scaling",
     "proxy_cpu_pct",

@@ -23,7 +23,9 @@ from report import SERIES, Results, environment, markdown, table, write_json
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
-ROWS = ("nonstream", "stream", "cpu", "latency", "memory", "workers", "micro")
+ROWS = ("nonstream", "stream", "cpu", "latency", "memory", "workers", "ops", "micro")
+# The ops row's second instance of each gateway target: metrics and access log off.
+OPS_OFF = ["--no-metrics", "--no-access-log"]
 PATHS = {"chat": "/v1/chat/completions", "responses": "/v1/responses"}
 HELLO = {
     "chat": {"model": "demo", "messages": [{"role": "user", "content": "Say hello"}]},
@@ -35,7 +37,9 @@ def body(api: str, stream: bool) -> bytes:
     return json.dumps({**HELLO[api], **({"stream": True} if stream else {})}).encode()
 
 
-def target_cmd(target: str, port: int, upstream: str, workers: int) -> list[str]:
+def target_cmd(
+    target: str, port: int, upstream: str, workers: int, extra: list[str] | None = None
+) -> list[str]:
     common = ["--host", h.HOST, "--port", str(port), "--upstream", upstream]
     if target == "baseline":
         return [
@@ -45,7 +49,7 @@ def target_cmd(target: str, port: int, upstream: str, workers: int) -> list[str]
             "--workers",
             str(workers),
         ]
-    extra = ["--workers", str(workers)] if workers > 1 else []
+    extra = [*(extra or []), *(["--workers", str(workers)] if workers > 1 else [])]
     if target == "aiohttp":  # the gateway on aiohttp's low-level server (serve --http aiohttp)
         extra += ["--http", "aiohttp"]
     return [sys.executable, "-m", "gateway", "serve", *common, "--model", "demo", *extra]
@@ -89,9 +93,17 @@ class Bench:
         self.launch(name, [*self.pin_load, *demo], port)
         return f"http://{h.HOST}:{port}/v1"
 
-    def target(self, target: str, upstream: str, workers: int, cpus: str, tag: str) -> int:
+    def target(
+        self,
+        target: str,
+        upstream: str,
+        workers: int,
+        cpus: str,
+        tag: str,
+        extra: list[str] | None = None,
+    ) -> int:
         port = h.free_port()
-        cmd = ["taskset", "-c", cpus, *target_cmd(target, port, upstream, workers)]
+        cmd = ["taskset", "-c", cpus, *target_cmd(target, port, upstream, workers, extra)]
         self.launch(f"{target}-{tag}", cmd, port)
         return port
 
@@ -174,36 +186,94 @@ class Bench:
     def cpu_row(self, row: str, series: str, port: int, api: str) -> None:
         pid = self.pid(series.split()[0])
         metrics: dict[str, float] = {}
-        for stream, rate in ((False, self.args.rate), (True, self.args.stream_rate)):
-            cmd = [
-                *self.pin_load,
-                sys.executable,
-                str(BENCH / "rate_client.py"),
-                "--port",
-                str(port),
-            ]
-            cmd += ["--path", PATHS[api], "--body", body(api, stream).decode()]
-            cmd += ["--rate", str(rate), "--duration", str(self.args.cpu_duration)]
-            with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as p:
-                assert p.stdout is not None
-                lines = iter(p.stdout.readline, "")
-                if next(lines, "").strip() != "START":
-                    raise RuntimeError("rate_client did not start")
-                cpu0 = h.cpu_seconds(pid)
-                if next(lines, "").strip() != "END":
-                    raise RuntimeError("rate_client did not finish")
-                cpu = h.cpu_seconds(pid) - cpu0
-                out = json.loads(next(lines, "{}"))
-            if out["failed"] or out["dropped"] or not out["ok"]:
-                self.res.notes.append(f"cpu {series} stream={stream}: {out}")
-            if not out["ok"]:
-                raise RuntimeError(f"no successful requests at fixed rate: {out}")
-            if stream:
-                metrics["us_per_answer"] = cpu * 1e6 / out["ok"]
-                metrics["us_per_event"] = cpu * 1e6 / max(1, out["events"])
-            else:
-                metrics["us_per_req"] = cpu * 1e6 / out["ok"]
+        for stream in (False, True):
+            metrics |= self.fixed_rate(series, pid, port, api, stream)
         self.res.add(row, series, metrics)
+
+    def fixed_rate(
+        self, series: str, pid: int, port: int, api: str, stream: bool
+    ) -> dict[str, float]:
+        """The target's CPU per request (per answer and per event when streamed) at a
+        fixed rate (rate_client.py), so that each costs the same work on each target."""
+        metrics: dict[str, float] = {}
+        rate = self.args.stream_rate if stream else self.args.rate
+        cmd = [
+            *self.pin_load,
+            sys.executable,
+            str(BENCH / "rate_client.py"),
+            "--port",
+            str(port),
+        ]
+        cmd += ["--path", PATHS[api], "--body", body(api, stream).decode()]
+        cmd += ["--rate", str(rate), "--duration", str(self.args.cpu_duration)]
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as p:
+            assert p.stdout is not None
+            lines = iter(p.stdout.readline, "")
+            if next(lines, "").strip() != "START":
+                raise RuntimeError("rate_client did not start")
+            cpu0 = h.cpu_seconds(pid)
+            if next(lines, "").strip() != "END":
+                raise RuntimeError("rate_client did not finish")
+            cpu = h.cpu_seconds(pid) - cpu0
+            out = json.loads(next(lines, "{}"))
+        if out["failed"] or out["dropped"] or not out["ok"]:
+            self.res.notes.append(f"cpu {series} stream={stream}: {out}")
+        if not out["ok"]:
+            raise RuntimeError(f"no successful requests at fixed rate: {out}")
+        if stream:
+            metrics["us_per_answer"] = cpu * 1e6 / out["ok"]
+            metrics["us_per_event"] = cpu * 1e6 / max(1, out["events"])
+        else:
+            metrics["us_per_req"] = cpu * 1e6 / out["ok"]
+        return metrics
+
+    def ops_row(self, rep: int) -> None:
+        """Metrics and access log on (the targets as they run) beside off (a second
+        instance of each gateway target with --no-metrics --no-access-log, on the same
+        core), measured back to back, the order swapped every repetition."""
+        for target in [t for t in self.ports if t != "baseline"]:
+            try:
+                off = self.target(target, self.fast, 1, self.args.proxy_cpus, "ops-off", OPS_OFF)
+            except RuntimeError as exc:
+                for series in (s for s in self.live if s.startswith(target)):
+                    self.res.fail("ops", series, f"--no-metrics did not start: {exc}")
+                continue
+            proc = self.procs[-1]
+            on = (self.pid(target), self.ports[target])
+            # The Responses series: the translated path, where the observer does the most.
+            for series in [s for s in self.live if s == f"{target} responses"]:
+                api = series.split()[1]
+                try:
+                    h.run_wrk(self.pin_load, off, PATHS[api], self.scripts[api, False], 16, 1)
+                    self.res.add("ops", series, self.on_off(series, api, on, (proc.pid, off), rep))
+                except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as exc:
+                    self.res.fail("ops", series, str(exc))
+            self.halt(proc)
+
+    def on_off(
+        self, series: str, api: str, on: tuple[int, int], off: tuple[int, int], rep: int
+    ) -> dict[str, float]:
+        a = self.args
+        got: dict[str, dict[str, float]] = {"on": {}, "off": {}}
+        order = [("on", on), ("off", off)]
+        for name, (pid, port) in order if rep % 2 == 0 else order[::-1]:
+            m = h.run_wrk(
+                self.pin_load, port, PATHS[api], self.scripts[api, False], a.conns, a.duration
+            )
+            if m["errors"]:
+                self.res.notes.append(f"ops {series} {name}: {m['errors']:.0f} wrk errors/non-2xx")
+            got[name]["rps"] = m["rps"]
+            got[name] |= self.fixed_rate(series, pid, port, api, True)
+        on_, off_ = got["on"], got["off"]
+        return {
+            "rps_on": on_["rps"],
+            "rps_off": off_["rps"],
+            "rps_ratio": on_["rps"] / off_["rps"],
+            "us_event_on": on_["us_per_event"],
+            "us_event_off": off_["us_per_event"],
+            # CPU per event, off over on: like req/s, above 0.9x is within 10 %.
+            "event_ratio": off_["us_per_event"] / on_["us_per_event"],
+        }
 
     def latency_row(self, rep: int) -> None:
         a = self.args
@@ -334,6 +404,8 @@ class Bench:
                     self.each(row, self.wrk_row, row == "stream")
                 elif row == "cpu":
                     self.each(row, self.cpu_row)
+                elif row == "ops":
+                    self.ops_row(rep)
                 else:
                     getattr(self, f"{row}_row")(rep)
         for proc in list(self.procs):

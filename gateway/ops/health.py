@@ -52,8 +52,7 @@ class Observer:
         self.access = access
 
     def started(self, call: Call) -> None:
-        if self.metrics is not None:
-            self.metrics.in_flight.inc()
+        pass  # (the in-flight gauge reads the gateway's count)
 
     def finished(self, call: Call) -> None:
         now = time.monotonic()
@@ -78,6 +77,7 @@ class Health:
         if metrics is not None:
             gateway.ops[("GET", "/metrics")] = self.scrape
             metrics.replicas = lambda: router_replicas(self.gateway.router)
+            metrics.in_flight_now = lambda: self.gateway.in_flight
 
     def reasons(self) -> list[str]:
         why = []

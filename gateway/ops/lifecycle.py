@@ -138,6 +138,8 @@ async def open_gateway(
         yield gateway
     finally:
         pings.stop()
+        if gateway is not None and gateway.process.metrics is not None:
+            gateway.process.metrics.close()
         close_router(gateway.router if gateway is not None else router)
         if gateway is not None and gateway.router is not router:
             close_router(router)  # (a reload swapped it; closing twice is harmless)

@@ -79,7 +79,16 @@ async def test_two_workers_scrape_sums_both(upstream: FakeUpstream, tmp_path: An
         async with sdk(f"http://127.0.0.1:{gw.port}/v1") as client:
             async with client.responses.stream(model="m1", input="Hi") as stream:
                 n = len([ev async for ev in stream])
-        # Whichever worker a scrape lands on, it reports both workers' figures.
+        # Whichever worker a scrape lands on, it reports both workers' figures (the
+        # other worker's within metrics.FLUSH_EVERY: it adds its figures up once a second).
+        total = "gateway_requests_total"
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            after = await scrape(gw.port)
+            if value(after, total) - value(before, total) == 21:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.1)
         for _ in range(6):
             after = await scrape(gw.port)
             ok = {"endpoint": "responses", M: "m1", "status": "200"}
@@ -107,7 +116,9 @@ async def test_a_worker_killed_is_replaced_and_the_port_keeps_answering(
         seen = await all_up(gw.port)
         for _ in range(10):
             assert (await post(gw.port, {"model": "m1", "input": "Hi"}))[0] == 200
+        await asyncio.sleep(1.1)  # (metrics.FLUSH_EVERY)
         counted = value(await scrape(gw.port), "gateway_requests_total")
+        assert counted == 10
         victim = min(seen)
         os.kill(victim, signal.SIGKILL)
         # Once it is gone (the supervisor saw it exit), every request is answered: by the
@@ -132,6 +143,7 @@ async def test_a_worker_killed_is_replaced_and_the_port_keeps_answering(
         assert victim not in await pids(gw.port)
         assert "exited (signal 9)" in gw.text()
         # The dead worker's counts stay in the sum; its in-flight gauge is gone.
+        await asyncio.sleep(1.1)  # (metrics.FLUSH_EVERY: both workers' figures are in)
         after = await scrape(gw.port)
         assert value(after, "gateway_requests_total") == counted + answered
         gw.signal(signal.SIGTERM)
@@ -169,7 +181,13 @@ async def test_sighup_swaps_the_upstream_without_failing_a_stream(
     try:
         await gw.ready()
         await all_up(gw.port, n_workers)
-        upstream.reply = upstream.sse_reply(text_stream(*"abcdefgh"), delay=0.15)
+        streamed = upstream.sse_reply(text_stream(*"abcdefgh"), delay=0.15)
+        whole = upstream.json_reply(completion("From A"))
+
+        async def reply(request: Any, body: dict) -> Any:
+            return await (streamed if body.get("stream") else whole)(request, body)
+
+        upstream.reply = reply
         async with sdk(f"http://127.0.0.1:{gw.port}/v1") as client:
             async with client.responses.stream(model="m1", input="Hi") as stream:
                 events = [await stream.__anext__()]
@@ -178,8 +196,10 @@ async def test_sighup_swaps_the_upstream_without_failing_a_stream(
                 # New requests go to B once the reload is in (on every worker).
                 deadline = time.monotonic() + 10
                 while time.monotonic() < deadline:
-                    _, doc = await post(gw.port, {"model": "m1", "input": "Hi"})
+                    status, doc = await post(gw.port, {"model": "m1", "input": "Hi"})
+                    assert status == 200, doc  # no request fails across the swap
                     texts = [c["text"] for o in doc["output"] for c in o["content"]]
+                    assert texts in (["From A"], ["From B"])
                     if texts == ["From B"] and len(second_upstream.received) >= 4 * n_workers:
                         break
                     await asyncio.sleep(0.02)
