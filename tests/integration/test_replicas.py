@@ -208,6 +208,21 @@ async def test_a_killed_replica_is_ejected_its_keys_move_and_come_back(
     assert delta(before, demos)[1] == 3  # the key is home again
 
 
+async def test_the_active_probe_ejects_a_dead_replica_before_any_request(
+    gateway: Any, demos: list
+) -> None:
+    run = await gateway(active_probe_interval=0.05, probe_interval=0.05)
+    demos[2].kill()
+    assert await eventually(lambda: not run.replicas.replicas[2].healthy, 3.0)
+    before = chats(demos)
+    for i in range(6):  # no request is lost to it: none even tries it
+        assert (await ask(run.url, prompt_cache_key=f"a{i}")).output_text
+    assert sum(delta(before, demos)) == 6
+    demos[2].start()
+    assert await eventually(lambda: run.replicas.replicas[2].healthy, 3.0)
+    assert run.gateway.router.ready()
+
+
 async def test_no_healthy_replica_fails_fast_with_retry_after(gateway: Any, demos: list) -> None:
     run = await gateway(probe_interval=5.0)
     for d in demos:
