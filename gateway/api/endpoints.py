@@ -189,6 +189,9 @@ class Gateway:
             try:
                 while data := await resp.read_some():
                     await out.write(data)
+            except ConnectionError:
+                resp.abort()  # the client left: the upstream should see it and stop
+                raise
             except GatewayError as exc:
                 # Bytes already went out: cut the connection, so that the client
                 # sees a broken stream rather than one that looks complete.
@@ -262,7 +265,8 @@ class Gateway:
         except GatewayError as exc:
             last = tx.fail(exc.message, exc.code or "server_error")
         except ConnectionError:
-            raise  # the client is gone: nothing can be written any more
+            upstream.abort()  # the client left: the upstream should see it and stop
+            raise  # nothing can be written any more
         except Exception:
             # A bug of ours, after the 200 went out: still end the stream honestly.
             log.exception("request %s: stream failed unexpectedly", call.rid)

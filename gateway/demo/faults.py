@@ -17,7 +17,8 @@ boundary, without a line of the gateway knowing.
 
 A mid-stream fault streams its own answer (a role chunk, then one word per
 chunk, ``chunk_delay`` seconds apart), so the demo's answer rules stay as they are.
-Stats: ``chat`` (chat requests seen), ``faulted`` (those a fault took).
+Stats: ``chat`` (chat requests seen), ``faulted`` (those a fault took), ``cut``
+(faulted streams whose client went away before their end).
 """
 
 from __future__ import annotations
@@ -43,13 +44,14 @@ def _chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
 class Faults:
     """The fault of the next chat requests, and what was served."""
 
-    __slots__ = ("fault", "left", "chat", "faulted")
+    __slots__ = ("fault", "left", "chat", "faulted", "cut")
 
     def __init__(self) -> None:
         self.fault: dict[str, Any] | None = None
         self.left = -1  # requests the fault still takes (-1: every one)
         self.chat = 0
         self.faulted = 0
+        self.cut = 0
 
     async def intercept(self, request: web.BaseRequest) -> web.StreamResponse | None:
         """The answer of a faulted request, or None: the demo answers as usual."""
@@ -79,7 +81,7 @@ class Faults:
         elif request.method == "DELETE":
             self.fault = None
             self.left = -1
-        stats = {"fault": self.fault, "chat": self.chat, "faulted": self.faulted}
+        stats = {"fault": self.fault, "chat": self.chat, "faulted": self.faulted, "cut": self.cut}
         return web.Response(body=orjson.dumps(stats), headers=JSON_HEADERS)
 
     async def _apply(self, request: web.BaseRequest, fault: dict[str, Any]) -> Any:
@@ -104,7 +106,11 @@ class Faults:
                     transport.write(GARBAGE)
                 transport.close()
             raise asyncio.CancelledError  # (aiohttp drops the request quietly)
-        return await self._stream(request, fault)
+        try:
+            return await self._stream(request, fault)
+        except ConnectionError:
+            self.cut += 1
+            raise asyncio.CancelledError from None
 
     async def _stream(self, request: web.BaseRequest, fault: dict[str, Any]) -> Any:
         after = int(fault.get("after", 2))

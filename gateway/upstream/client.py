@@ -328,6 +328,13 @@ class UpstreamConnection(asyncio.Protocol):
                 return
         self._close()
 
+    def abort(self) -> None:
+        """Nobody wants the rest (the client went away): close the connection now, so
+        that the upstream sees it and stops generating; ``release()`` still follows."""
+        if self.error is None:
+            self.error = UpstreamUnavailable("The client went away.")
+        self._close()
+
     # ---- draining ----------------------------------------------------------------------
 
     def _start_drain(self) -> None:

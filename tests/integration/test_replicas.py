@@ -312,6 +312,25 @@ async def test_a_replica_dying_mid_stream_fails_that_stream_only(gateway: Any, d
         assert "hello" in (await ask(run.url, prompt_cache_key=key)).output_text
 
 
+@pytest.mark.parametrize("path", ["/responses", "/chat/completions"])
+async def test_a_client_leaving_mid_stream_closes_its_upstream_connection(
+    gateway: Any, demos: list, path: str
+) -> None:
+    run = await gateway()
+    for d in demos:
+        d.fault("stall-chunks", after=1, seconds=0.3, chunk_delay=0.0)
+    cut = sum(d.get("/demo/fault")["cut"] for d in demos)
+    body: dict[str, Any] = {"model": MODEL, "stream": True}
+    body |= (
+        {"input": "x"} if path == "/responses" else {"messages": [{"role": "user", "content": "x"}]}
+    )
+    async with aiohttp.ClientSession() as s, s.post(run.url + path, json=body) as r:
+        assert r.status == 200
+        assert await r.content.readline()  # the stream is on; then the client leaves
+    # the upstream sees it at its next write: at once, not after a drain
+    assert await eventually(lambda: sum(d.get("/demo/fault")["cut"] for d in demos) == cut + 1)
+
+
 @pytest.mark.parametrize("mode", ["reset", "garbage"])
 async def test_a_reset_or_garbage_is_502_and_not_retried(
     gateway: Any, demos: list, mode: str
