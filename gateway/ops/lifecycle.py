@@ -90,6 +90,8 @@ async def open_gateway(
     finally:
         pings.stop()
         await router.close()
+        if replays is not None:
+            await replays.close()
         await store.close()
 
 
