@@ -92,7 +92,10 @@ class Balancer:
         self, replicas: Sequence[M], khash: int | None = None, exclude: Sequence[M] = ()
     ) -> M | None:
         """The replica for the next request (None: no healthy one outside ``exclude``)."""
-        cands = [r for r in replicas if r.healthy and r not in exclude]
+        if exclude:
+            cands = [r for r in replicas if r.healthy and r not in exclude]
+        else:
+            cands = [r for r in replicas if r.healthy]
         if len(cands) <= 1:
             return cands[0] if cands else None
         if khash is not None:
@@ -105,14 +108,14 @@ class Balancer:
         best = cands[0]
         low = best.in_flight / best.weight
         ties = 1
-        rng = self.rng
-        for r in cands[1:]:
+        for i in range(1, len(cands)):
+            r = cands[i]
             load = r.in_flight / r.weight
             if load < low:
                 best, low, ties = r, load, 1
             elif load == low:
                 ties += 1  # reservoir sampling: each of the tied wins with 1 / ties
-                if rng.random() * ties < 1:
+                if self.rng.random() * ties < 1:
                     best = r
         return best
 

@@ -35,6 +35,7 @@ class Replica:
         "weight",
         "seed",
         "health",
+        "healthy",
     )
 
     def __init__(
@@ -58,10 +59,19 @@ class Replica:
         self.weight = weight
         self.seed = replica_seed(self.base)
         self.health = Health(dep.eject_after, dep.probe_interval)
+        self.healthy = True  # (the balancer reads it per request: a plain attribute)
 
-    @property
-    def healthy(self) -> bool:
-        return self.health.healthy
+    def succeeded(self) -> bool:
+        """An answer or a probe's 2xx; True when it brings the replica back."""
+        back = self.health.success()
+        self.healthy = self.health.healthy
+        return back
+
+    def failed(self, now: float) -> bool:
+        """A failure that counts against it; True when it ejects the replica."""
+        out = self.health.failure(now)
+        self.healthy = self.health.healthy
+        return out
 
     async def chat(
         self, body: bytes, request_id: str | None = None, deadline: float = NO_DEADLINE

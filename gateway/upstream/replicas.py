@@ -119,7 +119,7 @@ class ReplicaSet:
                 replica.in_flight -= 1
                 raise
             if replica.health.failures:
-                replica.health.success()
+                replica.succeeded()
             conn.done = partial(self._release, replica)
             return conn
 
@@ -141,9 +141,9 @@ class ReplicaSet:
 
     def _outcome(self, replica: Replica, exc: GatewayError, now: float) -> None:
         if not counts_against(exc):
-            replica.health.success()  # it answered: alive
+            replica.succeeded()  # it answered: alive
             return
-        if replica.health.failure(now):
+        if replica.failed(now):
             log.warning(
                 "upstream %s ejected after %d consecutive failures (last: %s)",
                 replica.base,
@@ -164,10 +164,10 @@ class ReplicaSet:
             while not self.closed:
                 await asyncio.sleep(health.probe_in(loop.time()))
                 if await replica.probe():
-                    health.success()
+                    replica.succeeded()
                     log.warning("upstream %s is back", replica.base)
                     return
-                health.failure(loop.time())  # (out already: only the next probe's time)
+                replica.failed(loop.time())  # (out already: only the next probe's time)
         finally:
             self.probes.pop(replica, None)
 
@@ -180,8 +180,8 @@ class ReplicaSet:
                 if not replica.healthy:
                     continue  # its own probe watches it
                 if await replica.probe():
-                    replica.health.success()
-                elif replica.health.failure(loop.time()):
+                    replica.succeeded()
+                elif replica.failed(loop.time()):
                     log.warning("upstream %s ejected: its health probe failed", replica.base)
                     self._watch(replica)
 
