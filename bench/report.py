@@ -51,6 +51,14 @@ METRICS: dict[str, list[tuple[str, str]]] = {
         ("open_mib", "RSS MiB with streams open"),
     ],
     "workers": [("rps_w2", "req/s, --workers 2"), ("scaling", "scaling vs 1 worker")],
+    "replicas": [
+        ("rps_1", "req/s, 1 upstream (64 conns)"),
+        ("rps_3", "req/s, 3 replicas"),
+        ("rps_ratio", "req/s 3 replicas / 1 upstream"),
+        ("us_1", "CPU us/request, 1 upstream"),
+        ("us_3", "CPU us/request, 3 replicas"),
+        ("cpu_ratio", "CPU/request 1 upstream / 3 replicas"),
+    ],
 }
 
 
@@ -61,6 +69,8 @@ NO_RATIO = (
     "load_cpu_pct",
     "added_p99_ms",
     "upstream_conns_per_1k",
+    "rps_ratio",
+    "cpu_ratio",
 )
 
 

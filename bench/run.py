@@ -3,7 +3,7 @@
 Both targets run behind the same fake upstream (``gateway.demo --fixed``) under
 the same pinning: the target on ``--proxy-cpus``, wrk, the clients and the
 upstream on ``--load-cpus``. Rows (``--only``): nonstream, stream, cpu,
-latency, memory, workers, identity (bench/identity.py), micro. See
+latency, memory, workers, identity (bench/identity.py), replicas, micro. See
 bench/README.md for what each measures.
 Usage: .venv/bin/python bench/run.py [--quick] [--only nonstream,stream]
 """
@@ -26,7 +26,10 @@ from report import SERIES, Results, environment, markdown, table, write_json
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
-ROWS = ("nonstream", "stream", "cpu", "latency", "memory", "workers", "identity", "micro")
+ROWS = (
+    *("nonstream", "stream", "cpu", "latency", "memory", "workers"),
+    *("identity", "replicas", "micro"),
+)
 PATHS = {"chat": "/v1/chat/completions", "responses": "/v1/responses"}
 HELLO = {
     "chat": {"model": "demo", "messages": [{"role": "user", "content": "Say hello"}]},
@@ -39,7 +42,10 @@ def body(api: str, stream: bool) -> bytes:
 
 
 def target_cmd(target: str, port: int, upstream: str, workers: int) -> list[str]:
-    common = ["--host", h.HOST, "--port", str(port), "--upstream", upstream]
+    """``upstream``: one URL, or (the gateway's) several, space-separated: replicas."""
+    common = ["--host", h.HOST, "--port", str(port)]
+    for url in upstream.split():
+        common += ["--upstream", url]
     if target == "baseline":
         return [
             sys.executable,
@@ -304,6 +310,60 @@ class Bench:
                 scaling = {"scaling": m["rps"] / one} if one else {}
                 self.res.add("workers", series, {"rps_w2": m["rps"], **scaling})
             self.halt(proc)
+
+    def replicas_row(self, rep: int) -> None:
+        """The gateway in front of 3 replicas (fast upstreams like the first) beside the
+        same gateway in front of one, measured here one after the other, each api: req/s
+        at 64 connections and CPU us per request (over the same wrk run)."""
+        if "gateway" not in self.ports:
+            self.res.notes.append("replicas: needs the gateway target")
+            return
+        if not hasattr(self, "replica_urls"):
+            self.replica_urls = [self.fast] + [self.upstream(f"upstream-r{i}", 0) for i in (2, 3)]
+        try:
+            port = self.target(
+                "gateway", " ".join(self.replica_urls), 1, self.args.proxy_cpus, "r3"
+            )
+        except RuntimeError as exc:
+            self.res.fail("replicas", "gateway chat", f"3 replicas did not start: {exc}")
+            return
+        proc = self.procs[-1]
+        try:
+            for series in (s for s in self.live if s.startswith("gateway ")):
+                api = series.split()[1]
+                runs = [(self.pid("gateway"), self.ports["gateway"]), (proc.pid, port)]
+                if rep % 2:  # which one goes first alternates: no order bias
+                    runs.reverse()
+                measured = {p: self.cpu_wrk(pid, p, api) for pid, p in runs}
+                one, three = measured[self.ports["gateway"]], measured[port]
+                self.res.add(
+                    "replicas",
+                    series,
+                    {
+                        "rps_1": one[0],
+                        "rps_3": three[0],
+                        "rps_ratio": three[0] / one[0],
+                        "us_1": one[1],
+                        "us_3": three[1],
+                        "cpu_ratio": one[1] / three[1],
+                    },
+                )
+        except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as exc:
+            self.res.fail("replicas", "gateway chat", str(exc))
+        finally:
+            self.halt(proc)
+
+    def cpu_wrk(self, pid: int, port: int, api: str) -> tuple[float, float]:
+        """(req/s, CPU us per request of ``pid``) over one non-streaming wrk run."""
+        a = self.args
+        cpu0 = h.cpu_seconds(pid)
+        m = h.run_wrk(
+            self.pin_load, port, PATHS[api], self.scripts[api, False], a.conns, a.duration
+        )
+        cpu = h.cpu_seconds(pid) - cpu0
+        if m["errors"]:
+            self.res.notes.append(f"replicas port {port}: {m['errors']:.0f} wrk errors/non-2xx")
+        return m["rps"], cpu * 1e6 / max(1.0, m["requests"])
 
     def run_micro(self) -> None:
         script = BENCH / "micro_transcoder.py"

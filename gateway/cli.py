@@ -1,7 +1,8 @@
 """Command line: ``gateway serve``, ``gateway check-config``, ``gateway demo-upstream``.
 
-    python -m gateway serve --host H --port P --upstream URL [--model NAME ...]
-                            [--upstream-timeout S] [--workers N] [--http lean|aiohttp]
+    python -m gateway serve --host H --port P --upstream URL [--upstream URL ...]
+                            [--model NAME ...] [--upstream-timeout S] [--workers N]
+                            [--http lean|aiohttp]
     python -m gateway serve --config gateway.toml [--host H] [--port P] [--workers N]
                             [--http lean|aiohttp]
     (either form) [--api-keys-file PATH] [--redis URL]
@@ -52,7 +53,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--config", help="TOML config file (see gateway/config.py)")
     s.add_argument("--host", help="listen address (default 127.0.0.1)")
     s.add_argument("--port", type=int, help="listen port (default 8080)")
-    s.add_argument("--upstream", help="chat-completions base URL, e.g. http://127.0.0.1:8000/v1")
+    s.add_argument(
+        "--upstream",
+        action="append",
+        default=[],
+        help="chat-completions base URL, e.g. http://127.0.0.1:8000/v1; given several "
+        "times: one deployment with those replicas",
+    )
     s.add_argument(
         "--model",
         action="append",
@@ -105,8 +112,9 @@ def build_config(args: argparse.Namespace) -> Config:
             raise ConfigError("--upstream/--model and --config cannot be combined")
         cfg = load(args.config)
     else:
+        urls = tuple(args.upstream)
         dep = Deployment(
-            upstream=args.upstream,
+            upstream=urls[0] if len(urls) == 1 else urls,
             models=tuple(args.model),
             read_timeout=args.upstream_timeout,
         )
@@ -177,10 +185,10 @@ def serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     demo = None
     if not args.config and not args.upstream:
-        demo, args.upstream = start_demo()
+        demo, url = start_demo()
+        args.upstream = [url]
         log.warning(
-            "no upstream configured: serving the bundled DEMO upstream (a fake model) at %s",
-            args.upstream,
+            "no upstream configured: serving the bundled DEMO upstream (a fake model) at %s", url
         )
     try:
         cfg = build_config(args)

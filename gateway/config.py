@@ -36,15 +36,36 @@ Example ``gateway.toml``::
     max-entries = 100000                  # the memory store's bounds
     max-bytes = 268435456
 
+    [overload]                            # requests in flight upstream, all deployments together
+    max-in-flight = 0                     # 0: no limit; beyond it requests queue
+    max-queued = 1024                     # a request beyond the queue: 503 at once
+    queue-timeout = 5.0                   # seconds in the queue at most, then 503 + Retry-After
+
     [[deployment]]
     models = ["qwen"]                     # ids clients send; empty: ask the upstream's /v1/models
-    upstream = "http://127.0.0.1:8000/v1"
+    upstream = "http://127.0.0.1:8000/v1" # or a list: the replicas of this deployment
+    # upstream = ["http://10.0.0.1:8000/v1", "http://10.0.0.2:8000/v1"]
+    weights = [1.0, 2.0]                  # per replica (default: all 1): least loaded per weight
     upstream-model = "Qwen/Qwen2.5-7B-Instruct"   # sent upstream; default: the id the client used
     token-field = "max_tokens"            # or "max_completion_tokens"
     api-key-env = "UPSTREAM_API_KEY"      # the key is read from this environment variable
     connect-timeout = 10.0
     read-timeout = 600.0                  # for the response headers, and between two body chunks
+    headers-timeout = 600.0               # default read-timeout: queueing and prefill
+    chunk-timeout = 600.0                 # default read-timeout: the gap between two chunks
+    request-timeout = 0.0                 # the whole request, connect to end; 0: no bound
     max-body-bytes = 8388608
+    affinity-header = "x-session-id"      # cache affinity key when the body has none
+                                          # (prompt_cache_key, else user / safety_identifier)
+    affinity-load-factor = 2.0            # a key's replica above this x the mean load is skipped
+    eject-after = 3                       # consecutive connect failures / 5xx: ejected
+    probe-interval = 2.0                  # seconds between probes of an ejected replica
+    active-probe-interval = 0.0           # probe every replica this often; 0: off
+    max-attempts = 3                      # tries of a request (only ever retried when safe)
+    retry-budget = 10.0                   # seconds after which no new attempt starts
+    max-in-flight = 0                     # this deployment's bound ([overload]'s meaning)
+    max-queued = 1024
+    queue-timeout = 5.0
 
     [deployment.supports]
     streaming = true
@@ -89,24 +110,77 @@ class Supports(_Base, frozen=True):
     images: bool = True
 
 
+class Overload(_Base, frozen=True):
+    """A bound on requests in flight upstream, with a bounded queue in front of it."""
+
+    max_in_flight: int = 0  # 0: no bound
+    max_queued: int = limits.OVERLOAD_MAX_QUEUED
+    queue_timeout: float = limits.OVERLOAD_QUEUE_TIMEOUT
+
+    def __post_init__(self) -> None:
+        if self.max_in_flight < 0 or self.max_queued < 0 or self.queue_timeout < 0:
+            raise ValueError("max-in-flight, max-queued and queue-timeout must not be negative")
+
+
 class Deployment(_Base, frozen=True):
-    upstream: str
+    upstream: str | tuple[str, ...]  # one base URL, or the replicas' base URLs
     models: tuple[str, ...] = ()
     upstream_model: str | None = None
     token_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
     api_key_env: str | None = None
     connect_timeout: float = limits.UPSTREAM_CONNECT_TIMEOUT
+    # The default of both headers-timeout and chunk-timeout (``--upstream-timeout``).
     read_timeout: float = limits.UPSTREAM_READ_TIMEOUT
+    headers_timeout: float | None = None
+    chunk_timeout: float | None = None
+    request_timeout: float = 0.0  # 0: no bound on the whole request
     max_body_bytes: int = limits.MAX_REQUEST_BODY
     supports: Supports = Supports()
+    weights: tuple[float, ...] = ()
+    affinity_header: str | None = None
+    affinity_load_factor: float = limits.AFFINITY_LOAD_FACTOR
+    eject_after: int = limits.EJECT_AFTER
+    probe_interval: float = limits.PROBE_INTERVAL
+    active_probe_interval: float = 0.0
+    max_attempts: int = limits.UPSTREAM_MAX_ATTEMPTS
+    retry_budget: float = limits.UPSTREAM_RETRY_BUDGET
+    max_in_flight: int = 0
+    max_queued: int = limits.OVERLOAD_MAX_QUEUED
+    queue_timeout: float = limits.OVERLOAD_QUEUE_TIMEOUT
 
     def __post_init__(self) -> None:
-        if not self.upstream.startswith(("http://", "https://")):
-            raise ValueError(f"upstream must be an http:// or https:// URL, got {self.upstream!r}")
-        if self.connect_timeout <= 0 or self.read_timeout <= 0:
+        urls = self.urls
+        if not urls:
+            raise ValueError("upstream needs at least one URL")
+        for url in urls:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"upstream must be an http:// or https:// URL, got {url!r}")
+        if self.weights and (len(self.weights) != len(urls) or min(self.weights) <= 0):
+            raise ValueError("weights: one positive number per upstream URL")
+        timeouts = (self.connect_timeout, self.read_timeout, self.headers_timeout or 1.0)
+        if min(timeouts + (self.chunk_timeout or 1.0, self.probe_interval)) <= 0:
             raise ValueError("timeouts must be positive")
+        if self.request_timeout < 0 or self.active_probe_interval < 0 or self.retry_budget < 0:
+            raise ValueError("request-timeout, active-probe-interval, retry-budget: not negative")
         if self.max_body_bytes <= 0:
             raise ValueError("max-body-bytes must be positive")
+        if self.eject_after < 1 or self.max_attempts < 1 or self.affinity_load_factor < 1:
+            raise ValueError("eject-after, max-attempts and affinity-load-factor must be >= 1")
+        if self.max_in_flight < 0 or self.max_queued < 0 or self.queue_timeout < 0:
+            raise ValueError("max-in-flight, max-queued and queue-timeout must not be negative")
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """The base URLs of the deployment's replicas."""
+        return (self.upstream,) if isinstance(self.upstream, str) else self.upstream
+
+    @property
+    def overload(self) -> Overload:
+        return Overload(
+            max_in_flight=self.max_in_flight,
+            max_queued=self.max_queued,
+            queue_timeout=self.queue_timeout,
+        )
 
 
 class Stream(_Base, frozen=True):
@@ -193,6 +267,7 @@ class Config(_Base, frozen=True):
     auth: Auth | None = None
     limits: Limits = Limits()
     idempotency: Idempotency = Idempotency()
+    overload: Overload = Overload()
 
     def __post_init__(self) -> None:
         if not self.deployment:

@@ -74,6 +74,25 @@ UPSTREAM_DRAIN_TIMEOUT = 2.0
 UPSTREAM_DRAIN_WAIT = 0.25
 # Seconds between two asks of an upstream's ``GET /models`` for an unknown model id.
 MODELS_REFRESH = 5.0
+# Replicas: a replica is ejected after this many consecutive connect failures, 5xx
+# answers or stalls before its headers, then probed every PROBE_INTERVAL seconds
+# (``GET /health``, else ``/models``) until it answers 2xx again.
+EJECT_AFTER = 3
+PROBE_INTERVAL = 2.0
+# Seconds one probe may take (connect and answer).
+PROBE_TIMEOUT = 2.0
+# Cache affinity (bounded-load rendezvous hashing): a key's replica is skipped while
+# it holds more than this many times the mean load of the healthy replicas.
+AFFINITY_LOAD_FACTOR = 2.0
+# A request is tried on at most this many replicas (only ever again when the first
+# never reached a model: a connect failure, or 429/503 before any output), and no new
+# attempt starts after UPSTREAM_RETRY_BUDGET seconds.
+UPSTREAM_MAX_ATTEMPTS = 3
+UPSTREAM_RETRY_BUDGET = 10.0
+# Overload (``[overload]`` and per deployment): requests beyond max-in-flight wait in
+# a FIFO queue of at most this many for at most this many seconds, then get 503.
+OVERLOAD_MAX_QUEUED = 1024
+OVERLOAD_QUEUE_TIMEOUT = 5.0
 
 # ---- streams (gateway.core.stream, gateway.api) ---------------------------------------
 

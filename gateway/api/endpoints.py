@@ -142,6 +142,12 @@ class Gateway:
             raise body_too_large(limit, len(body))
         return route
 
+    @staticmethod
+    def _affinity_header(request: Incoming, route: Route) -> str | None:
+        """The deployment's affinity header, for a request whose body names no key."""
+        name = route.dep.affinity_header
+        return request.headers.get(name) if name else None
+
     def _key(self, request: Incoming) -> str | None:
         """The request's Idempotency-Key, if the gateway replays."""
         return None if self.replays is None else request.headers.get("idempotency-key")
@@ -168,7 +174,11 @@ class Gateway:
             doc = orjson.loads(body)
             doc["model"] = route.upstream_model
             body = orjson.dumps(doc)
-        resp = await route.replica.chat(body, call.rid)
+        key = None
+        if route.replicas.many:
+            key = view.prompt_cache_key or view.user or view.safety_identifier
+            key = key or self._affinity_header(request, route)
+        resp = await route.replicas.chat(body, call.rid, key)
         del body  # not needed while the answer streams
         try:
             ctype = resp.content_type.decode("latin-1") or JSON
@@ -179,6 +189,9 @@ class Gateway:
             try:
                 while data := await resp.read_some():
                     await out.write(data)
+            except ConnectionError:
+                resp.abort()  # the client left: the upstream should see it and stop
+                raise
             except GatewayError as exc:
                 # Bytes already went out: cut the connection, so that the client
                 # sees a broken stream rather than one that looks complete.
@@ -213,11 +226,15 @@ class Gateway:
         stream = bool(req.stream)
         pump = stream and route.caps.streaming
         chat, echo = to_chat_request(req, route.caps, route.upstream_model, stream=pump)
+        key = None
+        if route.replicas.many:
+            key = req.prompt_cache_key or req.user or req.safety_identifier
+            key = key or self._affinity_header(request, route)
         base = output.response_base(IDS.new(RESPONSE), int(time.time()), req.model, echo)
         payload = orjson.dumps(chat)
         # This frame lives as long as the stream: keep only what the stream needs.
         del body, req, chat, echo
-        upstream = await route.replica.chat(payload, call.rid)
+        upstream = await route.replicas.chat(payload, call.rid, key)
         del payload
         try:
             if stream:
@@ -246,9 +263,10 @@ class Gateway:
                 await out.write(frames)
                 last = tx.complete(await upstream.read())
         except GatewayError as exc:
-            last = tx.fail(exc.message)
+            last = tx.fail(exc.message, exc.code or "server_error")
         except ConnectionError:
-            raise  # the client is gone: nothing can be written any more
+            upstream.abort()  # the client left: the upstream should see it and stop
+            raise  # nothing can be written any more
         except Exception:
             # A bug of ours, after the 200 went out: still end the stream honestly.
             log.exception("request %s: stream failed unexpectedly", call.rid)

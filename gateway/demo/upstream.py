@@ -8,9 +8,12 @@ without a GPU:
 * ``POST /v1/chat/completions``, streaming or not, shaped like vLLM's output:
   a role chunk, N content deltas, a finish chunk, an optional usage chunk
   (``stream_options.include_usage``), then ``data: [DONE]``.
-* ``GET /demo/stats`` (demo only, for the benchmarks): ``{"connections_accepted": N}``,
-  the TCP connections accepted since start, when served by ``make_server``
-  (``python -m gateway.demo``); 0 under ``make_handler``, which cannot see them.
+* ``GET /demo/stats`` (demo only, for the benchmarks): ``{"connections_accepted": N,
+  "connections_open": N, "streams_cut": N}``, the TCP connections accepted since
+  start and open now, when served by ``make_server`` (``python -m gateway.demo``;
+  0 under ``make_handler``, which cannot see them), and the streams whose client
+  went away before their end.
+* ``--faults``: fault switches at ``/demo/fault`` (``gateway.demo.faults``).
 
 Answer rules, first match wins:
 
@@ -48,6 +51,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from gateway.demo.faults import Faults
+
 BASE_TEXT = "Hello from the demo upstream (a fake model)."
 FIXED_TEXT = BASE_TEXT + " This is the fixed benchmark answer."
 FIXED_PROMPT_TOKENS = 8
@@ -72,6 +77,7 @@ class DemoOptions:
     delay_ms: float = 0.0  # pause between streamed chunks
     fixed: bool = False  # prompt-independent prebuilt answer (benchmarks)
     record: bool = True  # append each decoded chat request to ``received``
+    faults: bool = False  # serve the fault switches of ``gateway.demo.faults``
     received: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -291,12 +297,18 @@ def stream_frames(
 class _Demo:
     """Request dispatch plus the bytes that never change (models list, fixed answers)."""
 
-    __slots__ = ("opts", "models_body", "fixed", "count", "delay", "accepted")
+    __slots__ = (
+        *("opts", "models_body", "fixed", "count", "delay"),
+        *("accepted", "lost", "cut", "faults"),
+    )
 
     def __init__(self, opts: DemoOptions) -> None:
         self.opts = opts
         self.count = 0
         self.accepted = 0  # connections (counted by ``_CountingServer``)
+        self.lost = 0  # and those closed since
+        self.cut = 0  # streams whose client went away
+        self.faults: Faults | None = Faults() if opts.faults else None
         self.delay = opts.delay_ms / 1000.0
         created = int(time.time())
         data = [
@@ -318,6 +330,8 @@ class _Demo:
                 self.fixed[m] = (completion_body(answer, cid, created, m), plain, counted)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        if self.faults is not None and (reply := await self.faults.intercept(request)):
+            return reply
         path = request.path
         if path == "/v1/chat/completions":
             if request.method != "POST":
@@ -329,7 +343,11 @@ class _Demo:
         if path == "/v1/models" and request.method == "GET":
             return web.Response(body=self.models_body, headers=JSON_HEADERS)
         if path == "/demo/stats" and request.method == "GET":
-            stats = {"connections_accepted": self.accepted}
+            stats = {
+                "connections_accepted": self.accepted,
+                "connections_open": self.accepted - self.lost,
+                "streams_cut": self.cut,
+            }
             return web.Response(body=orjson.dumps(stats), headers=JSON_HEADERS)
         return error_response(404, f"No route for {request.method} {path}", None, None)
 
@@ -389,7 +407,7 @@ class _Demo:
                     await resp.write(frame)
             await resp.write_eof()
         except ConnectionError:
-            pass  # the client went away; nothing left to do
+            self.cut += 1  # the client went away; nothing left to do
         return resp
 
 
@@ -408,6 +426,10 @@ class _CountingServer(web.Server):
     def connection_made(self, handler: Any, transport: asyncio.Transport) -> None:
         super().connection_made(handler, transport)
         self.demo.accepted += 1
+
+    def connection_lost(self, handler: Any, exc: BaseException | None = None) -> None:
+        super().connection_lost(handler, exc)
+        self.demo.lost += 1
 
 
 def make_server(options: DemoOptions) -> web.Server:
@@ -451,6 +473,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--text-words", type=int, default=0, help="answer length in words (0: natural)")
     p.add_argument("--delay-ms", type=float, default=0.0, help="delay between streamed chunks")
     p.add_argument("--fixed", action="store_true", help="prompt-independent prebuilt answer")
+    p.add_argument("--faults", action="store_true", help="fault switches at /demo/fault")
     args = p.parse_args(argv)
     if args.deltas < 1 or args.text_words < 0 or args.delay_ms < 0:
         p.error("--deltas must be >= 1; --text-words and --delay-ms must be >= 0")
@@ -467,6 +490,7 @@ def main(argv: list[str] | None = None) -> int:
         text_words=args.text_words,
         delay_ms=args.delay_ms,
         fixed=args.fixed,
+        faults=args.faults,
         record=False,  # a long-running server must not grow without bound
     )
     uvloop.run(serve(options, args.host, args.port))

@@ -370,8 +370,10 @@ class Response:
 
     @classmethod
     def error(cls, exc: GatewayError) -> Response:
-        """The OpenAI-shaped error answer for ``exc``."""
-        return cls(status=exc.status, body=exc.body(), content_type="application/json")
+        """The OpenAI-shaped error answer for ``exc`` (with its headers: Retry-After)."""
+        return cls(
+            status=exc.status, body=exc.body(), content_type="application/json", headers=exc.headers
+        )
 
     def encode(self, keep: bool, http10: bool, head_only: bool) -> bytes:
         """The whole answer as bytes: status line, headers, and (unless HEAD) the body."""

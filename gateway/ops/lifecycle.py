@@ -27,7 +27,8 @@ from gateway.http.server import Server
 from gateway.limits import LISTEN_BACKLOG, SHUTDOWN_GRACE
 from gateway.stores.base import Store
 from gateway.stores.memory import MemoryStore
-from gateway.upstream.replica import Replica
+from gateway.upstream.admission import Gate
+from gateway.upstream.replicas import ReplicaSet
 from gateway.upstream.routing import Router
 
 if TYPE_CHECKING:
@@ -64,7 +65,12 @@ async def open_gateway(
     keys = client_keys(cfg.auth, env, keys_text) if cfg.auth is not None else ()
     limits = cfg.limits
     pings = SsePings(cfg.stream.keepalive_interval)
-    deployments = [(d, Replica(d, upstream_key(d, env))) for d in cfg.deployment]
+    load = cfg.overload
+    overload = None
+    if load.max_in_flight:
+        overload = Gate("gateway", load.max_in_flight, load.max_queued, load.queue_timeout)
+    deployments = [(d, ReplicaSet(d, upstream_key(d, env), overload)) for d in cfg.deployment]
+    router = Router(deployments)
     store = open_store(cfg)
     guard = None
     if keys or limits.requests_per_minute or limits.max_in_flight:
@@ -76,15 +82,14 @@ async def open_gateway(
         )
     replays = Replays(store, cfg.idempotency.lock_ttl) if cfg.idempotency.enabled else None
     try:
-        router = Router(deployments)
+        router.start()
         await router.discover()
         max_body = max(d.max_body_bytes for d in cfg.deployment)
         pings.start()
         yield Gateway(router, pings, max_body, guard=guard, replays=replays)
     finally:
         pings.stop()
-        for _, replica in deployments:
-            replica.close()
+        await router.close()
         if replays is not None:
             await replays.close()
         await store.close()

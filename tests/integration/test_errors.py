@@ -282,7 +282,7 @@ async def test_upstream_timeout_is_504(upstream: FakeUpstream, start_gateway: An
             openai.InternalServerError,
             c.responses.create(model="m1", input="x"),
             status=504,
-            code="timeout",
+            code="upstream_headers_timeout",
             type_="server_error",
             says="timed out",
         )

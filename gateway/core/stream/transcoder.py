@@ -46,7 +46,7 @@ from gateway.core.stream.toolcalls import ToolCalls
 from gateway.core.translate.response import answer, decode_completion
 from gateway.core.wire import chunks as ck
 from gateway.core.wire import output
-from gateway.errors import UpstreamBadResponse
+from gateway.errors import CONTEXT_LENGTH_EXCEEDED, UpstreamBadResponse, is_context_overflow
 
 __all__ = ["State", "Transcoder"]
 
@@ -267,7 +267,12 @@ class Transcoder:
     def _on_chunk(self, chunk: ck.Chunk) -> None:
         """One decoded chunk: an error, usage, and the first choice's delta and finish."""
         if ck.is_error(chunk):
-            self._fail("upstream error: " + ck.error_message(chunk))
+            message = ck.error_message(chunk)
+            overflow = is_context_overflow(message)
+            self._fail(
+                "upstream error: " + message,
+                CONTEXT_LENGTH_EXCEEDED if overflow else "server_error",
+            )
             return
         if chunk.usage is not None:
             self._usage = chunk.usage
