@@ -79,6 +79,16 @@ def header_lines(headers: dict[str, str] | None) -> bytes:
     return b"".join([header_line(k, v) for k, v in headers.items()])
 
 
+_NAMES: dict[str, bytes] = {}  # header names the code looks up -> their lower-cased bytes
+
+
+def _name_key(name: str) -> bytes:
+    key = name.lower().encode("latin-1")
+    if len(_NAMES) < 256:  # (names come from the code, not from clients)
+        _NAMES[name] = key
+    return key
+
+
 class Headers:
     """A request's headers as received (at most the server's header count), with
     case-insensitive lookup. Names are kept lower-cased, values as bytes until read."""
@@ -90,7 +100,7 @@ class Headers:
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value of header ``name`` (any case), decoded as latin-1."""
-        key = name.lower().encode("latin-1")
+        key = _NAMES.get(name) or _name_key(name)
         for k, v in self._items:
             if k == key:
                 return v.decode("latin-1")
