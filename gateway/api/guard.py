@@ -53,8 +53,8 @@ class Guard:
         if not self.keys:
             return ""
         auth = request.headers.get("authorization")
-        if auth is not None and (known := self._known.get(auth)) is not None:
-            return known
+        if auth is not None and (seen := self._known.get(auth)) is not None:
+            return seen
         if auth is None or auth[:7].lower() != "bearer " or not auth[7:].strip():
             raise Unauthorized(NO_KEY)
         digest = hashlib.sha256(auth[7:].strip().encode("latin-1")).digest()
