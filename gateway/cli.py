@@ -2,6 +2,7 @@
 
     python -m gateway serve --host H --port P --upstream URL [--model NAME ...]
                             [--upstream-timeout S] [--workers N] [--http lean|aiohttp]
+                            [--hosted-tools refuse|drop]
     python -m gateway serve --config gateway.toml [--host H] [--port P] [--workers N]
                             [--http lean|aiohttp]
     (either form) [--api-keys-file PATH] [--redis URL]
@@ -80,6 +81,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="share idempotency keys and limits through Redis, e.g. redis://127.0.0.1:6379/0",
     )
+    s.add_argument(
+        "--hosted-tools",
+        choices=("refuse", "drop"),
+        help="hosted tools in a request (web_search, ...): refused with a 400 (the default) "
+        "or dropped, for every deployment (a deployment's hosted-tools)",
+    )
     s.add_argument("--log-level", default="INFO")
     c = sub.add_parser("check-config", help="validate a config file and exit")
     c.add_argument("file")
@@ -125,10 +132,16 @@ def build_config(args: argparse.Namespace) -> Config:
         idem = Idempotency(
             **{**msgspec.structs.asdict(idem), "store": "redis", "redis_url": args.redis}
         )
+    deployments = cfg.deployment
+    if args.hosted_tools:
+        deployments = tuple(
+            msgspec.structs.replace(d, hosted_tools=args.hosted_tools) for d in deployments
+        )
     return msgspec.structs.replace(
         cfg,
         listen=listen,
         http=http,
+        deployment=deployments,
         workers=args.workers if args.workers else cfg.workers,
         auth=auth,
         idempotency=idem,

@@ -45,6 +45,9 @@ Example ``gateway.toml``::
     connect-timeout = 10.0
     read-timeout = 600.0                  # for the response headers, and between two body chunks
     max-body-bytes = 8388608
+    hosted-tools = "refuse"               # or "drop": hosted tools (web_search, ...) in a
+                                          # request are dropped, not refused (also: serve
+                                          # --hosted-tools drop)
 
     [deployment.supports]
     streaming = true
@@ -98,6 +101,9 @@ class Deployment(_Base, frozen=True):
     connect_timeout: float = limits.UPSTREAM_CONNECT_TIMEOUT
     read_timeout: float = limits.UPSTREAM_READ_TIMEOUT
     max_body_bytes: int = limits.MAX_REQUEST_BODY
+    # Tools that run on OpenAI's side (web_search, tool_search, image_generation, ...):
+    # refused with a 400 that says how to proceed, or dropped (counted and logged).
+    hosted_tools: Literal["refuse", "drop"] = "refuse"
     supports: Supports = Supports()
 
     def __post_init__(self) -> None:

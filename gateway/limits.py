@@ -111,3 +111,9 @@ IDEMPOTENCY_POLL = 0.05
 STORE_TIMEOUT = 2.0
 # The window of a per-key requests-per-minute limit, in seconds.
 RATE_WINDOW = 60.0
+
+# ---- tools (gateway.core.translate.tools) ---------------------------------------------
+
+# The longest function name chat-completions servers take (OpenAI's limit; vLLM and
+# others follow it): a namespace's functions are exposed upstream within it.
+MAX_TOOL_NAME = 64

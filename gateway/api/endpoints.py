@@ -212,20 +212,29 @@ class Gateway:
         route = await self._route(body, req.model)
         stream = bool(req.stream)
         pump = stream and route.caps.streaming
-        chat, echo = to_chat_request(req, route.caps, route.upstream_model, stream=pump)
+        chat, echo, tools = to_chat_request(req, route.caps, route.upstream_model, stream=pump)
+        if tools.dropped:
+            log.info(
+                "request %s: %d hosted tool(s) dropped (%s)",
+                call.rid,
+                len(tools.dropped),
+                ", ".join(tools.dropped),
+            )
+        names = tools.names
         base = output.response_base(IDS.new(RESPONSE), int(time.time()), req.model, echo)
         payload = orjson.dumps(chat)
         # This frame lives as long as the stream: keep only what the stream needs.
-        del body, req, chat, echo
+        del body, req, chat, echo, tools
         upstream = await route.replica.chat(payload, call.rid)
         del payload
         try:
             if stream:
-                return await self._stream(request, call, upstream, Transcoder(base), pump)
+                tx = Transcoder(base, names=names)
+                return await self._stream(request, call, upstream, tx, pump)
             data = await upstream.read()
         finally:
             upstream.release()
-        body = orjson.dumps(to_response(data, base))
+        body = orjson.dumps(to_response(data, base, names=names))
         return Response(body=body, content_type=JSON, headers=call.headers)
 
     async def _stream(

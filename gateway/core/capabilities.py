@@ -20,3 +20,5 @@ class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
     images: bool = True
     # The chat field that carries max_output_tokens.
     token_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
+    # Hosted tools (web_search, ...) in a request: dropped rather than refused.
+    drop_hosted_tools: bool = False

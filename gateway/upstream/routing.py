@@ -30,6 +30,7 @@ def capabilities(dep: Deployment) -> Capabilities:
         structured_output=s.structured_output,
         images=s.images,
         token_field=dep.token_field,
+        drop_hosted_tools=dep.hosted_tools == "drop",
     )
 
 

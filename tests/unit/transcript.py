@@ -145,6 +145,8 @@ def _check_items(events: list[dict]) -> None:
             added[event["output_index"]] = {"item": event["item"], "open": True, "args": ""}
             if event["item"]["type"] == "function_call":
                 assert event["item"]["arguments"] == ""
+            if event["item"]["type"] == "custom_tool_call":
+                assert event["item"]["input"] == ""
             continue
         slot = added[event["output_index"]]
         assert slot["open"]
@@ -158,8 +160,18 @@ def _check_items(events: list[dict]) -> None:
             if event["item"]["type"] == "function_call":
                 assert event["item"]["call_id"] == slot["item"]["call_id"]
                 assert event["item"]["arguments"] == slot["args"]
+            if event["item"]["type"] == "custom_tool_call":
+                assert event["item"]["call_id"] == slot["item"]["call_id"]
+                assert event["item"]["input"] == slot["args"]
             slot["open"] = False
             finished.append(event["item"])
+        elif kind.startswith("response.custom_tool_call_input"):
+            assert slot["item"]["type"] == "custom_tool_call"
+            if kind.endswith(".delta"):
+                assert event["delta"]
+                slot["args"] += event["delta"]
+            else:
+                assert event["input"] == slot["args"]
         elif kind.startswith("response.function_call_arguments"):
             if kind.endswith(".delta"):
                 slot["args"] += event["delta"]

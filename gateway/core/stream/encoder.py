@@ -15,28 +15,42 @@ joined once per ``drain``. Text deltas are spliced in as raw JSON string tokens;
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
 import orjson
 
-from gateway.core.ids import FUNCTION_CALL, MESSAGE, Ids
+from gateway.core.ids import CUSTOM_TOOL_CALL, FUNCTION_CALL, MESSAGE, Ids
+from gateway.core.stream.custom_input import CustomInput, whole_input
 from gateway.core.stream.toolcalls import ToolCall
+from gateway.core.translate.tools import NO_NAMES, ToolNames
 from gateway.core.wire import events as ev
 from gateway.core.wire import output
-from gateway.core.wire.chunks import Usage, join_tokens
+from gateway.core.wire.chunks import Usage, join_tokens, valid_utf8
+
+
+def _decoded(token: bytes) -> str:
+    """An upstream JSON string token's text (a custom tool call's arguments)."""
+    try:
+        return orjson.loads(valid_utf8(token))
+    except orjson.JSONDecodeError:  # half a surrogate pair: that character is lost
+        return json.loads(token).encode("utf-8", "replace").decode()
 
 
 class EventEncoder:
     __slots__ = (
         "base", "now", "ids", "seq", "out", "output", "next_index", "final",
-        "msg_id", "msg_index", "parts", "pieces", "refusal", "mid",
+        "msg_id", "msg_index", "parts", "pieces", "refusal", "mid", "names",
     )  # fmt: skip
 
-    def __init__(self, base: dict, now: Callable[[], float], ids: Ids) -> None:
+    def __init__(
+        self, base: dict, now: Callable[[], float], ids: Ids, names: ToolNames = NO_NAMES
+    ) -> None:
         self.base = base
         self.now = now
         self.ids = ids
+        self.names = names  # the request's custom and namespaced tools (translate.tools)
         self.final: dict | None = None  # the completed / incomplete response, once there is one
         self.seq = 0
         self.out: list[Any] = []  # pieces of the frames not yet drained
@@ -154,15 +168,25 @@ class EventEncoder:
         self.emit(ev.ITEM_DONE, {"output_index": self.msg_index, "item": item})
         self.output.append(item)
 
-    # ---- function_call items -------------------------------------------------------------
+    # ---- function_call and custom_tool_call items -----------------------------------------
 
     def open_call(self, call: ToolCall) -> None:
-        """Open a call's item; arguments buffered so far go out as one delta."""
+        """Open a call's item; arguments buffered so far go out as one delta.
+
+        The upstream's function name says what the call is (``names``): a plain
+        function call, a namespace's function call, or a custom tool's call."""
         if not call.call_id:
             call.call_id = self.ids.call()
+        ref = call.ref = self.names.ref(call.name) if self.names.by_upstream else None
+        if ref is not None and ref.kind == "custom":
+            self._open_custom(call)
+            return
         call.item_id = self.ids.new(FUNCTION_CALL)
         call.output_index = self._take_index()
-        item = output.function_call_item(call.item_id, call.call_id, call.name, "", "in_progress")
+        name, namespace = (call.name, None) if ref is None else (ref.name, ref.namespace)
+        item = output.function_call_item(
+            call.item_id, call.call_id, name, "", "in_progress", namespace
+        )
         self.emit(ev.ITEM_ADDED, {"output_index": call.output_index, "item": item})
         self.mid = ev.arguments_delta_mid(orjson.dumps(call.item_id), call.output_index)
         if call.pieces:
@@ -171,13 +195,52 @@ class EventEncoder:
     def arguments(self, call: ToolCall, token: bytes) -> None:
         """More arguments for the open call."""
         call.pieces.append(token)
+        if call.custom is not None:
+            self._custom_delta(call.custom.feed(_decoded(token)))
+            return
         self.frame(ev.ARGS_DELTA, self.mid, token, ev.OBJECT_END)
 
     def close_call(self, call: ToolCall, status: str) -> None:
+        if call.custom is not None:
+            self._close_custom(call, call.custom)
+            return
         arguments = orjson.Fragment(join_tokens(call.pieces))
         fields = {"item_id": call.item_id, "output_index": call.output_index}
-        self.emit(ev.ARGS_DONE, {**fields, "name": call.name, "arguments": arguments})
-        item = output.function_call_item(call.item_id, call.call_id, call.name, arguments, status)
+        ref = call.ref
+        name, namespace = (call.name, None) if ref is None else (ref.name, ref.namespace)
+        self.emit(ev.ARGS_DONE, {**fields, "name": name, "arguments": arguments})
+        item = output.function_call_item(
+            call.item_id, call.call_id, name, arguments, status, namespace
+        )
+        self.emit(ev.ITEM_DONE, {"output_index": call.output_index, "item": item})
+        self.output.append(item)
+
+    def _open_custom(self, call: ToolCall) -> None:
+        ref = call.ref
+        assert ref is not None
+        call.item_id = self.ids.new(CUSTOM_TOOL_CALL)
+        call.output_index = self._take_index()
+        call.custom = CustomInput()
+        item = output.custom_tool_call_item(call.item_id, call.call_id, ref.name, "", ref.namespace)
+        self.emit(ev.ITEM_ADDED, {"output_index": call.output_index, "item": item})
+        self.mid = ev.arguments_delta_mid(orjson.dumps(call.item_id), call.output_index)
+        if call.pieces:
+            self._custom_delta(call.custom.feed(_decoded(join_tokens(call.pieces))))
+
+    def _custom_delta(self, text: str) -> None:
+        if text:
+            self.frame(ev.CUSTOM_DELTA, self.mid, orjson.dumps(text), ev.OBJECT_END)
+
+    def _close_custom(self, call: ToolCall, custom: CustomInput) -> None:
+        self._custom_delta(custom.finish())
+        ref = call.ref
+        assert ref is not None
+        text = custom.input
+        fields = {"item_id": call.item_id, "output_index": call.output_index}
+        self.emit(ev.CUSTOM_DONE, {**fields, "input": text})
+        item = output.custom_tool_call_item(
+            call.item_id, call.call_id, ref.name, text, ref.namespace
+        )
         self.emit(ev.ITEM_DONE, {"output_index": call.output_index, "item": item})
         self.output.append(item)
 
@@ -231,11 +294,14 @@ class OutputCollector(EventEncoder):
 
     __slots__ = ()
 
-    def __init__(self, base: dict, now: Callable[[], float], ids: Ids) -> None:
+    def __init__(
+        self, base: dict, now: Callable[[], float], ids: Ids, names: ToolNames = NO_NAMES
+    ) -> None:
         # Only what whole items and the end use: this runs once per JSON answer.
         self.base = base
         self.now = now
         self.ids = ids
+        self.names = names
         self.output = []
         self.final = None
 
@@ -254,8 +320,17 @@ class OutputCollector(EventEncoder):
     def whole_call(self, call: ToolCall, status: str) -> None:
         if not call.call_id:
             call.call_id = self.ids.call()
+        ref = self.names.ref(call.name) if self.names.by_upstream else None
+        if ref is not None and ref.kind == "custom":
+            text = whole_input(_decoded(join_tokens(call.pieces))) if call.pieces else ""
+            item_id = self.ids.new(CUSTOM_TOOL_CALL)
+            self.output.append(
+                output.custom_tool_call_item(item_id, call.call_id, ref.name, text, ref.namespace)
+            )
+            return
         arguments = orjson.Fragment(join_tokens(call.pieces))
         item_id = self.ids.new(FUNCTION_CALL)
+        name, namespace = (call.name, None) if ref is None else (ref.name, ref.namespace)
         self.output.append(
-            output.function_call_item(item_id, call.call_id, call.name, arguments, status)
+            output.function_call_item(item_id, call.call_id, name, arguments, status, namespace)
         )

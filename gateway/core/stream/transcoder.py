@@ -28,7 +28,9 @@ States and transitions (``State``)::
 
 Only choice index 0 is read; ``reasoning_content`` / ``reasoning`` deltas are
 not even decoded. Function calls follow ``toolcalls`` (items strictly one after
-another; interleaved calls are buffered). Text travels as raw JSON string tokens
+another; interleaved calls are buffered); a call of a custom tool or of a
+namespace's function (``names``, from ``translate.tools``) becomes its own item
+in the encoder. Text travels as raw JSON string tokens
 (``msgspec.Raw``) from the upstream bytes into the output frames, never as str.
 """
 
@@ -44,6 +46,7 @@ from gateway.core.stream.encoder import EventEncoder
 from gateway.core.stream.sse import SseParser, SseTooLarge
 from gateway.core.stream.toolcalls import ToolCalls
 from gateway.core.translate.response import answer, decode_completion
+from gateway.core.translate.tools import NO_NAMES, ToolNames
 from gateway.core.wire import chunks as ck
 from gateway.core.wire import output
 from gateway.errors import UpstreamBadResponse
@@ -84,8 +87,9 @@ class Transcoder:
         *,
         now: Callable[[], float] = time.time,
         ids: Ids = IDS,
+        names: ToolNames = NO_NAMES,
     ) -> None:
-        self._enc = EventEncoder(base, now, ids)
+        self._enc = EventEncoder(base, now, ids, names)
         self._parser = SseParser()
         self._state = State.NEW
         self._finish: str | None = None  # the upstream's finish_reason

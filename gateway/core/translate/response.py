@@ -16,6 +16,7 @@ from collections.abc import Callable
 from gateway.core.ids import IDS, Ids
 from gateway.core.stream.encoder import EventEncoder, OutputCollector
 from gateway.core.stream.toolcalls import ToolCall
+from gateway.core.translate.tools import NO_NAMES, ToolNames
 from gateway.core.wire import chunks as ck
 from gateway.core.wire import output
 from gateway.errors import UpstreamBadResponse
@@ -65,7 +66,12 @@ def answer(completion: ck.Completion, enc: EventEncoder) -> None:
 
 
 def to_response(
-    completion: bytes, base: dict, *, now: Callable[[], float] = time.time, ids: Ids = IDS
+    completion: bytes,
+    base: dict,
+    *,
+    now: Callable[[], float] = time.time,
+    ids: Ids = IDS,
+    names: ToolNames = NO_NAMES,
 ) -> dict:
     """The response for the upstream's ``chat.completion`` body; ``base`` is the
     in-progress response object (``wire.output.response_base``).
@@ -73,7 +79,7 @@ def to_response(
     Raises ``UpstreamBadResponse`` (a 502) when the body is not a chat
     completion, holds an in-band error or has no answer.
     """
-    enc = OutputCollector(base, now, ids)
+    enc = OutputCollector(base, now, ids, names)
     answer(decode_completion(completion), enc)
     assert enc.final is not None  # answer() ends with the terminal response
     return enc.final

@@ -27,6 +27,8 @@ REFUSAL_DELTA = prefix("response.refusal.delta")
 REFUSAL_DONE = prefix("response.refusal.done")
 ARGS_DELTA = prefix("response.function_call_arguments.delta")
 ARGS_DONE = prefix("response.function_call_arguments.done")
+CUSTOM_DELTA = prefix("response.custom_tool_call_input.delta")
+CUSTOM_DONE = prefix("response.custom_tool_call_input.done")
 TERMINAL = {
     "completed": prefix("response.completed"),
     "incomplete": prefix("response.incomplete"),
@@ -57,5 +59,6 @@ def text_delta_mid(item_id: bytes, output_index: int, content_index: int) -> byt
 
 
 def arguments_delta_mid(item_id: bytes, output_index: int) -> bytes:
-    """The fixed middle of a function_call_arguments.delta (no content_index)."""
+    """The fixed middle of a function_call_arguments.delta, or of a
+    custom_tool_call_input.delta (no content_index)."""
     return b',"item_id":%b,"output_index":%d,"delta":' % (item_id, output_index)

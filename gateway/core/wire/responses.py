@@ -49,8 +49,12 @@ class InputItem(msgspec.Struct):
     call_id: str | None = None
     name: str | None = None
     arguments: str | None = None
-    # function_call_output
+    # function_call_output, custom_tool_call_output
     output: str | list[ContentPart] | None = None
+    # custom_tool_call
+    input: str | None = None
+    # function_call / custom_tool_call of a namespace's tool
+    namespace: str | None = None
 
 
 class ChatFunction(msgspec.Struct):
@@ -62,6 +66,14 @@ class ChatFunction(msgspec.Struct):
     strict: bool | None | UnsetType = UNSET
 
 
+class CustomFormat(msgspec.Struct):
+    """A custom tool's input format: ``text`` (free text) or a ``grammar``."""
+
+    type: str
+    syntax: str | None = None  # grammar: "lark" or "regex"
+    definition: str | None = None
+
+
 class Tool(msgspec.Struct):
     type: str
     name: str | None = None
@@ -69,6 +81,8 @@ class Tool(msgspec.Struct):
     parameters: Raw = EMPTY
     strict: bool | None | UnsetType = UNSET
     function: ChatFunction | None = None
+    format: CustomFormat | None = None  # custom
+    tools: list[Tool] | None = None  # namespace: its functions and custom tools
 
 
 class NamedTool(msgspec.Struct):
