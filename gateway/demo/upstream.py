@@ -27,6 +27,10 @@ and tool arguments by characters. ``max_tokens`` / ``max_completion_tokens``
 below the piece count truncate the answer with ``finish_reason: "length"``.
 Usage: prompt tokens are whitespace words in all messages, completion tokens are pieces.
 
+``script`` mode (``gateway/demo/script.py``; ``--script FILE``) answers from a
+script of turns (reasoning, text, tool calls), chosen by how many tool results
+the request holds: an agent such as Codex CLI can be driven through a task.
+
 ``fixed`` mode (benchmarks) ignores the prompt, tools and limits, and serves
 bytes prebuilt at start-up, so this process is never the bottleneck; its
 answer is padded to ``text_words`` (default: ``deltas``) words, so it streams
@@ -47,6 +51,8 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+
+from gateway.demo import script
 
 BASE_TEXT = "Hello from the demo upstream (a fake model)."
 FIXED_TEXT = BASE_TEXT + " This is the fixed benchmark answer."
@@ -72,6 +78,7 @@ class DemoOptions:
     delay_ms: float = 0.0  # pause between streamed chunks
     fixed: bool = False  # prompt-independent prebuilt answer (benchmarks)
     record: bool = True  # append each decoded chat request to ``received``
+    script: list[dict[str, Any]] | None = None  # scripted turns (``script.py``), or None
     received: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -349,6 +356,13 @@ class _Demo:
         stream = body.get("stream") is True
         options = body.get("stream_options")
         with_usage = isinstance(options, dict) and options.get("include_usage") is True
+        if self.opts.script is not None:  # scripted mode: gateway/demo/script.py
+            self.count += 1
+            cid, created, turns = f"chatcmpl-demo{self.count}", int(time.time()), self.opts.script
+            if not stream:
+                whole_body = script.completion_body(turns, body, cid, created)
+                return web.Response(body=whole_body, headers=JSON_HEADERS)
+            return await self.stream(request, script.stream_frames(turns, body, cid, created))
         if self.opts.fixed:
             whole, plain, counted = self.fixed[model]
             if not stream:
@@ -451,6 +465,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--text-words", type=int, default=0, help="answer length in words (0: natural)")
     p.add_argument("--delay-ms", type=float, default=0.0, help="delay between streamed chunks")
     p.add_argument("--fixed", action="store_true", help="prompt-independent prebuilt answer")
+    p.add_argument("--script", metavar="FILE", help="answer from a JSON script of turns")
     args = p.parse_args(argv)
     if args.deltas < 1 or args.text_words < 0 or args.delay_ms < 0:
         p.error("--deltas must be >= 1; --text-words and --delay-ms must be >= 0")
@@ -461,6 +476,14 @@ def main(argv: list[str] | None = None) -> int:
     import uvloop
 
     args = parse_args(argv)
+    turns = None
+    if args.script:
+        try:
+            with open(args.script, "rb") as f:
+                turns = script.parse_script(f.read())
+        except (OSError, ValueError) as exc:
+            print(f"gateway.demo: --script {args.script}: {exc}", file=sys.stderr)
+            return 2
     options = DemoOptions(
         models=tuple(args.model or ["demo"]),
         deltas=args.deltas,
@@ -468,6 +491,7 @@ def main(argv: list[str] | None = None) -> int:
         delay_ms=args.delay_ms,
         fixed=args.fixed,
         record=False,  # a long-running server must not grow without bound
+        script=turns,
     )
     uvloop.run(serve(options, args.host, args.port))
     return 0
