@@ -38,6 +38,7 @@ from gateway.config import (
     Listen,
     client_keys,
     parse,
+    seal_keys,
 )
 from gateway.limits import UPSTREAM_READ_TIMEOUT
 
@@ -187,6 +188,7 @@ def serve(args: argparse.Namespace) -> int:
         keys_text = read_keys(cfg)
         if cfg.auth is not None:
             client_keys(cfg.auth, os.environ, keys_text)  # none at all: fail now, not per worker
+        seal_keys(cfg.seal, os.environ)  # a malformed seal key: likewise
         if cfg.workers > 1:
             return lifecycle.run_workers(cfg, os.environ, keys_text=keys_text)
         lifecycle.run(cfg, os.environ, keys_text=keys_text)

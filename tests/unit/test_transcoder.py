@@ -152,8 +152,17 @@ GOLDEN: dict[str, tuple[str, tuple]] = {
         ("completed", None, [("message", "completed", "Over CRLF lines.")], None),
     ),
     "reasoning": (
-        f"{TEXT} text*2 {CLOSE_TEXT} completed",
-        ("completed", None, [("message", "completed", "The answer is 4.")], (10, 20)),
+        f"created in_progress item+ reason*2 reason. item. item+ part+ text*2 {CLOSE_TEXT}"
+        " completed",
+        (
+            "completed",
+            None,
+            [
+                ("reasoning", "completed", "Let me think. 2+2 is 4."),
+                ("message", "completed", "The answer is 4."),
+            ],
+            (10, 20),
+        ),
     ),
     "tool_no_id": (
         "created in_progress item+ args args. item. completed",

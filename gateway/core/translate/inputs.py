@@ -12,13 +12,17 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.core.capabilities import Capabilities
+from gateway.core.sealing import Sealer
+from gateway.core.translate.reasoning import Replay
 from gateway.core.wire.responses import ContentPart, InputItem, ResponsesRequest
 from gateway.errors import InvalidRequest, Unsupported, missing
 
 _ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
 
 
-def to_messages(req: ResponsesRequest, caps: Capabilities) -> list[dict]:
+def to_messages(
+    req: ResponsesRequest, caps: Capabilities, sealer: Sealer | None = None
+) -> list[dict]:
     messages: list[dict] = []
     if req.instructions:
         messages.append({"role": "system", "content": req.instructions})
@@ -26,8 +30,13 @@ def to_messages(req: ResponsesRequest, caps: Capabilities) -> list[dict]:
     if isinstance(items, str):
         messages.append({"role": "user", "content": items})
     elif items:
+        replay = Replay(caps, sealer)
         for i, item in enumerate(items):
+            if item.type == "reasoning":
+                replay.take(item, i)
+                continue
             _add_item(messages, item, i, caps)
+            replay.settle(messages)
     if not messages:
         raise missing("input", alternative="instructions")
     return messages
@@ -44,8 +53,6 @@ def _add_item(messages: list[dict], item: InputItem, i: int, caps: Capabilities)
             raise missing(f"input[{i}].call_id")
         content = _tool_output(item.output, i)
         messages.append({"role": "tool", "tool_call_id": item.call_id, "content": content})
-    elif kind == "reasoning":
-        return  # replayed reasoning cannot be used by a chat upstream; clients send it anyway
     elif kind == "item_reference":
         raise Unsupported(
             "Item references need stored responses, which this gateway does not offer.",
