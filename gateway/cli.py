@@ -157,6 +157,7 @@ def _free_port() -> int:
 def start_demo() -> tuple[subprocess.Popen[bytes], str]:
     port = _free_port()
     cmd = [sys.executable, "-m", "gateway.demo", "--host", "127.0.0.1", "--port", str(port)]
+    cmd.append("--reasoning")  # so that `make run` shows reasoning items
     proc = subprocess.Popen(cmd)
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.monotonic() + 15

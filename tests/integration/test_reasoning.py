@@ -8,9 +8,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -285,3 +287,35 @@ async def test_without_a_key_a_process_warns_and_seals_with_its_own(
     (stderr,) = logs
     assert "GATEWAY_SEAL_KEY is not set" in stderr
     assert THOUGHT not in stderr
+
+
+def test_make_run_shows_reasoning() -> None:
+    """``serve`` without an upstream (``make run``) fronts the demo in reasoning mode."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    env = {**os.environ, "GATEWAY_SEAL_KEY": KEY}
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        client = openai.OpenAI(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key="k", max_retries=0, timeout=5
+        )
+        for _ in range(200):
+            assert proc.poll() is None, "the gateway exited during start-up"
+            try:
+                client.models.list()
+                break
+            except openai.APIConnectionError:
+                time.sleep(0.1)
+        response = client.responses.create(model="default", input="hi", include=INCLUDE)
+        rs, message = response.output
+        assert rs.type == "reasoning" and "hi" in (rs.content or [])[0].text
+        assert rs.encrypted_content and message.type == "message"
+        with client.responses.stream(model="default", input="hi") as s:
+            kinds = [e.type for e in s]
+        assert "response.reasoning_text.delta" in kinds
+        assert kinds.index("response.reasoning_text.done") < kinds.index(
+            "response.output_text.delta"
+        )
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(10)
