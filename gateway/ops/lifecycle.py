@@ -113,6 +113,8 @@ async def open_gateway(
         pings.stop()
         for _, replica in deployments:
             replica.close()
+        if replays is not None:
+            await replays.close()
         await store.close()
 
 
