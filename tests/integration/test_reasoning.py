@@ -319,3 +319,28 @@ def test_make_run_shows_reasoning() -> None:
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(10)
+
+
+async def test_summary_text_deployment_gives_the_text_as_summary(
+    upstream: FakeUpstream, start_gateway: Any
+) -> None:
+    from gateway.config import Reasoning
+
+    cfg = make_config(upstream.url, reasoning=Reasoning(summary_text=True))
+    client = sdk(await start_gateway(cfg, ENV))
+    upstream.reply = upstream.sse_reply(thinking_call_stream())
+    async with client.responses.stream(
+        model="m1", input="Weather?", tools=[WEATHER], reasoning={"summary": "auto"}
+    ) as s:
+        kinds = [e.type async for e in s]
+        final = await s.get_final_response()
+    assert "response.reasoning_summary_text.delta" in kinds
+    assert "response.reasoning_text.delta" not in kinds
+    rs = final.output[0]
+    assert [p.text for p in rs.summary] == [THOUGHT] == [c.text for c in rs.content or []]
+    # no summary asked for: none given
+    upstream.reply = upstream.sse_reply(thinking_call_stream())
+    async with client.responses.stream(model="m1", input="Weather?", tools=[WEATHER]) as s:
+        final = await s.get_final_response()
+    assert final.output[0].summary == []
+    await client.close()
