@@ -3,7 +3,8 @@
 Both targets run behind the same fake upstream (``gateway.demo --fixed``) under
 the same pinning: the target on ``--proxy-cpus``, wrk, the clients and the
 upstream on ``--load-cpus``. Rows (``--only``): nonstream, stream, cpu,
-latency, memory, workers, micro. See bench/README.md for what each measures.
+latency, memory, workers, identity (bench/identity.py), micro. See
+bench/README.md for what each measures.
 Usage: .venv/bin/python bench/run.py [--quick] [--only nonstream,stream]
 """
 
@@ -19,11 +20,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import harness as h
+from identity import IdentityRow
+from identity import table as identity_table
 from report import SERIES, Results, environment, markdown, table, write_json
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
-ROWS = ("nonstream", "stream", "cpu", "latency", "memory", "workers", "micro")
+ROWS = ("nonstream", "stream", "cpu", "latency", "memory", "workers", "identity", "micro")
 PATHS = {"chat": "/v1/chat/completions", "responses": "/v1/responses"}
 HELLO = {
     "chat": {"model": "demo", "messages": [{"role": "user", "content": "Say hello"}]},
@@ -64,14 +67,17 @@ class Bench:
         self.scripts = {
             (api, s): h.wrk_script(body(api, s), log_dir) for api in PATHS for s in (False, True)
         }
+        self.identity = IdentityRow(self, body("responses", False), PATHS)
 
     # -- processes -------------------------------------------------------------
 
-    def launch(self, name: str, cmd: list[str], port: int) -> h.Proc:
+    def launch(
+        self, name: str, cmd: list[str], port: int, headers: dict[str, str] | None = None
+    ) -> h.Proc:
         proc = h.start(name, cmd, self.log_dir)
         self.procs.append(proc)
         try:
-            h.wait_ready(proc, port)
+            h.wait_ready(proc, port, headers=headers)
         except RuntimeError:
             self.halt(proc)
             raise
@@ -334,6 +340,8 @@ class Bench:
                     self.each(row, self.wrk_row, row == "stream")
                 elif row == "cpu":
                     self.each(row, self.cpu_row)
+                elif row == "identity":
+                    self.identity.run(rep)
                 else:
                     getattr(self, f"{row}_row")(rep)
         for proc in list(self.procs):
@@ -397,11 +405,14 @@ def main(argv: list[str] | None = None) -> int:
             bench.halt(proc)
         for script in bench.scripts.values():
             script.unlink(missing_ok=True)
+        bench.identity.close()
     meta = {"machine": {**h.machine(), **environment(REPO)}, "args": vars(args)}
     meta["elapsed_s"] = round(time.monotonic() - started, 1)
     print("\n" + table(bench.res), flush=True)
+    print("\n".join(identity_table(bench.res.summary())), flush=True)
     write_json(args.output, bench.res, meta)
-    args.output.with_suffix(".md").write_text(markdown(bench.res))
+    extra = "\n".join(identity_table(bench.res.summary()))
+    args.output.with_suffix(".md").write_text(markdown(bench.res) + extra)
     print(f"\nwrote {args.output} in {meta['elapsed_s']}s; logs in {log_dir}", flush=True)
     return 0
 

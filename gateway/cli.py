@@ -39,6 +39,7 @@ from gateway.config import (
     Listen,
     client_keys,
     parse,
+    seal_keys,
 )
 from gateway.limits import UPSTREAM_READ_TIMEOUT
 
@@ -169,6 +170,7 @@ def _free_port() -> int:
 def start_demo() -> tuple[subprocess.Popen[bytes], str]:
     port = _free_port()
     cmd = [sys.executable, "-m", "gateway.demo", "--host", "127.0.0.1", "--port", str(port)]
+    cmd.append("--reasoning")  # so that `make run` shows reasoning items
     proc = subprocess.Popen(cmd)
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.monotonic() + 15
@@ -200,6 +202,7 @@ def serve(args: argparse.Namespace) -> int:
         keys_text = read_keys(cfg)
         if cfg.auth is not None:
             client_keys(cfg.auth, os.environ, keys_text)  # none at all: fail now, not per worker
+        seal_keys(cfg.seal, os.environ)  # a malformed seal key: likewise
         if cfg.workers > 1:
             return lifecycle.run_workers(cfg, os.environ, keys_text=keys_text)
         lifecycle.run(cfg, os.environ, keys_text=keys_text)

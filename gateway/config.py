@@ -56,6 +56,18 @@ Example ``gateway.toml``::
     structured-output = true
     images = true
 
+    [deployment.reasoning]                # every key optional
+    enabled = true                        # false: an effort other than "none" is a 400
+    effort-field = "reasoning_effort"     # the chat field reasoning.effort goes in ("": none)
+    effort-map = { xhigh = "high", max = "high", ultra = "high" }   # values it does not know
+    none-fields = { chat_template_kwargs = { enable_thinking = false } }  # sent for "none"
+    replay-field = "reasoning_content"    # or "reasoning", or "drop": replayed reasoning
+    summary-text = false                  # also return the reasoning text as the summary
+
+    [seal]                                # reasoning.encrypted_content
+    key-env = "GATEWAY_SEAL_KEY"          # the default; its value: base64 of 32 bytes, or
+                                          # several comma-separated (the first seals, all open)
+
 Unknown keys are errors (``forbid_unknown_fields``), so a typo fails at
 ``gateway check-config`` instead of being ignored. Nothing here reads a file or
 the environment: ``cli`` reads the file and hands its bytes to ``parse``, and
@@ -66,8 +78,10 @@ Defaults that are bounds come from ``gateway.limits``.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -92,6 +106,17 @@ class Supports(_Base, frozen=True):
     images: bool = True
 
 
+class Reasoning(_Base, frozen=True):
+    """What a deployment's model does with reasoning (``core.capabilities`` has the meanings)."""
+
+    enabled: bool = True
+    effort_field: str = "reasoning_effort"
+    effort_map: dict[str, str] = msgspec.field(default_factory=dict)
+    none_fields: dict[str, Any] = msgspec.field(default_factory=dict)
+    replay_field: Literal["reasoning_content", "reasoning", "drop"] = "reasoning_content"
+    summary_text: bool = False
+
+
 class Deployment(_Base, frozen=True):
     upstream: str
     models: tuple[str, ...] = ()
@@ -105,6 +130,7 @@ class Deployment(_Base, frozen=True):
     # refused with a 400 that says how to proceed, or dropped (counted and logged).
     hosted_tools: Literal["refuse", "drop"] = "refuse"
     supports: Supports = Supports()
+    reasoning: Reasoning = Reasoning()
 
     def __post_init__(self) -> None:
         if not self.upstream.startswith(("http://", "https://")):
@@ -190,6 +216,12 @@ class Idempotency(_Base, frozen=True):
             raise ValueError("[idempotency] max-entries and max-bytes must be positive")
 
 
+class Seal(_Base, frozen=True):
+    """Where the keys that seal reasoning (``encrypted_content``) are: ``seal_keys``."""
+
+    key_env: str = "GATEWAY_SEAL_KEY"
+
+
 class Config(_Base, frozen=True):
     listen: Listen = Listen()
     http: Http = Http()
@@ -199,6 +231,7 @@ class Config(_Base, frozen=True):
     auth: Auth | None = None
     limits: Limits = Limits()
     idempotency: Idempotency = Idempotency()
+    seal: Seal = Seal()
 
     def __post_init__(self) -> None:
         if not self.deployment:
@@ -248,3 +281,29 @@ def client_keys(auth: Auth, env: Mapping[str, str], file_text: str | None) -> tu
     if not keys:
         raise ConfigError("[auth] is configured but names no client API key")
     return keys
+
+
+SEAL_KEY_BYTES = 32  # AES-256
+
+
+def seal_keys(seal: Seal, env: Mapping[str, str]) -> tuple[bytes, ...]:
+    """The keys of ``seal``'s environment variable in ``env``: each the base64 (standard or
+    URL-safe alphabet) of 32 bytes, several separated by commas; the first seals, all
+    open. ``()`` when the variable is unset or empty."""
+    text = env.get(seal.key_env, "")
+    keys = []
+    for n, item in enumerate(k.strip() for k in text.split(",")):
+        if not item:
+            continue
+        try:
+            key = base64.b64decode(item.replace("-", "+").replace("_", "/"), validate=True)
+        except (binascii.Error, ValueError):
+            key = b""
+        if len(key) != SEAL_KEY_BYTES:
+            raise ConfigError(
+                f"{seal.key_env}: key {n + 1} is not the base64 of {SEAL_KEY_BYTES} bytes "
+                "(make one with: python -c 'import base64,os; "
+                "print(base64.b64encode(os.urandom(32)).decode())')"
+            )
+        keys.append(key)
+    return tuple(dict.fromkeys(keys))

@@ -31,10 +31,14 @@ Usage: prompt tokens are whitespace words in all messages, completion tokens are
 script of turns (reasoning, text, tool calls), chosen by how many tool results
 the request holds: an agent such as Codex CLI can be driven through a task.
 
+``reasoning`` mode (``--reasoning [reasoning_content|reasoning]``, what ``make run``
+serves): each answer streams a fake reasoning text first (``demo/reasoning.py``).
+
 ``fixed`` mode (benchmarks) ignores the prompt, tools and limits, and serves
 bytes prebuilt at start-up, so this process is never the bottleneck; its
 answer is padded to ``text_words`` (default: ``deltas``) words, so it streams
-exactly ``deltas`` content chunks.
+exactly ``deltas`` content chunks (with ``reasoning``: ``deltas`` reasoning chunks,
+then one content chunk).
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from gateway.demo import reasoning as thinking
 from gateway.demo import script
 
 BASE_TEXT = "Hello from the demo upstream (a fake model)."
@@ -77,6 +82,7 @@ class DemoOptions:
     text_words: int = 0  # pad / cut the answer to this many words (0: natural length)
     delay_ms: float = 0.0  # pause between streamed chunks
     fixed: bool = False  # prompt-independent prebuilt answer (benchmarks)
+    reasoning: str = ""  # "": none; else the field reasoning streams in (demo/reasoning.py)
     record: bool = True  # append each decoded chat request to ``received``
     script: list[dict[str, Any]] | None = None  # scripted turns (``script.py``), or None
     received: list[dict[str, Any]] = field(default_factory=list)
@@ -88,6 +94,8 @@ class DemoAnswer:
     finish_reason: str
     prompt_tokens: int
     tool: tuple[str, str] | None = None  # (call id, function name)
+    reasoning: list[str] = field(default_factory=list)  # pieces, streamed before the answer
+    reasoning_field: str = "reasoning_content"
 
 
 class BadRequest(Exception):
@@ -249,7 +257,12 @@ def plan_answer(body: Json, messages: list[Json], opts: DemoOptions, n: int) -> 
 def usage(answer: DemoAnswer) -> dict[str, int]:
     done = len(answer.pieces)
     total = answer.prompt_tokens + done
-    return {"prompt_tokens": answer.prompt_tokens, "completion_tokens": done, "total_tokens": total}
+    counts = {
+        "prompt_tokens": answer.prompt_tokens,
+        "completion_tokens": done,
+        "total_tokens": total,
+    }
+    return thinking.usage_with(counts, len(answer.reasoning))
 
 
 def completion_body(answer: DemoAnswer, cid: str, created: int, model: str) -> bytes:
@@ -259,6 +272,8 @@ def completion_body(answer: DemoAnswer, cid: str, created: int, model: str) -> b
         function = {"name": answer.tool[1], "arguments": text}
         call = {"id": answer.tool[0], "type": "function", "function": function}
         message = {"role": "assistant", "content": None, "tool_calls": [call]}
+    if answer.reasoning:
+        message[answer.reasoning_field] = "".join(answer.reasoning)
     finish = answer.finish_reason
     choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
     head = {"id": cid, "object": "chat.completion", "created": created, "model": model}
@@ -276,6 +291,7 @@ def stream_frames(
         return b"data: " + orjson.dumps({**head, "choices": [choice]}) + b"\n\n"
 
     frames = [frame({"role": "assistant", "content": ""})]
+    frames.extend(frame({answer.reasoning_field: piece}) for piece in answer.reasoning)
     if answer.tool is not None:
         function = {"name": answer.tool[1], "arguments": ""}
         opening = {"index": 0, "id": answer.tool[0], "type": "function", "function": function}
@@ -317,6 +333,9 @@ class _Demo:
             text = pad_words(FIXED_TEXT, opts.text_words or opts.deltas)
             pieces = split_pieces(text, opts.deltas)
             answer = DemoAnswer(pieces, "stop", FIXED_PROMPT_TOKENS)
+            if opts.reasoning:  # the deltas are reasoning, then one piece of text
+                answer.reasoning, answer.pieces = pieces, ["Done."]
+                answer.reasoning_field = opts.reasoning
             cid = "chatcmpl-demofixed"
             for m in opts.models:
                 plain, counted = (stream_frames(answer, cid, created, m, u) for u in (False, True))
@@ -370,6 +389,11 @@ class _Demo:
             return await self.stream(request, counted if with_usage else plain)
         self.count += 1
         answer = plan_answer(body, messages, self.opts, self.count)
+        if self.opts.reasoning and not thinking.thinking_off(body):
+            said = content_text(messages[-1].get("content"))[0]
+            text = thinking.thought(messages, said)
+            answer.reasoning = split_pieces(text, self.opts.deltas)
+            answer.reasoning_field = self.opts.reasoning
         cid, created = f"chatcmpl-demo{self.count}", int(time.time())
         if not stream:
             return web.Response(
@@ -446,7 +470,8 @@ async def serve(options: DemoOptions, host: str, port: int) -> None:
     bound = runner.addresses[0][1] if runner.addresses else port
     print(
         f"demo upstream (FAKE chat-completions server, not a model) on http://{host}:{bound}/v1"
-        f" models={','.join(options.models)} deltas={options.deltas} fixed={options.fixed}",
+        f" models={','.join(options.models)} deltas={options.deltas} fixed={options.fixed}"
+        f" reasoning={options.reasoning or 'off'}",
         file=sys.stderr,
         flush=True,
     )
@@ -466,6 +491,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--delay-ms", type=float, default=0.0, help="delay between streamed chunks")
     p.add_argument("--fixed", action="store_true", help="prompt-independent prebuilt answer")
     p.add_argument("--script", metavar="FILE", help="answer from a JSON script of turns")
+    p.add_argument(
+        "--reasoning",
+        nargs="?",
+        const="reasoning_content",
+        default="",
+        choices=thinking.FIELDS,
+        help="stream a reasoning text first, in this field (default reasoning_content)",
+    )
     args = p.parse_args(argv)
     if args.deltas < 1 or args.text_words < 0 or args.delay_ms < 0:
         p.error("--deltas must be >= 1; --text-words and --delay-ms must be >= 0")
@@ -490,6 +523,7 @@ def main(argv: list[str] | None = None) -> int:
         text_words=args.text_words,
         delay_ms=args.delay_ms,
         fixed=args.fixed,
+        reasoning=args.reasoning,
         record=False,  # a long-running server must not grow without bound
         script=turns,
     )

@@ -21,6 +21,9 @@ Why it is sound:
   exactly as the slower path would splice it. ``run`` checks a whole run's
   tokens at once: decoded as a list, the values must be the tokens themselves.
 
+Reasoning chunks (``reasoning_content`` or ``reasoning`` and nothing else) get a
+template of their own the same way, proven with their plain decoder.
+
 A stream whose chunks differ in more than the content (a usage block in every
 chunk, a ``created`` that ticks) simply does not match and takes the decoding
 path; the transcoder may learn again from a later chunk.
@@ -67,9 +70,13 @@ class ChunkTemplate:
         self._cut = itemgetter(slice(self._lp, -self._ls))  # payload -> its token
 
     @classmethod
-    def learn(cls, payload: bytes, token: bytes) -> ChunkTemplate | None:
+    def learn(
+        cls, payload: bytes, token: bytes, decoder: msgspec.json.Decoder = PLAIN_DECODER
+    ) -> ChunkTemplate | None:
         """The template of ``payload``, a plain text chunk whose content is ``token``.
 
+        ``decoder`` is the plain kind's (``chunks.PLAIN_DECODERS``: text, or reasoning in
+        either field name): its view's ``choices[0].delta.content`` is the proven slot.
         ``None`` when the content's place cannot be proven (or the payload holds
         an LF, which ``run`` uses as its separator).
         """
@@ -84,7 +91,7 @@ class ChunkTemplate:
             doc = prefix + PROBE + suffix
             if doc.count(PROBE) == 1:
                 try:
-                    view = PLAIN_DECODER.decode(doc)
+                    view = decoder.decode(doc)
                 except ValueError:
                     pass
                 else:

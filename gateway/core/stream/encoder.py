@@ -5,8 +5,17 @@ happens (an item opens, a delta arrives, an item closes, the response ends) and
 it writes the events. It owns the three numberings a client checks:
 
 - ``sequence_number``: assigned in ``frame`` and nowhere else;
-- ``output_index``: assigned when an item opens (``open_message`` / ``open_call``);
-- ``content_index``: the number of parts the open message already has.
+- ``output_index``: assigned when an item opens (``open_message`` / ``open_call`` /
+  ``open_reasoning``);
+- ``content_index``: the number of parts the open message already has (a reasoning
+  item has one part, 0).
+
+A reasoning item streams like a message's text part: ``output_item.added``, its
+deltas (``reasoning_text.delta``; with ``summary``, ``reasoning_summary_text.delta``
+inside a summary part instead, for clients that show only summaries), the
+``.done`` of the text, ``output_item.done``. Its done item carries the text as
+``content`` (and as ``summary`` with ``summary``) and, when the request asked for
+``reasoning.encrypted_content``, the text sealed by ``seal``.
 
 Frames are queued as pieces (prefix, sequence digits, middle, body, end) and
 joined once per ``drain``. Text deltas are spliced in as raw JSON string tokens;
@@ -21,7 +30,7 @@ from typing import Any
 
 import orjson
 
-from gateway.core.ids import CUSTOM_TOOL_CALL, FUNCTION_CALL, MESSAGE, Ids
+from gateway.core.ids import CUSTOM_TOOL_CALL, FUNCTION_CALL, MESSAGE, REASONING, Ids
 from gateway.core.stream.custom_input import CustomInput, whole_input
 from gateway.core.stream.toolcalls import ToolCall
 from gateway.core.translate.tools import NO_NAMES, ToolNames
@@ -38,19 +47,31 @@ def _decoded(token: bytes) -> str:
         return json.loads(token).encode("utf-8", "replace").decode()
 
 
+Seal = Callable[[bytes], str]  # a JSON string token -> encrypted_content (core.sealing)
+
+
 class EventEncoder:
     __slots__ = (
         "base", "now", "ids", "seq", "out", "output", "next_index", "final",
-        "msg_id", "msg_index", "parts", "pieces", "refusal", "mid", "names",
+        "msg_id", "msg_index", "parts", "pieces", "refusal", "mid", "head", "tail",
+        "seal", "summary", "names",
     )  # fmt: skip
 
     def __init__(
-        self, base: dict, now: Callable[[], float], ids: Ids, names: ToolNames = NO_NAMES
+        self,
+        base: dict,
+        now: Callable[[], float],
+        ids: Ids,
+        seal: Seal | None = None,
+        summary: bool = False,
+        names: ToolNames = NO_NAMES,
     ) -> None:
         self.base = base
         self.now = now
         self.ids = ids
         self.names = names  # the request's custom and namespaced tools (translate.tools)
+        self.seal = seal  # set: reasoning items carry encrypted_content
+        self.summary = summary  # reasoning text also given (and streamed) as the summary
         self.final: dict | None = None  # the completed / incomplete response, once there is one
         self.seq = 0
         self.out: list[Any] = []  # pieces of the frames not yet drained
@@ -62,6 +83,8 @@ class EventEncoder:
         self.pieces: list[bytes] = []  # raw string tokens of the open part
         self.refusal = False  # the open part is a refusal part
         self.mid = b""  # the open part's / call's delta frame middle
+        self.head = ev.TEXT_DELTA  # the open part's delta frame prefix and end
+        self.tail = ev.TEXT_DELTA_END
 
     # ---- framing -----------------------------------------------------------------------
 
@@ -73,29 +96,30 @@ class EventEncoder:
         self.out.extend((prefix, digits, mid, body, end))
 
     def texts(self, tokens: list[bytes]) -> None:
-        """A run of deltas for the open text part, numbered here like ``frame`` does.
+        """A run of deltas for the open text or reasoning part, numbered here like
+        ``frame`` does.
 
         The text hot path: one call per upstream read instead of one per event
-        (bench/micro_transcoder.py, text-* rows).
+        (bench/micro_transcoder.py, text-* and reasoning-* rows).
         """
         self.pieces += tokens
         seq = self.seq
         n = len(tokens)
         end = seq + n
         if n == 1 and seq < ev.CACHED_SEQUENCE:  # one delta per read: a token-by-token stream
-            self.out += (ev.TEXT_DELTA, ev.SEQUENCE[seq], self.mid, tokens[0], ev.TEXT_DELTA_END)
+            self.out += (self.head, ev.SEQUENCE[seq], self.mid, tokens[0], self.tail)
             self.seq = end
             return
         if end > ev.CACHED_SEQUENCE:
             for token in tokens:
-                self.frame(ev.TEXT_DELTA, self.mid, token, ev.TEXT_DELTA_END)
+                self.frame(self.head, self.mid, token, self.tail)
             return
         # Five pieces per event, interleaved by slice assignment (no Python loop).
-        frames: list[Any] = [ev.TEXT_DELTA] * (5 * n)
+        frames: list[Any] = [self.head] * (5 * n)
         frames[1::5] = ev.SEQUENCE[seq:end]
         frames[2::5] = [self.mid] * n
         frames[3::5] = tokens
-        frames[4::5] = [ev.TEXT_DELTA_END] * n
+        frames[4::5] = [self.tail] * n
         self.out += frames
         self.seq = end
 
@@ -137,14 +161,15 @@ class EventEncoder:
         self.mid = ev.text_delta_mid(orjson.dumps(self.msg_id), self.msg_index, index)
         self.pieces = []
         self.refusal = refusal
+        if refusal:
+            self.head, self.tail = ev.REFUSAL_DELTA, ev.OBJECT_END
+        else:
+            self.head, self.tail = ev.TEXT_DELTA, ev.TEXT_DELTA_END
 
     def text(self, token: bytes) -> None:
         """A delta for the open part (the text hot path frames its deltas itself)."""
         self.pieces.append(token)
-        if self.refusal:
-            self.frame(ev.REFUSAL_DELTA, self.mid, token, ev.OBJECT_END)
-        else:
-            self.frame(ev.TEXT_DELTA, self.mid, token, ev.TEXT_DELTA_END)
+        self.frame(self.head, self.mid, token, self.tail)
 
     def close_part(self) -> None:
         text = orjson.Fragment(join_tokens(self.pieces))
@@ -167,6 +192,47 @@ class EventEncoder:
         item = output.message_item(self.msg_id, status, self.parts)
         self.emit(ev.ITEM_DONE, {"output_index": self.msg_index, "item": item})
         self.output.append(item)
+
+    # ---- reasoning items -----------------------------------------------------------------
+
+    def open_reasoning(self) -> None:
+        """Open a reasoning item and its one part; deltas then go through ``text``/``texts``."""
+        self.msg_id = self.ids.new(REASONING)
+        self.msg_index = index = self._take_index()
+        item = output.reasoning_item(self.msg_id, "in_progress", [], [])
+        self.emit(ev.ITEM_ADDED, {"output_index": index, "item": item})
+        item_id = orjson.dumps(self.msg_id)
+        if self.summary:
+            part = output.summary_text_part("")
+            fields = {"item_id": self.msg_id, "output_index": index, "summary_index": 0}
+            self.emit(ev.SUMMARY_PART_ADDED, {**fields, "part": part})
+            self.head, self.mid = ev.SUMMARY_DELTA, ev.summary_delta_mid(item_id, index, 0)
+        else:
+            self.head, self.mid = ev.REASONING_DELTA, ev.text_delta_mid(item_id, index, 0)
+        self.tail = ev.OBJECT_END
+        self.pieces = []
+
+    def close_reasoning(self, status: str) -> None:
+        token = join_tokens(self.pieces)
+        text = orjson.Fragment(token)
+        fields = {"item_id": self.msg_id, "output_index": self.msg_index}
+        if self.summary:
+            part = output.summary_text_part(text)
+            self.emit(ev.SUMMARY_DONE, {**fields, "summary_index": 0, "text": text})
+            self.emit(ev.SUMMARY_PART_DONE, {**fields, "summary_index": 0, "part": part})
+        else:
+            self.emit(ev.REASONING_DONE, {**fields, "content_index": 0, "text": text})
+        item = self._reasoning_item(self.msg_id, token, status)
+        self.emit(ev.ITEM_DONE, {"output_index": self.msg_index, "item": item})
+        self.output.append(item)
+
+    def _reasoning_item(self, item_id: str, token: bytes, status: str) -> dict:
+        text = orjson.Fragment(token)
+        summary = [output.summary_text_part(text)] if self.summary else []
+        sealed = self.seal(token) if self.seal is not None else None
+        return output.reasoning_item(
+            item_id, status, [output.reasoning_text_part(text)], summary, sealed
+        )
 
     # ---- function_call and custom_tool_call items -----------------------------------------
 
@@ -262,6 +328,12 @@ class EventEncoder:
         self.open_call(call)
         self.close_call(call, status)
 
+    def whole_reasoning(self, token: bytes, status: str) -> None:
+        """A reasoning item whose text (one JSON string token) is all known."""
+        self.open_reasoning()
+        self.text(token)
+        self.close_reasoning(status)
+
     # ---- the end -------------------------------------------------------------------------
 
     def terminal(self, finish_reason: str | None, usage: Usage | None) -> None:
@@ -295,13 +367,21 @@ class OutputCollector(EventEncoder):
     __slots__ = ()
 
     def __init__(
-        self, base: dict, now: Callable[[], float], ids: Ids, names: ToolNames = NO_NAMES
+        self,
+        base: dict,
+        now: Callable[[], float],
+        ids: Ids,
+        seal: Seal | None = None,
+        summary: bool = False,
+        names: ToolNames = NO_NAMES,
     ) -> None:
         # Only what whole items and the end use: this runs once per JSON answer.
         self.base = base
         self.now = now
         self.ids = ids
         self.names = names
+        self.seal = seal
+        self.summary = summary
         self.output = []
         self.final = None
 
@@ -334,3 +414,6 @@ class OutputCollector(EventEncoder):
         self.output.append(
             output.function_call_item(item_id, call.call_id, name, arguments, status, namespace)
         )
+
+    def whole_reasoning(self, token: bytes, status: str) -> None:
+        self.output.append(self._reasoning_item(self.ids.new(REASONING), token, status))

@@ -7,9 +7,9 @@ tool has in this request (``translate.tools``: a namespace's function, a custom
 tool, whose ``input`` becomes the arguments ``{"input": ...}``);
 ``function_call_output`` and ``custom_tool_call_output`` become ``tool``
 messages (an output given as parts: its text, and its images as image parts
-where the deployment takes images); replayed ``reasoning`` items are dropped;
-anything that needs server state or a hosted tool is refused with the
-parameter's path.
+where the deployment takes images); replayed ``reasoning`` items go on the
+assistant message they precede (``translate.reasoning``); anything that needs
+server state or a hosted tool is refused with the parameter's path.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from typing import Any
 import orjson
 
 from gateway.core.capabilities import Capabilities
+from gateway.core.sealing import Sealer
+from gateway.core.translate.reasoning import Replay
 from gateway.core.translate.tools import NO_NAMES, ToolNames
 from gateway.core.wire.responses import ContentPart, InputItem, ResponsesRequest
 from gateway.errors import InvalidRequest, Unsupported, missing
@@ -35,7 +37,10 @@ IMAGE_OMITTED = "[image omitted: this model does not accept image input]"
 
 
 def to_messages(
-    req: ResponsesRequest, caps: Capabilities, names: ToolNames = NO_NAMES
+    req: ResponsesRequest,
+    caps: Capabilities,
+    names: ToolNames = NO_NAMES,
+    sealer: Sealer | None = None,
 ) -> list[dict]:
     messages: list[dict] = []
     if req.instructions:
@@ -44,8 +49,13 @@ def to_messages(
     if isinstance(items, str):
         messages.append({"role": "user", "content": items})
     elif items:
+        replay = Replay(caps, sealer)
         for i, item in enumerate(items):
+            if item.type == "reasoning":
+                replay.take(item, i)
+                continue
             _add_item(messages, item, i, caps, names)
+            replay.settle(messages)
     if not messages:
         raise missing("input", alternative="instructions")
     return messages
@@ -74,8 +84,6 @@ def _add_item(
             raise missing(f"input[{i}].call_id")
         content = _tool_output(item.output, i, caps)
         messages.append({"role": "tool", "tool_call_id": item.call_id, "content": content})
-    elif kind == "reasoning":
-        return  # replayed reasoning cannot be used by a chat upstream; clients send it anyway
     elif kind == "item_reference":
         raise Unsupported(ITEM_REFERENCE, param=f"input[{i}]")
     else:

@@ -15,6 +15,8 @@ import msgspec
 import orjson
 
 from gateway.core.capabilities import Capabilities
+from gateway.core.sealing import Sealer
+from gateway.core.translate import reasoning
 from gateway.core.translate.inputs import to_messages
 from gateway.core.translate.tools import NO_NAMES, ToolSet, to_tool_set
 from gateway.core.wire.responses import (
@@ -30,7 +32,6 @@ from gateway.errors import InvalidRequest, Unsupported, missing
 
 _CHOICE_STRINGS = ("none", "auto", "required")
 _TEXT_DEFAULT = {"format": {"type": "text"}}
-_REASONING_ECHO = {"effort": None, "summary": None}
 _PASS_EXTRAS = (
     "seed",
     "stop",
@@ -53,7 +54,7 @@ def _fragment(raw: msgspec.Raw) -> orjson.Fragment:
 def _is_empty(value: Any) -> bool:
     if value is None or value is False or value == [] or value == {}:
         return True
-    # reasoning: {"effort": null, "summary": null} asks for nothing either.
+    # {"id": null, ...} asks for nothing either.
     return isinstance(value, dict) and all(v is None for v in value.values())
 
 
@@ -175,18 +176,27 @@ def to_response_format(raw: msgspec.Raw, caps: Capabilities) -> tuple[dict | Non
 
 
 def to_chat_request(
-    req: ResponsesRequest, caps: Capabilities, upstream_model: str, *, stream: bool
+    req: ResponsesRequest,
+    caps: Capabilities,
+    upstream_model: str,
+    *,
+    stream: bool,
+    sealer: Sealer | None = None,
 ) -> tuple[dict, dict, ToolSet]:
     """(chat body, echo fields for the response object, the request's tools: their
-    names for the answer's calls, and the hosted tools dropped)."""
+    names for the answer's calls, and the hosted tools dropped); ``sealer`` opens
+    replayed reasoning (``encrypted_content``)."""
     check_not_offered(req)
+    reasoning.wants_encrypted(req.include)
+    effort = reasoning.effort_fields(req.reasoning, caps)
     tools = NO_TOOLS
     if req.tools:
         if not caps.tools:
             raise Unsupported("This model does not support tools.", param="tools")
         tools = to_tool_set(req.tools, caps)
-    messages = to_messages(req, caps, tools.names)
+    messages = to_messages(req, caps, tools.names, sealer)
     body: dict[str, Any] = {"model": upstream_model, "messages": messages}
+    body.update(effort)
     tool_choice_echo: Any = "auto"
     if tools.chat:
         choice, tool_choice_echo, chat_tools = to_chat_tool_choice(req.tool_choice, tools.chat)
@@ -225,7 +235,7 @@ def _echo(req: ResponsesRequest, tools: list[dict], tool_choice: Any, text: Any)
         "parallel_tool_calls": True if req.parallel_tool_calls is None else req.parallel_tool_calls,
         "previous_response_id": None,
         "prompt_cache_key": req.prompt_cache_key,
-        "reasoning": _REASONING_ECHO,
+        "reasoning": reasoning.echo(req.reasoning),
         "safety_identifier": req.safety_identifier,
         "service_tier": req.service_tier or "default",
         "store": False,

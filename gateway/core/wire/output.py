@@ -116,6 +116,30 @@ def custom_tool_call_item(
     return item
 
 
+def reasoning_text_part(text: Any) -> dict:
+    return {"type": "reasoning_text", "text": text}
+
+
+def summary_text_part(text: Any) -> dict:
+    return {"type": "summary_text", "text": text}
+
+
+def reasoning_item(
+    item_id: str, status: str, content: list, summary: list, encrypted: str | None = None
+) -> dict:
+    """A reasoning item; ``encrypted_content`` only when the client asked for it."""
+    item = {
+        "type": "reasoning",
+        "id": item_id,
+        "status": status,
+        "summary": summary,
+        "content": content,
+    }
+    if encrypted is not None:
+        item["encrypted_content"] = encrypted
+    return item
+
+
 def usage_from_chat(usage: Usage | None) -> dict | None:
     """Chat ``usage`` (its view Struct, fields already type-checked) → Responses ``usage``.
 
