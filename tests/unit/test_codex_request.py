@@ -300,3 +300,18 @@ def test_item_reference_says_what_works_instead() -> None:
         translate({"input": [{"type": "item_reference", "id": "msg_1"}]})
     assert info.value.param == "input[0]"
     assert "item_reference" in info.value.message and "store: false" in info.value.message
+
+
+def test_serve_hosted_tools_flag_and_config_key(tmp_path: Any) -> None:
+    from gateway.cli import _parser, build_config
+    from gateway.config import parse
+    from gateway.upstream.routing import capabilities
+
+    args = _parser().parse_args(["serve", "--upstream", "http://127.0.0.1:1/v1"])
+    assert not capabilities(build_config(args).deployment[0]).drop_hosted_tools
+    args = _parser().parse_args(
+        ["serve", "--upstream", "http://127.0.0.1:1/v1", "--hosted-tools", "drop"]
+    )
+    assert capabilities(build_config(args).deployment[0]).drop_hosted_tools
+    toml = b'[[deployment]]\nupstream = "http://h/v1"\nhosted-tools = "drop"\n'
+    assert capabilities(parse(toml, "x.toml").deployment[0]).drop_hosted_tools
