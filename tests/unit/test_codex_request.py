@@ -315,3 +315,22 @@ def test_serve_hosted_tools_flag_and_config_key(tmp_path: Any) -> None:
     assert capabilities(build_config(args).deployment[0]).drop_hosted_tools
     toml = b'[[deployment]]\nupstream = "http://h/v1"\nhosted-tools = "drop"\n'
     assert capabilities(parse(toml, "x.toml").deployment[0]).drop_hosted_tools
+
+
+def test_the_bench_codex_request_is_codex_sized_and_accepted() -> None:
+    """bench/codex.py's request (the codex row): about 60 KB of history, 30 tools with
+    custom and namespace ones, and it translates."""
+    import pathlib
+    import sys
+
+    sys.path.insert(0, str(pathlib.Path(__file__).parents[2] / "bench"))
+    from codex import codex_request
+
+    body = codex_request(stream=True)
+    assert 50_000 <= len(orjson.dumps(body["input"])) <= 80_000
+    chat, _, tools = translate({k: v for k, v in body.items() if k != "model"})
+    assert len(chat["tools"]) == 30
+    assert {t["type"] for t in body["tools"]} == {"function", "custom", "namespace"}
+    assert len(tools.names.by_upstream) == 10  # 2 custom, 8 namespaced
+    kinds = {m["role"] for m in chat["messages"]}
+    assert kinds == {"system", "user", "assistant", "tool"}
