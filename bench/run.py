@@ -3,7 +3,8 @@
 Both targets run behind the same fake upstream (``gateway.demo --fixed``) under
 the same pinning: the target on ``--proxy-cpus``, wrk, the clients and the
 upstream on ``--load-cpus``. Rows (``--only``): nonstream, stream, cpu,
-latency, memory, workers, identity (bench/identity.py), micro. See
+latency, memory, workers, identity (bench/identity.py), reasoning
+(bench/reasoning.py), micro. See
 bench/README.md for what each measures.
 Usage: .venv/bin/python bench/run.py [--quick] [--only nonstream,stream]
 """
@@ -22,11 +23,15 @@ from pathlib import Path
 import harness as h
 from identity import IdentityRow
 from identity import table as identity_table
+from reasoning import ReasoningRow
+from reasoning import table as reasoning_table
 from report import SERIES, Results, environment, markdown, table, write_json
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
-ROWS = ("nonstream", "stream", "cpu", "latency", "memory", "workers", "identity", "micro")
+ROWS = (
+    "nonstream", "stream", "cpu", "latency", "memory", "workers", "identity", "reasoning", "micro",
+)  # fmt: skip
 PATHS = {"chat": "/v1/chat/completions", "responses": "/v1/responses"}
 HELLO = {
     "chat": {"model": "demo", "messages": [{"role": "user", "content": "Say hello"}]},
@@ -68,6 +73,7 @@ class Bench:
             (api, s): h.wrk_script(body(api, s), log_dir) for api in PATHS for s in (False, True)
         }
         self.identity = IdentityRow(self, body("responses", False), PATHS)
+        self.reasoning = ReasoningRow(self)
 
     # -- processes -------------------------------------------------------------
 
@@ -342,6 +348,8 @@ class Bench:
                     self.each(row, self.cpu_row)
                 elif row == "identity":
                     self.identity.run(rep)
+                elif row == "reasoning":
+                    self.reasoning.run(rep)
                 else:
                     getattr(self, f"{row}_row")(rep)
         for proc in list(self.procs):
@@ -367,6 +375,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--stream-rate", type=float, default=100, help="fixed rate, streamed answers/s")
     p.add_argument("--conns", type=int, default=64)
     p.add_argument("--deltas", type=int, default=64, help="content deltas per streamed answer")
+    p.add_argument(
+        "--reasoning-deltas", type=int, default=256, help="deltas per answer, reasoning row"
+    )
     p.add_argument("--streams", type=int, help="open streams for the memory row (default 1000)")
     p.add_argument("--slow-delay-ms", type=float, default=1000.0, help="memory-row upstream delay")
     p.add_argument("--proxy-cpus", default="0")
@@ -409,9 +420,9 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"machine": {**h.machine(), **environment(REPO)}, "args": vars(args)}
     meta["elapsed_s"] = round(time.monotonic() - started, 1)
     print("\n" + table(bench.res), flush=True)
-    print("\n".join(identity_table(bench.res.summary())), flush=True)
+    extra = "\n".join(identity_table(bench.res.summary()) + reasoning_table(bench.res.summary()))
+    print(extra, flush=True)
     write_json(args.output, bench.res, meta)
-    extra = "\n".join(identity_table(bench.res.summary()))
     args.output.with_suffix(".md").write_text(markdown(bench.res) + extra)
     print(f"\nwrote {args.output} in {meta['elapsed_s']}s; logs in {log_dir}", flush=True)
     return 0
