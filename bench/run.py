@@ -3,8 +3,8 @@
 Both targets run behind the same fake upstream (``gateway.demo --fixed``) under
 the same pinning: the target on ``--proxy-cpus``, wrk, the clients and the
 upstream on ``--load-cpus``. Rows (``--only``): nonstream, stream, cpu,
-latency, memory, workers, identity (bench/identity.py), codex (bench/codex.py),
-micro. See
+latency, memory, workers, identity (bench/identity.py), reasoning
+(bench/reasoning.py), codex (bench/codex.py), micro. See
 bench/README.md for what each measures.
 Usage: .venv/bin/python bench/run.py [--quick] [--only nonstream,stream]
 """
@@ -25,12 +25,15 @@ from codex import CodexRow
 from codex import table as codex_table
 from identity import IdentityRow
 from identity import table as identity_table
+from reasoning import ReasoningRow
+from reasoning import table as reasoning_table
 from report import SERIES, Results, environment, markdown, table, write_json
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 ROWS = (
-    "nonstream", "stream", "cpu", "latency", "memory", "workers", "identity", "codex", "micro",
+    "nonstream", "stream", "cpu", "latency", "memory", "workers", "identity", "reasoning",
+    "codex", "micro",
 )  # fmt: skip
 PATHS = {"chat": "/v1/chat/completions", "responses": "/v1/responses"}
 HELLO = {
@@ -73,6 +76,7 @@ class Bench:
             (api, s): h.wrk_script(body(api, s), log_dir) for api in PATHS for s in (False, True)
         }
         self.identity = IdentityRow(self, body("responses", False), PATHS)
+        self.reasoning = ReasoningRow(self)
         small = {s: body("responses", s) for s in (False, True)}
         self.codex = CodexRow(self, small, PATHS["responses"])
 
@@ -349,6 +353,8 @@ class Bench:
                     self.each(row, self.cpu_row)
                 elif row == "identity":
                     self.identity.run(rep)
+                elif row == "reasoning":
+                    self.reasoning.run(rep)
                 elif row == "codex":
                     self.codex.run(rep)
                 else:
@@ -378,6 +384,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--codex-stream-rate", type=float, default=50, help="codex row, answers/s")
     p.add_argument("--conns", type=int, default=64)
     p.add_argument("--deltas", type=int, default=64, help="content deltas per streamed answer")
+    p.add_argument(
+        "--reasoning-deltas", type=int, default=256, help="deltas per answer, reasoning row"
+    )
     p.add_argument("--streams", type=int, help="open streams for the memory row (default 1000)")
     p.add_argument("--slow-delay-ms", type=float, default=1000.0, help="memory-row upstream delay")
     p.add_argument("--proxy-cpus", default="0")
@@ -421,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     meta["elapsed_s"] = round(time.monotonic() - started, 1)
     print("\n" + table(bench.res), flush=True)
     summary = bench.res.summary()
-    extra = "\n".join(identity_table(summary) + codex_table(summary))
+    extra = "\n".join(identity_table(summary) + reasoning_table(summary) + codex_table(summary))
     print(extra, flush=True)
     write_json(args.output, bench.res, meta)
     args.output.with_suffix(".md").write_text(markdown(bench.res) + extra)

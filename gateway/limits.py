@@ -111,6 +111,10 @@ IDEMPOTENCY_POLL = 0.05
 STORE_TIMEOUT = 2.0
 # The window of a per-key requests-per-minute limit, in seconds.
 RATE_WINDOW = 60.0
+# Seconds a request's in-flight slot (the per-key in-flight limit, in Redis) lasts
+# without word from its process: renewed every third of this while the request runs,
+# so the slots of a process that died free themselves this long after.
+SLOT_TTL = 30.0
 
 # ---- tools (gateway.core.translate.tools) ---------------------------------------------
 

@@ -288,3 +288,31 @@ def test_malformed_seal_keys_fail_at_start(value: str) -> None:
         seal_keys(Seal(), {"GATEWAY_SEAL_KEY": f"{b64(KEY_A)},{value}"})
     assert "GATEWAY_SEAL_KEY" in str(info.value) and "key 2" in str(info.value)
     assert value not in str(info.value)
+
+
+def test_workers_get_one_random_key_when_none_is_set(caplog: pytest.LogCaptureFixture) -> None:
+    from gateway.ops.lifecycle import with_seal_key
+
+    cfg = parse(b'[[deployment]]\nupstream = "http://h/v1"\n', "t.toml")
+    given = {"GATEWAY_SEAL_KEY": b64(KEY_A), "OTHER": "x"}
+    assert with_seal_key(cfg, given) is given
+    assert caplog.records == []
+    env = with_seal_key(cfg, {"OTHER": "x"})
+    (key,) = seal_keys(cfg.seal, env)
+    assert env["OTHER"] == "x" and len(key) == 32
+    assert with_seal_key(cfg, {})["GATEWAY_SEAL_KEY"] != env["GATEWAY_SEAL_KEY"]
+    assert "GATEWAY_SEAL_KEY is not set" in caplog.text
+    assert env["GATEWAY_SEAL_KEY"] not in caplog.text
+
+
+def test_serve_refuses_a_malformed_seal_key() -> None:
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "gateway", "serve", "--upstream", "http://127.0.0.1:9/v1"]
+    env = {**os.environ, "GATEWAY_SEAL_KEY": "c2hvcnQ="}
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2
+    assert "GATEWAY_SEAL_KEY: key 1 is not the base64 of 32 bytes" in out.stderr
+    assert "c2hvcnQ=" not in out.stderr

@@ -264,3 +264,21 @@ def test_completion_with_reasoning(field: str) -> None:
         ("reasoning", "completed", "2+2 \u00e9"),
         ("message", "completed", "4"),
     ]
+
+
+def test_a_run_of_reasoning_chunks_stops_before_the_text_that_ends_alike() -> None:
+    """Text chunks end like reasoning chunks (only the field name differs): the run of
+    reasoning chunks before them is still taken as one run."""
+    from gateway.core.stream.chunk_template import ChunkTemplate
+    from gateway.core.wire.chunks import PLAIN_DECODERS, REASONING_CONTENT
+
+    def payload(delta: dict) -> bytes:
+        return chunk(delta)[6:-2]
+
+    first = payload({"reasoning_content": "a"})
+    template = ChunkTemplate.learn(first, b'"a"', PLAIN_DECODERS[REASONING_CONTENT])
+    assert template is not None
+    reads = [payload({"reasoning_content": t}) for t in ("b", "c", "d")]
+    reads += [payload({"content": "text"}), payload({"content": "more"}), b"[DONE]"]
+    assert template.run(reads, 0) == (3, [b'"b"', b'"c"', b'"d"'])
+    assert template.token(reads[3]) is None

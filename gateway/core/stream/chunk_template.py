@@ -121,14 +121,17 @@ class ChunkTemplate:
     def run(self, payloads: list[bytes], start: int) -> tuple[int, list[bytes]]:
         """How many payloads from ``start`` on match, and their non-empty tokens.
 
-        The run ends before the payloads at the end that do not end like the
-        template (a read's finish, usage and ``[DONE]`` chunks). ``(0, [])``
+        The run ends before the payloads at the end that do not start and end like
+        the template (a read's finish, usage and ``[DONE]`` chunks; the text chunks
+        after a run of reasoning chunks, which end alike). ``(0, [])``
         when the run cannot be confirmed as a whole; the caller then goes
         payload by payload. The payloads must hold no LF (the SSE parser says so).
         """
-        suffix = self.suffix
+        prefix, suffix = self.prefix, self.suffix
         end = len(payloads)
-        while end > start and not payloads[end - 1].endswith(suffix):
+        while end > start and not (
+            payloads[end - 1].endswith(suffix) and payloads[end - 1].startswith(prefix)
+        ):
             end -= 1
         count = end - start
         if count < 2:
@@ -143,7 +146,7 @@ class ChunkTemplate:
         expected = self._sep.join(tokens)
         if not (
             len(whole) == lp + len(expected) + self._ls
-            and whole.startswith(self.prefix)
+            and whole.startswith(prefix)
             and whole.startswith(expected, lp)
             and whole.endswith(suffix)
         ):

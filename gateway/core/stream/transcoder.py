@@ -85,6 +85,7 @@ _NEW, _TEXT, _CALLS, _DONE = State.NEW, State.TEXT, State.CALLS, State.DONE  # f
 _REASONING = State.REASONING
 _decode = ck.CHUNK_DECODER.decode
 _PLAIN = ck.PLAIN_DECODERS
+_PLAIN_DECODE = tuple(decoder.decode for decoder in _PLAIN)
 
 
 class Transcoder:
@@ -133,8 +134,8 @@ class Transcoder:
         # tool-* rows): a chunk that only brings more text for the open text part or
         # more reasoning for the open reasoning item (matched by the stream's chunk
         # template of that kind, a whole run of them at once, or else decoded as that
-        # kind's plain view), or more arguments for the open function call
-        # (_more_arguments), is taken right here; anything else (or odd) goes to
+        # kind's plain view), or more arguments for the open function call, is taken
+        # right here; anything else (or odd) goes to
         # _on_undecodable / _on_chunk.
         try:
             payloads = self._parser.feed(data)
@@ -143,10 +144,12 @@ class Transcoder:
             return enc.drain()
         texts: list[bytes] = []  # a run of text (or reasoning) deltas, framed together
         state = self._state
-        plain = state is _TEXT or state is _REASONING
-        kind = self._kind if state is _REASONING else ck.TEXT
+        if state is _REASONING:
+            plain, kind = True, self._kind
+        else:
+            plain, kind = state is _TEXT, ck.TEXT
         template = self._templates[kind]
-        decoder = _PLAIN[kind]
+        decode_plain = _PLAIN_DECODE[kind]
         runs = RUNS_PER_READ if self._parser.lf_free else 0
         count = len(payloads)
         i = 0
@@ -169,7 +172,7 @@ class Transcoder:
                             texts.append(token)
                         continue
                 try:
-                    view = decoder.decode(payload)
+                    view = decode_plain(payload)
                 except ValueError:
                     pass  # not a plain chunk of this kind (or not JSON): the general path decides
                 else:
@@ -183,7 +186,7 @@ class Transcoder:
                             learns = self._learns
                             if learns[kind] and view.usage is None:
                                 learns[kind] -= 1
-                                template = ChunkTemplate.learn(payload, token, decoder)
+                                template = ChunkTemplate.learn(payload, token, _PLAIN[kind])
                                 self._templates[kind] = template
                     continue
             if texts:  # not a plain chunk: the text before it goes out first
@@ -196,60 +199,56 @@ class Transcoder:
                 chunk = _decode(payload)
             except ValueError as exc:  # msgspec's errors, or UnicodeDecodeError in a str field
                 self._on_undecodable(payload, exc)
+                if self._state is _DONE:
+                    break
             else:
-                if self._more_arguments(chunk):
-                    continue
+                choices = chunk.choices
+                if state is _CALLS and choices and not chunk.error and chunk.message is None:
+                    # More arguments for the open call, and nothing else?
+                    choice = choices[0]
+                    delta = choice.delta
+                    if (
+                        delta is not None
+                        and (calls := delta.tool_calls)
+                        and len(calls) == 1
+                        and choice.finish_reason is None
+                        and choice.index == 0
+                        and not delta.refusal
+                        and not delta.content
+                        and not delta.reasoning_content
+                        and not delta.reasoning
+                    ):
+                        call = calls[0]
+                        current = self._calls.open
+                        function = call.function
+                        if (
+                            current is not None
+                            and call.index == current.key
+                            and call.id is None
+                            and function is not None
+                            and function.name is None
+                            and not self._calls.queue
+                        ):
+                            if chunk.usage is not None:  # vLLM's continuous_usage_stats
+                                self._usage = chunk.usage
+                            piece = ck.string_token(function.arguments)
+                            if piece is not None:
+                                enc.arguments(current, piece)
+                            continue
                 self._on_chunk(chunk)
-            if self._state is _DONE:
-                break
+                if self._state is _DONE:
+                    break
             if self._state is not state:
                 state = self._state
-                plain = state is _TEXT or state is _REASONING
-                kind = self._kind if state is _REASONING else ck.TEXT
+                if state is _REASONING:
+                    plain, kind = True, self._kind
+                else:
+                    plain, kind = state is _TEXT, ck.TEXT
                 template = self._templates[kind]
-                decoder = _PLAIN[kind]
+                decode_plain = _PLAIN_DECODE[kind]
         if texts:
             enc.texts(texts)
         return enc.drain()
-
-    def _more_arguments(self, chunk: ck.Chunk) -> bool:
-        """Took ``chunk`` if it only brings more arguments for the open call (the tool-*
-        hot path); else False, and ``_on_chunk`` reads it."""
-        choices = chunk.choices
-        if self._state is not _CALLS or not choices or chunk.error or chunk.message is not None:
-            return False
-        choice = choices[0]
-        delta = choice.delta
-        if not (
-            delta is not None
-            and (calls := delta.tool_calls)
-            and len(calls) == 1
-            and choice.finish_reason is None
-            and choice.index == 0
-            and not delta.refusal
-            and not delta.content
-            and not delta.reasoning_content
-            and not delta.reasoning
-        ):
-            return False
-        call = calls[0]
-        current = self._calls.open
-        function = call.function
-        if not (
-            current is not None
-            and call.index == current.key
-            and call.id is None
-            and function is not None
-            and function.name is None
-            and not self._calls.queue
-        ):
-            return False
-        if chunk.usage is not None:  # vLLM's continuous_usage_stats
-            self._usage = chunk.usage
-        piece = ck.string_token(function.arguments)
-        if piece is not None:
-            self._enc.arguments(current, piece)
-        return True
 
     def finish(self) -> bytes:
         if not self._begin():
@@ -320,9 +319,10 @@ class Transcoder:
             self._on_finish(choice.finish_reason)
 
     def _on_delta(self, delta: ck.Delta) -> None:
-        kind, reasoning = delta.reasoning_token()
-        if reasoning is not None:
-            self._on_reasoning(reasoning, kind)
+        if delta.reasoning_content or delta.reasoning:  # (a Raw is falsy when absent)
+            kind, reasoning = delta.reasoning_token()
+            if reasoning is not None:
+                self._on_reasoning(reasoning, kind)
         content = delta.content
         if len(content) > 2:
             token = bytes(content)
