@@ -160,7 +160,7 @@ class Gateway:
         key = self._key(request)
         if key is not None and self.replays is not None and not streamed(body):
             return await self.replays.run(
-                call, key, request.path, body, partial(self._chat, request, call, [body, view])
+                call, key, request, body, partial(self._chat, request, call, [body, view])
             )
         held = [body, view]
         del body, view  # (only the list holds them: _chat lets go while the answer streams)
@@ -206,7 +206,7 @@ class Gateway:
         key = self._key(request)
         if key is not None and self.replays is not None and not req.stream:
             return await self.replays.run(
-                call, key, request.path, body, partial(self._responses, request, call, [body, req])
+                call, key, request, body, partial(self._responses, request, call, [body, req])
             )
         held = [body, req]
         del body, req  # (only the list holds them: _responses lets go while a stream runs)

@@ -128,6 +128,12 @@ class Incoming(Protocol):
 
     def abort(self) -> None: ...
 
+    def detach(self) -> bool:
+        """Let the handler run to its end even if the client goes away (its answer is
+        then dropped), instead of being cancelled. False where the server cannot: the
+        handler must then shield the work that has to finish itself."""
+        ...
+
 
 class StreamOut(Protocol):
     """A server's side of a ``StreamResponse``."""
@@ -280,6 +286,10 @@ class Request:
         transport = self._conn.transport
         if transport is not None:
             transport.close()
+
+    def detach(self) -> bool:
+        self._conn.detached = True
+        return True
 
     async def open_stream(self, status: int, headers: dict[str, str] | None) -> LeanStream:
         conn = self._conn
