@@ -73,16 +73,16 @@ def feeds(data: bytes, seed: int) -> list[list[bytes]]:
 
 @pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
 def test_long_reasoning_then_text_on_the_hot_path(field: str) -> None:
-    """Hundreds of vLLM-shaped reasoning deltas (template and plain paths) then text:
+    """A hundred and fifty vLLM-shaped reasoning deltas (template and plain paths) then text:
     the same output however the bytes arrive, and the naive baseline's events."""
     words = [
         f" w{i}" + ("\u00e9" if i % 7 == 0 else "") + ('"' if i % 11 == 0 else "")
-        for i in range(300)
+        for i in range(150)
     ]
     data = chunk({"role": "assistant", "content": ""})
     data += b"".join(chunk({field: w}) for w in words)
     data += b"".join(chunk({"content": t}) for t in ["Done", " now."])
-    data += tail(300)
+    data += tail(150)
     whole = run([data])
     for pieces in feeds(data, 1)[1:]:
         assert run(pieces) == whole
@@ -93,9 +93,9 @@ def test_long_reasoning_then_text_on_the_hot_path(field: str) -> None:
         ("reasoning", "completed", "".join(words)),
         ("message", "completed", "Done now."),
     ]
-    assert events[-1]["response"]["usage"]["output_tokens_details"] == {"reasoning_tokens": 300}
+    assert events[-1]["response"]["usage"]["output_tokens_details"] == {"reasoning_tokens": 150}
     types = [e["type"] for e in events]
-    assert types.count("response.reasoning_text.delta") == 300
+    assert types.count("response.reasoning_text.delta") == 150
 
 
 @pytest.mark.parametrize(
@@ -228,8 +228,9 @@ def test_summary_form_streams_summary_events() -> None:
 # ---- non-streaming ----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("summary_text", [False, True])
 @pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
-def test_completion_with_reasoning(field: str) -> None:
+def test_completion_with_reasoning(field: str, summary_text: bool) -> None:
     message = {"role": "assistant", "content": "4", field: "2+2 \u00e9", "tool_calls": None}
     body = {
         **HEAD,
@@ -242,16 +243,17 @@ def test_completion_with_reasoning(field: str) -> None:
         },
     }
     base = output.response_base("resp_x", 1700000000, "demo", ECHO)
-    response = orjson.loads(
-        orjson.dumps(to_response(orjson.dumps(body), base, ids=CountingIds(), seal=fake_seal))
+    answer = to_response(
+        orjson.dumps(body), base, ids=CountingIds(), seal=fake_seal, summary=summary_text
     )
+    response = orjson.loads(orjson.dumps(answer))
     Response.model_validate(response)
     first, second = response["output"]
     assert first == {
         "type": "reasoning",
         "id": "rs_0000",
         "status": "completed",
-        "summary": [],
+        "summary": [{"type": "summary_text", "text": "2+2 \u00e9"}] if summary_text else [],
         "content": [{"type": "reasoning_text", "text": "2+2 \u00e9"}],
         "encrypted_content": 'sealed:"2+2 \u00e9"',
     }

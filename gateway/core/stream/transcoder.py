@@ -135,8 +135,7 @@ class Transcoder:
         # more reasoning for the open reasoning item (matched by the stream's chunk
         # template of that kind, a whole run of them at once, or else decoded as that
         # kind's plain view), or more arguments for the open function call, is taken
-        # right here; anything else (or odd) goes to
-        # _on_undecodable / _on_chunk.
+        # right here; anything else (or odd) goes to _on_undecodable / _on_chunk.
         try:
             payloads = self._parser.feed(data)
         except SseTooLarge as exc:
