@@ -77,14 +77,16 @@ def stop(proc: Proc) -> None:
         os.killpg(proc.pid, signal.SIGKILL)  # forked workers can outlive their parent
 
 
-def wait_ready(proc: Proc, port: int, timeout: float = 20.0) -> None:
+def wait_ready(
+    proc: Proc, port: int, timeout: float = 20.0, headers: dict[str, str] | None = None
+) -> None:
     """Poll GET /v1/models until it answers 200; raise with the log tail otherwise."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.popen.poll() is not None:
             raise RuntimeError(f"{proc.name} exited {proc.popen.returncode}: {proc.log_tail()}")
         try:
-            status, _, _ = request(port, "GET", "/v1/models", None, timeout=1.0)
+            status, _, _ = request(port, "GET", "/v1/models", None, 1.0, headers)
             if status == 200:
                 return
         except OSError:
@@ -94,12 +96,17 @@ def wait_ready(proc: Proc, port: int, timeout: float = 20.0) -> None:
 
 
 def request(
-    port: int, method: str, path: str, body: bytes | None, timeout: float = 10.0
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | None,
+    timeout: float = 10.0,
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, str, bytes]:
     conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
     try:
-        headers = {"Content-Type": "application/json"} if body is not None else {}
-        conn.request(method, path, body=body, headers=headers)
+        sent = {"Content-Type": "application/json"} if body is not None else {}
+        conn.request(method, path, body=body, headers={**sent, **(headers or {})})
         resp = conn.getresponse()
         return resp.status, resp.getheader("Content-Type") or "", resp.read()
     finally:

@@ -60,6 +60,14 @@ METRICS: dict[str, list[tuple[str, str]]] = {
         ("us_event_off", "CPU us/event (stream), off"),
         ("event_ratio", "us/event off / on"),
     ],
+    "replicas": [
+        ("rps_1", "req/s, 1 upstream (64 conns)"),
+        ("rps_3", "req/s, 3 replicas"),
+        ("rps_ratio", "req/s 3 replicas / 1 upstream"),
+        ("us_1", "CPU us/request, 1 upstream"),
+        ("us_3", "CPU us/request, 3 replicas"),
+        ("cpu_ratio", "CPU/request 1 upstream / 3 replicas"),
+    ],
 }
 
 
@@ -72,6 +80,8 @@ NO_RATIO = (
     "load_cpu_pct",
     "added_p99_ms",
     "upstream_conns_per_1k",
+    "rps_ratio",
+    "cpu_ratio",
 )
 
 

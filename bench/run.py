@@ -3,7 +3,9 @@
 Both targets run behind the same fake upstream (``gateway.demo --fixed``) under
 the same pinning: the target on ``--proxy-cpus``, wrk, the clients and the
 upstream on ``--load-cpus``. Rows (``--only``): nonstream, stream, cpu,
-latency, memory, workers, micro. See bench/README.md for what each measures.
+latency, memory, workers, identity (bench/identity.py), replicas, reasoning
+(bench/reasoning.py), codex (bench/codex.py), micro. See
+bench/README.md for what each measures.
 Usage: .venv/bin/python bench/run.py [--quick] [--only nonstream,stream]
 """
 
@@ -19,11 +21,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 import harness as h
+from codex import CodexRow
+from codex import table as codex_table
+from identity import IdentityRow
+from identity import table as identity_table
+from reasoning import ReasoningRow
+from reasoning import table as reasoning_table
 from report import SERIES, Results, environment, markdown, table, write_json
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
-ROWS = ("nonstream", "stream", "cpu", "latency", "memory", "workers", "ops", "micro")
+ROWS = (
+    *("nonstream", "stream", "cpu", "latency", "memory", "workers", "ops"),
+    *("identity", "replicas", "reasoning", "codex", "micro"),
+)
 # The ops row's second instance of each gateway target: metrics and access log off.
 OPS_OFF = ["--no-metrics", "--no-access-log"]
 PATHS = {"chat": "/v1/chat/completions", "responses": "/v1/responses"}
@@ -40,7 +51,11 @@ def body(api: str, stream: bool) -> bytes:
 def target_cmd(
     target: str, port: int, upstream: str, workers: int, extra: list[str] | None = None
 ) -> list[str]:
-    common = ["--host", h.HOST, "--port", str(port), "--upstream", upstream]
+    """``upstream``: one URL, or (the gateway's) several, space-separated: replicas;
+    ``extra``: more flags for the gateway."""
+    common = ["--host", h.HOST, "--port", str(port)]
+    for url in upstream.split():
+        common += ["--upstream", url]
     if target == "baseline":
         return [
             sys.executable,
@@ -68,14 +83,20 @@ class Bench:
         self.scripts = {
             (api, s): h.wrk_script(body(api, s), log_dir) for api in PATHS for s in (False, True)
         }
+        self.identity = IdentityRow(self, body("responses", False), PATHS)
+        self.reasoning = ReasoningRow(self)
+        small = {s: body("responses", s) for s in (False, True)}
+        self.codex = CodexRow(self, small, PATHS["responses"])
 
     # -- processes -------------------------------------------------------------
 
-    def launch(self, name: str, cmd: list[str], port: int) -> h.Proc:
+    def launch(
+        self, name: str, cmd: list[str], port: int, headers: dict[str, str] | None = None
+    ) -> h.Proc:
         proc = h.start(name, cmd, self.log_dir)
         self.procs.append(proc)
         try:
-            h.wait_ready(proc, port)
+            h.wait_ready(proc, port, headers=headers)
         except RuntimeError:
             self.halt(proc)
             raise
@@ -369,6 +390,60 @@ class Bench:
                 self.res.add("workers", series, {"rps_w2": m["rps"], **scaling})
             self.halt(proc)
 
+    def replicas_row(self, rep: int) -> None:
+        """The gateway in front of 3 replicas (fast upstreams like the first) beside the
+        same gateway in front of one, measured here one after the other, each api: req/s
+        at 64 connections and CPU us per request (over the same wrk run)."""
+        if "gateway" not in self.ports:
+            self.res.notes.append("replicas: needs the gateway target")
+            return
+        if not hasattr(self, "replica_urls"):
+            self.replica_urls = [self.fast] + [self.upstream(f"upstream-r{i}", 0) for i in (2, 3)]
+        try:
+            port = self.target(
+                "gateway", " ".join(self.replica_urls), 1, self.args.proxy_cpus, "r3"
+            )
+        except RuntimeError as exc:
+            self.res.fail("replicas", "gateway chat", f"3 replicas did not start: {exc}")
+            return
+        proc = self.procs[-1]
+        try:
+            for series in (s for s in self.live if s.startswith("gateway ")):
+                api = series.split()[1]
+                runs = [(self.pid("gateway"), self.ports["gateway"]), (proc.pid, port)]
+                if rep % 2:  # which one goes first alternates: no order bias
+                    runs.reverse()
+                measured = {p: self.cpu_wrk(pid, p, api) for pid, p in runs}
+                one, three = measured[self.ports["gateway"]], measured[port]
+                self.res.add(
+                    "replicas",
+                    series,
+                    {
+                        "rps_1": one[0],
+                        "rps_3": three[0],
+                        "rps_ratio": three[0] / one[0],
+                        "us_1": one[1],
+                        "us_3": three[1],
+                        "cpu_ratio": one[1] / three[1],
+                    },
+                )
+        except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as exc:
+            self.res.fail("replicas", "gateway chat", str(exc))
+        finally:
+            self.halt(proc)
+
+    def cpu_wrk(self, pid: int, port: int, api: str) -> tuple[float, float]:
+        """(req/s, CPU us per request of ``pid``) over one non-streaming wrk run."""
+        a = self.args
+        cpu0 = h.cpu_seconds(pid)
+        m = h.run_wrk(
+            self.pin_load, port, PATHS[api], self.scripts[api, False], a.conns, a.duration
+        )
+        cpu = h.cpu_seconds(pid) - cpu0
+        if m["errors"]:
+            self.res.notes.append(f"replicas port {port}: {m['errors']:.0f} wrk errors/non-2xx")
+        return m["rps"], cpu * 1e6 / max(1.0, m["requests"])
+
     def run_micro(self) -> None:
         script = BENCH / "micro_transcoder.py"
         if not script.exists():
@@ -406,6 +481,12 @@ class Bench:
                     self.each(row, self.cpu_row)
                 elif row == "ops":
                     self.ops_row(rep)
+                elif row == "identity":
+                    self.identity.run(rep)
+                elif row == "reasoning":
+                    self.reasoning.run(rep)
+                elif row == "codex":
+                    self.codex.run(rep)
                 else:
                     getattr(self, f"{row}_row")(rep)
         for proc in list(self.procs):
@@ -429,8 +510,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cpu-duration", type=float, help="seconds per fixed-rate run (default 6)")
     p.add_argument("--rate", type=float, default=1000, help="fixed rate, non-streaming req/s")
     p.add_argument("--stream-rate", type=float, default=100, help="fixed rate, streamed answers/s")
+    p.add_argument("--codex-rate", type=float, default=200, help="codex row, req/s")
+    p.add_argument("--codex-stream-rate", type=float, default=50, help="codex row, answers/s")
     p.add_argument("--conns", type=int, default=64)
     p.add_argument("--deltas", type=int, default=64, help="content deltas per streamed answer")
+    p.add_argument(
+        "--reasoning-deltas", type=int, default=256, help="deltas per answer, reasoning row"
+    )
     p.add_argument("--streams", type=int, help="open streams for the memory row (default 1000)")
     p.add_argument("--slow-delay-ms", type=float, default=1000.0, help="memory-row upstream delay")
     p.add_argument("--proxy-cpus", default="0")
@@ -469,11 +555,15 @@ def main(argv: list[str] | None = None) -> int:
             bench.halt(proc)
         for script in bench.scripts.values():
             script.unlink(missing_ok=True)
+        bench.identity.close()
     meta = {"machine": {**h.machine(), **environment(REPO)}, "args": vars(args)}
     meta["elapsed_s"] = round(time.monotonic() - started, 1)
     print("\n" + table(bench.res), flush=True)
+    summary = bench.res.summary()
+    extra = "\n".join(identity_table(summary) + reasoning_table(summary) + codex_table(summary))
+    print(extra, flush=True)
     write_json(args.output, bench.res, meta)
-    args.output.with_suffix(".md").write_text(markdown(bench.res))
+    args.output.with_suffix(".md").write_text(markdown(bench.res) + extra)
     print(f"\nwrote {args.output} in {meta['elapsed_s']}s; logs in {log_dir}", flush=True)
     return 0
 

@@ -1,7 +1,8 @@
 """Command line: ``gateway serve``, ``gateway check-config``, ``gateway demo-upstream``.
 
-    python -m gateway serve --host H --port P --upstream URL [--model NAME ...]
-                            [--upstream-timeout S] [--workers N|auto] [--http lean|aiohttp]
+    python -m gateway serve --host H --port P --upstream URL [--upstream URL ...]
+                            [--model NAME ...] [--upstream-timeout S] [--workers N|auto]
+                            [--http lean|aiohttp] [--hosted-tools refuse|drop]
     python -m gateway serve --config gateway.toml [--host H] [--port P] [--workers N|auto]
                             [--http lean|aiohttp]
     (either form) [--api-keys-file PATH] [--redis URL] [--log-level L] [--log-format F]
@@ -39,6 +40,7 @@ from gateway.config import (
     Listen,
     client_keys,
     parse,
+    seal_keys,
 )
 from gateway.limits import UPSTREAM_READ_TIMEOUT
 
@@ -64,7 +66,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--config", help="TOML config file (see gateway/config.py)")
     s.add_argument("--host", help="listen address (default 127.0.0.1)")
     s.add_argument("--port", type=int, help="listen port (default 8080)")
-    s.add_argument("--upstream", help="chat-completions base URL, e.g. http://127.0.0.1:8000/v1")
+    s.add_argument(
+        "--upstream",
+        action="append",
+        default=[],
+        help="chat-completions base URL, e.g. http://127.0.0.1:8000/v1; given several "
+        "times: one deployment with those replicas",
+    )
     s.add_argument(
         "--model",
         action="append",
@@ -95,6 +103,12 @@ def _parser() -> argparse.ArgumentParser:
         "--redis",
         metavar="URL",
         help="share idempotency keys and limits through Redis, e.g. redis://127.0.0.1:6379/0",
+    )
+    s.add_argument(
+        "--hosted-tools",
+        choices=("refuse", "drop"),
+        help="hosted tools in a request (web_search, ...): refused with a 400 (the default) "
+        "or dropped, for every deployment (a deployment's hosted-tools)",
     )
     s.add_argument("--log-level", type=str.lower, choices=LEVELS, help="default: info ([ops])")
     s.add_argument(
@@ -134,8 +148,9 @@ def build_config(args: argparse.Namespace) -> Config:
             raise ConfigError("--upstream/--model and --config cannot be combined")
         cfg = load(args.config)
     else:
+        urls = tuple(args.upstream)
         dep = Deployment(
-            upstream=args.upstream,
+            upstream=urls[0] if len(urls) == 1 else urls,
             models=tuple(args.model),
             read_timeout=args.upstream_timeout,
         )
@@ -165,10 +180,16 @@ def build_config(args: argparse.Namespace) -> Config:
     ops = msgspec.structs.replace(ops, **{k: v for k, v in changes.items() if v is not None})
     if ops.drain_timeout < 0:
         raise ConfigError("--drain-timeout must not be negative")
+    deployments = cfg.deployment
+    if args.hosted_tools:
+        deployments = tuple(
+            msgspec.structs.replace(d, hosted_tools=args.hosted_tools) for d in deployments
+        )
     return msgspec.structs.replace(
         cfg,
         listen=listen,
         http=http,
+        deployment=deployments,
         workers=args.workers if args.workers else cfg.workers,
         auth=auth,
         idempotency=idem,
@@ -197,6 +218,7 @@ def _free_port() -> int:
 def start_demo() -> tuple[subprocess.Popen[bytes], str]:
     port = _free_port()
     cmd = [sys.executable, "-m", "gateway.demo", "--host", "127.0.0.1", "--port", str(port)]
+    cmd.append("--reasoning")  # so that `make run` shows reasoning items
     proc = subprocess.Popen(cmd)
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.monotonic() + 15
@@ -218,10 +240,10 @@ def serve(args: argparse.Namespace) -> int:
     setup(args.log_level or "info", args.log_format or "auto")
     demo = None
     if not args.config and not args.upstream:
-        demo, args.upstream = start_demo()
+        demo, url = start_demo()
+        args.upstream = [url]
         log.warning(
-            "no upstream configured: serving the bundled DEMO upstream (a fake model) at %s",
-            args.upstream,
+            "no upstream configured: serving the bundled DEMO upstream (a fake model) at %s", url
         )
     try:
         cfg, keys_text = reread(args)
@@ -249,6 +271,7 @@ def reread(args: argparse.Namespace) -> tuple[Config, str | None]:
     keys_text = read_keys(cfg)
     if cfg.auth is not None:
         client_keys(cfg.auth, os.environ, keys_text)  # none at all: fail now, not per worker
+    seal_keys(cfg.seal, os.environ)  # a malformed seal key: likewise
     return cfg, keys_text
 
 
@@ -262,10 +285,14 @@ def supervise(cfg: Config, keys_text: str | None, hup: object) -> int:
     if cfg.ops.metrics:
         metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    from gateway.ops.lifecycle import with_seal_key
     from gateway.ops.supervisor import Supervisor
 
     try:
-        sup = Supervisor(cfg, os.environ, keys_text=keys_text, reread=hup, metrics_dir=metrics_dir)
+        env = with_seal_key(
+            cfg, os.environ
+        )  # (one key for every worker: each opens what any seals)
+        sup = Supervisor(cfg, env, keys_text=keys_text, reread=hup, metrics_dir=metrics_dir)
         return sup.run()
     finally:
         if metrics_dir is not None:

@@ -43,15 +43,39 @@ Example ``gateway.toml``::
     log-format = "auto"                   # json | text | auto: text on a terminal (--log-format)
     drain-timeout = 30.0                  # seconds requests and streams get after SIGTERM
 
+    [overload]                            # requests in flight upstream, all deployments together
+    max-in-flight = 0                     # 0: no limit; beyond it requests queue
+    max-queued = 1024                     # a request beyond the queue: 503 at once
+    queue-timeout = 5.0                   # seconds in the queue at most, then 503 + Retry-After
+
     [[deployment]]
     models = ["qwen"]                     # ids clients send; empty: ask the upstream's /v1/models
-    upstream = "http://127.0.0.1:8000/v1"
+    upstream = "http://127.0.0.1:8000/v1" # or a list: the replicas of this deployment
+    # upstream = ["http://10.0.0.1:8000/v1", "http://10.0.0.2:8000/v1"]
+    weights = [1.0, 2.0]                  # per replica (default: all 1): least loaded per weight
     upstream-model = "Qwen/Qwen2.5-7B-Instruct"   # sent upstream; default: the id the client used
     token-field = "max_tokens"            # or "max_completion_tokens"
     api-key-env = "UPSTREAM_API_KEY"      # the key is read from this environment variable
     connect-timeout = 10.0
     read-timeout = 600.0                  # for the response headers, and between two body chunks
+    headers-timeout = 600.0               # default read-timeout: queueing and prefill
+    chunk-timeout = 600.0                 # default read-timeout: the gap between two chunks
+    request-timeout = 0.0                 # the whole request, connect to end; 0: no bound
     max-body-bytes = 8388608
+    affinity-header = "x-session-id"      # cache affinity key when the body has none
+                                          # (prompt_cache_key, else user / safety_identifier)
+    affinity-load-factor = 2.0            # a key's replica above this x the mean load is skipped
+    eject-after = 3                       # consecutive connect failures / 5xx: ejected
+    probe-interval = 2.0                  # seconds between probes of an ejected replica
+    active-probe-interval = 0.0           # probe every replica this often; 0: off
+    max-attempts = 3                      # tries of a request (only ever retried when safe)
+    retry-budget = 10.0                   # seconds after which no new attempt starts
+    max-in-flight = 0                     # this deployment's bound ([overload]'s meaning)
+    max-queued = 1024
+    queue-timeout = 5.0
+    hosted-tools = "refuse"               # or "drop": hosted tools (web_search, ...) in a
+                                          # request are dropped, not refused (also: serve
+                                          # --hosted-tools drop)
 
     [deployment.supports]
     streaming = true
@@ -59,6 +83,18 @@ Example ``gateway.toml``::
     tools = true
     structured-output = true
     images = true
+
+    [deployment.reasoning]                # every key optional
+    enabled = true                        # false: an effort other than "none" is a 400
+    effort-field = "reasoning_effort"     # the chat field reasoning.effort goes in ("": none)
+    effort-map = { xhigh = "high", max = "high", ultra = "high" }   # values it does not know
+    none-fields = { chat_template_kwargs = { enable_thinking = false } }  # sent for "none"
+    replay-field = "reasoning_content"    # or "reasoning", or "drop": replayed reasoning
+    summary-text = false                  # also return the reasoning text as the summary
+
+    [seal]                                # reasoning.encrypted_content
+    key-env = "GATEWAY_SEAL_KEY"          # the default; its value: base64 of 32 bytes, or
+                                          # several comma-separated (the first seals, all open)
 
 Unknown keys are errors (``forbid_unknown_fields``), so a typo fails at
 ``gateway check-config`` instead of being ignored. Nothing here reads a file or
@@ -70,8 +106,10 @@ Defaults that are bounds come from ``gateway.limits``.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -96,24 +134,92 @@ class Supports(_Base, frozen=True):
     images: bool = True
 
 
+class Overload(_Base, frozen=True):
+    """A bound on requests in flight upstream, with a bounded queue in front of it."""
+
+    max_in_flight: int = 0  # 0: no bound
+    max_queued: int = limits.OVERLOAD_MAX_QUEUED
+    queue_timeout: float = limits.OVERLOAD_QUEUE_TIMEOUT
+
+    def __post_init__(self) -> None:
+        if self.max_in_flight < 0 or self.max_queued < 0 or self.queue_timeout < 0:
+            raise ValueError("max-in-flight, max-queued and queue-timeout must not be negative")
+
+
+class Reasoning(_Base, frozen=True):
+    """What a deployment's model does with reasoning (``core.capabilities`` has the meanings)."""
+
+    enabled: bool = True
+    effort_field: str = "reasoning_effort"
+    effort_map: dict[str, str] = msgspec.field(default_factory=dict)
+    none_fields: dict[str, Any] = msgspec.field(default_factory=dict)
+    replay_field: Literal["reasoning_content", "reasoning", "drop"] = "reasoning_content"
+    summary_text: bool = False
+
+
 class Deployment(_Base, frozen=True):
-    upstream: str
+    upstream: str | tuple[str, ...]  # one base URL, or the replicas' base URLs
     models: tuple[str, ...] = ()
     upstream_model: str | None = None
     token_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
     api_key_env: str | None = None
     connect_timeout: float = limits.UPSTREAM_CONNECT_TIMEOUT
+    # The default of both headers-timeout and chunk-timeout (``--upstream-timeout``).
     read_timeout: float = limits.UPSTREAM_READ_TIMEOUT
+    headers_timeout: float | None = None
+    chunk_timeout: float | None = None
+    request_timeout: float = 0.0  # 0: no bound on the whole request
     max_body_bytes: int = limits.MAX_REQUEST_BODY
+    # Tools that run on OpenAI's side (web_search, tool_search, image_generation, ...):
+    # refused with a 400 that says how to proceed, or dropped (counted and logged).
+    hosted_tools: Literal["refuse", "drop"] = "refuse"
     supports: Supports = Supports()
+    weights: tuple[float, ...] = ()
+    affinity_header: str | None = None
+    affinity_load_factor: float = limits.AFFINITY_LOAD_FACTOR
+    eject_after: int = limits.EJECT_AFTER
+    probe_interval: float = limits.PROBE_INTERVAL
+    active_probe_interval: float = 0.0
+    max_attempts: int = limits.UPSTREAM_MAX_ATTEMPTS
+    retry_budget: float = limits.UPSTREAM_RETRY_BUDGET
+    max_in_flight: int = 0
+    max_queued: int = limits.OVERLOAD_MAX_QUEUED
+    queue_timeout: float = limits.OVERLOAD_QUEUE_TIMEOUT
+    reasoning: Reasoning = Reasoning()
 
     def __post_init__(self) -> None:
-        if not self.upstream.startswith(("http://", "https://")):
-            raise ValueError(f"upstream must be an http:// or https:// URL, got {self.upstream!r}")
-        if self.connect_timeout <= 0 or self.read_timeout <= 0:
+        urls = self.urls
+        if not urls:
+            raise ValueError("upstream needs at least one URL")
+        for url in urls:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"upstream must be an http:// or https:// URL, got {url!r}")
+        if self.weights and (len(self.weights) != len(urls) or min(self.weights) <= 0):
+            raise ValueError("weights: one positive number per upstream URL")
+        timeouts = (self.connect_timeout, self.read_timeout, self.headers_timeout or 1.0)
+        if min(timeouts + (self.chunk_timeout or 1.0, self.probe_interval)) <= 0:
             raise ValueError("timeouts must be positive")
+        if self.request_timeout < 0 or self.active_probe_interval < 0 or self.retry_budget < 0:
+            raise ValueError("request-timeout, active-probe-interval, retry-budget: not negative")
         if self.max_body_bytes <= 0:
             raise ValueError("max-body-bytes must be positive")
+        if self.eject_after < 1 or self.max_attempts < 1 or self.affinity_load_factor < 1:
+            raise ValueError("eject-after, max-attempts and affinity-load-factor must be >= 1")
+        if self.max_in_flight < 0 or self.max_queued < 0 or self.queue_timeout < 0:
+            raise ValueError("max-in-flight, max-queued and queue-timeout must not be negative")
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """The base URLs of the deployment's replicas."""
+        return (self.upstream,) if isinstance(self.upstream, str) else self.upstream
+
+    @property
+    def overload(self) -> Overload:
+        return Overload(
+            max_in_flight=self.max_in_flight,
+            max_queued=self.max_queued,
+            queue_timeout=self.queue_timeout,
+        )
 
 
 class Stream(_Base, frozen=True):
@@ -205,6 +311,12 @@ class Ops(_Base, frozen=True):
             raise ValueError("[ops] drain-timeout must not be negative")
 
 
+class Seal(_Base, frozen=True):
+    """Where the keys that seal reasoning (``encrypted_content``) are: ``seal_keys``."""
+
+    key_env: str = "GATEWAY_SEAL_KEY"
+
+
 class Config(_Base, frozen=True):
     listen: Listen = Listen()
     http: Http = Http()
@@ -215,6 +327,8 @@ class Config(_Base, frozen=True):
     limits: Limits = Limits()
     idempotency: Idempotency = Idempotency()
     ops: Ops = Ops()
+    overload: Overload = Overload()
+    seal: Seal = Seal()
 
     def __post_init__(self) -> None:
         if not self.deployment:
@@ -264,3 +378,29 @@ def client_keys(auth: Auth, env: Mapping[str, str], file_text: str | None) -> tu
     if not keys:
         raise ConfigError("[auth] is configured but names no client API key")
     return keys
+
+
+SEAL_KEY_BYTES = 32  # AES-256
+
+
+def seal_keys(seal: Seal, env: Mapping[str, str]) -> tuple[bytes, ...]:
+    """The keys of ``seal``'s environment variable in ``env``: each the base64 (standard or
+    URL-safe alphabet) of 32 bytes, several separated by commas; the first seals, all
+    open. ``()`` when the variable is unset or empty."""
+    text = env.get(seal.key_env, "")
+    keys = []
+    for n, item in enumerate(k.strip() for k in text.split(",")):
+        if not item:
+            continue
+        try:
+            key = base64.b64decode(item.replace("-", "+").replace("_", "/"), validate=True)
+        except (binascii.Error, ValueError):
+            key = b""
+        if len(key) != SEAL_KEY_BYTES:
+            raise ConfigError(
+                f"{seal.key_env}: key {n + 1} is not the base64 of {SEAL_KEY_BYTES} bytes "
+                "(make one with: python -c 'import base64,os; "
+                "print(base64.b64encode(os.urandom(32)).decode())')"
+            )
+        keys.append(key)
+    return tuple(dict.fromkeys(keys))

@@ -19,11 +19,22 @@
     ├── StoreUnavailable              503     server_error           idempotency_store_unavailable
     ├── UpstreamError
     │   ├── UpstreamRejected          4xx     (the upstream's)       (the upstream's)
+    │   │   ├── ContextLengthExceeded 400     invalid_request_error  context_length_exceeded
+    │   │   └── UpstreamRateLimited   429     requests               rate_limit_exceeded
     │   ├── UpstreamUnavailable       502     server_error           server_error
-    │   │   └── UpstreamBusy          503     server_error           server_error
+    │   │   ├── UpstreamUnreachable   502     server_error           server_error
+    │   │   ├── UpstreamBusy          503     server_error           server_overloaded
+    │   │   └── NoHealthyUpstream     503     server_error           upstream_unavailable
     │   ├── UpstreamBadResponse       502     server_error           server_error
-    │   └── UpstreamTimeout           504     server_error           timeout
+    │   └── UpstreamTimeout           504     server_error           (the phase: see below)
     └── InternalError                 500     server_error           server_error
+
+"Full, retry later" is one answer wherever it comes from (the gateway's own
+bounds: ``Overloaded``; an upstream that is full or answered 503: ``UpstreamBusy``):
+503, code ``server_overloaded``, with ``Retry-After``. ``UpstreamTimeout``'s code
+names the phase that ran out: ``upstream_connect_timeout``,
+``upstream_headers_timeout`` (queueing and prefill), ``upstream_chunk_timeout``
+(the gap between two chunks) or ``upstream_request_timeout`` (the whole request).
 
 Foreign exceptions are translated at their boundary (HTTP parsing in
 ``http.server``, request decoding in ``api.body``, the upstream client in
@@ -151,11 +162,28 @@ class HeadersTooLarge(ClientError):
     code = "request_header_fields_too_large"
 
 
+OVERLOADED = "server_overloaded"
+
+
+def retry_after(seconds: float) -> dict[str, str]:
+    """The Retry-After header for a wait of ``seconds`` (whole seconds, at least 1)."""
+    return {"Retry-After": str(max(1, int(seconds + 0.999)))}
+
+
+RETRY_SOON = retry_after(1)
+
+
 class Overloaded(GatewayError):
     """The gateway holds as many connections or requests as it is configured to."""
 
     status = 503
-    code = "server_overloaded"
+    code = OVERLOADED
+    headers = RETRY_SOON
+
+    def __init__(self, message: str, *, wait: float | None = None) -> None:
+        super().__init__(message)
+        if wait is not None:
+            self.headers = retry_after(wait)
 
 
 class ShuttingDown(GatewayError):
@@ -196,23 +224,71 @@ class UpstreamRejected(UpstreamError):
         self.code = code
 
 
+class ContextLengthExceeded(UpstreamRejected):
+    """The upstream said the request does not fit the model's context (in its words)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(400, message, code=CONTEXT_LENGTH_EXCEEDED)
+
+
+class UpstreamRateLimited(UpstreamRejected):
+    """The upstream answered 429: the client's rate limit, with the upstream's Retry-After."""
+
+    def __init__(self, message: str, wait: float | None) -> None:
+        super().__init__(429, message, type="requests", code="rate_limit_exceeded")
+        self.headers = retry_after(wait if wait is not None else 1)
+
+
 class UpstreamUnavailable(UpstreamError):
     pass
 
 
+class UpstreamUnreachable(UpstreamUnavailable):
+    """No connection could be made: the request never reached the upstream."""
+
+
 class UpstreamBusy(UpstreamUnavailable):
-    """Every connection to the upstream is in use and none came free in time."""
+    """The upstream is full: every connection to it is in use and none came free in
+    time, or it answered 503. The same answer as ``Overloaded``."""
 
     status = 503
+    code = OVERLOADED
+    headers = RETRY_SOON
+    answered = False  # the upstream said so (503), not the gateway's connection cap
+
+    def __init__(self, message: str, *, wait: float | None = None, answered: bool = False):
+        super().__init__(message)
+        self.answered = answered
+        if wait is not None:
+            self.headers = retry_after(wait)
+
+
+class NoHealthyUpstream(UpstreamUnavailable):
+    """Every replica of the deployment is ejected: failed fast, without trying one."""
+
+    status = 503
+    code = "upstream_unavailable"
+
+    def __init__(self, message: str, *, wait: float) -> None:
+        super().__init__(message)
+        self.headers = retry_after(wait)
 
 
 class UpstreamBadResponse(UpstreamError):
     pass
 
 
+CONNECT_TIMEOUT = "upstream_connect_timeout"
+HEADERS_TIMEOUT = "upstream_headers_timeout"
+CHUNK_TIMEOUT = "upstream_chunk_timeout"
+REQUEST_TIMEOUT = "upstream_request_timeout"
+
+
 class UpstreamTimeout(UpstreamError):
+    """An upstream phase ran out of time; ``code`` names it (the module's docstring)."""
+
     status = 504
-    code = "timeout"
+    code = HEADERS_TIMEOUT
 
 
 class InternalError(GatewayError):
@@ -239,13 +315,70 @@ def body_too_large(limit: int, size: int | None = None) -> RequestTooLarge:
     return RequestTooLarge(f"The request body is {size} bytes; the limit is {limit} bytes.")
 
 
-def upstream_error_from_body(status: int, body: bytes) -> GatewayError:
-    """Normalise an upstream error answer (vLLM, SGLang, Ollama, TGI shapes)."""
+CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
+
+# How each server says that a request does not fit the model's context (lower-cased
+# substrings of the message). vLLM: "This model's maximum context length is 4096
+# tokens. However, you requested ..." and "... is longer than the maximum model length
+# of ..."; SGLang: "The input (5000 tokens) is longer than the model's context length
+# (4096 tokens)." and "Requested token count exceeds the model's maximum context
+# length"; llama.cpp: "the request exceeds the available context size" (type
+# exceed_context_size_error); Ollama: "the input length exceeds the context length"
+# and "prompt too long; exceeded max context length".
+CONTEXT_OVERFLOW_WORDS = (
+    "maximum context length",
+    "maximum model length",
+    "model's context length",
+    "exceeds the available context size",
+    "exceed_context_size",
+    "exceeds the context length",
+    "exceeded max context length",
+    "context_length_exceeded",
+    "context window",
+)
+
+
+def is_context_overflow(message: str, code: str | None = None) -> bool:
+    """Whether an upstream error (its message, its type or code) is a context overflow."""
+    text = message.lower() if code is None else f"{message} {code}".lower()
+    return any(w in text for w in CONTEXT_OVERFLOW_WORDS)
+
+
+def seconds(value: bytes | None) -> float | None:
+    """A Retry-After value in seconds (the delay form; a date is not read)."""
+    if not value:
+        return None
+    try:
+        wait = float(value)
+    except ValueError:
+        return None
+    return wait if 0 <= wait < 86400 else None
+
+
+def upstream_error_from_body(
+    status: int, body: bytes, retry_after: bytes | None = None
+) -> GatewayError:
+    """Normalise an upstream error answer (vLLM, SGLang, llama.cpp, Ollama, TGI shapes).
+
+    A context overflow is the client's fault whatever the status the server gave it
+    (400 ``context_length_exceeded``); 429 is the client's rate limit, 503 a full
+    upstream (both keep the upstream's Retry-After).
+    """
     message, etype, param, code = _parse_error_body(body)
     if not message:
         message = f"The upstream server answered HTTP {status}."
+    if is_context_overflow(message, f"{etype} {code}"):
+        return ContextLengthExceeded(message)
+    if status == 429:
+        return UpstreamRateLimited(message, seconds(retry_after))
     if 400 <= status < 500:
         return UpstreamRejected(status, message, type=etype, param=param, code=code)
+    if status == 503:
+        return UpstreamBusy(
+            f"The upstream server is overloaded (HTTP 503): {message}",
+            wait=seconds(retry_after),
+            answered=True,
+        )
     return UpstreamUnavailable(f"The upstream server failed (HTTP {status}): {message}")
 
 

@@ -74,6 +74,25 @@ UPSTREAM_DRAIN_TIMEOUT = 2.0
 UPSTREAM_DRAIN_WAIT = 0.25
 # Seconds between two asks of an upstream's ``GET /models`` for an unknown model id.
 MODELS_REFRESH = 5.0
+# Replicas: a replica is ejected after this many consecutive connect failures, 5xx
+# answers or stalls before its headers, then probed every PROBE_INTERVAL seconds
+# (``GET /health``, else ``/models``) until it answers 2xx again.
+EJECT_AFTER = 3
+PROBE_INTERVAL = 2.0
+# Seconds one probe may take (connect and answer).
+PROBE_TIMEOUT = 2.0
+# Cache affinity (bounded-load rendezvous hashing): a key's replica is skipped while
+# it holds more than this many times the mean load of the healthy replicas.
+AFFINITY_LOAD_FACTOR = 2.0
+# A request is tried on at most this many replicas (only ever again when the first
+# never reached a model: a connect failure, or 429/503 before any output), and no new
+# attempt starts after UPSTREAM_RETRY_BUDGET seconds.
+UPSTREAM_MAX_ATTEMPTS = 3
+UPSTREAM_RETRY_BUDGET = 10.0
+# Overload (``[overload]`` and per deployment): requests beyond max-in-flight wait in
+# a FIFO queue of at most this many for at most this many seconds, then get 503.
+OVERLOAD_MAX_QUEUED = 1024
+OVERLOAD_QUEUE_TIMEOUT = 5.0
 
 # ---- streams (gateway.core.stream, gateway.api) ---------------------------------------
 
@@ -124,3 +143,13 @@ IDEMPOTENCY_POLL = 0.05
 STORE_TIMEOUT = 2.0
 # The window of a per-key requests-per-minute limit, in seconds.
 RATE_WINDOW = 60.0
+# Seconds a request's in-flight slot (the per-key in-flight limit, in Redis) lasts
+# without word from its process: renewed every third of this while the request runs,
+# so the slots of a process that died free themselves this long after.
+SLOT_TTL = 30.0
+
+# ---- tools (gateway.core.translate.tools) ---------------------------------------------
+
+# The longest function name chat-completions servers take (OpenAI's limit; vLLM and
+# others follow it): a namespace's functions are exposed upstream within it.
+MAX_TOOL_NAME = 64

@@ -23,8 +23,10 @@ from gateway.api.calls import CLIENT_GONE, FAILED, Call
 from gateway.api.guard import Guard
 from gateway.api.pings import SsePings
 from gateway.api.replay import REPLAYED, Replays, error_reply, streamed
+from gateway.api.seal import Sealer
 from gateway.core.ids import IDS, RESPONSE
 from gateway.core.stream.transcoder import Transcoder
+from gateway.core.translate import reasoning
 from gateway.core.translate.request import to_chat_request
 from gateway.core.translate.response import to_response
 from gateway.core.wire import chunks as ck
@@ -110,6 +112,7 @@ class Gateway:
         *,
         guard: Guard | None = None,
         replays: Replays | None = None,
+        sealer: Sealer | None = None,
     ) -> None:
         self.router = router
         self.pings = pings
@@ -117,6 +120,9 @@ class Gateway:
         # None when there are neither client keys nor limits: no per-request cost.
         self.guard = guard
         self.replays = replays  # None: Idempotency-Key is ignored
+        # Seals reasoning for include=["reasoning.encrypted_content"] and opens it when
+        # replayed; without one, a key of this object's own.
+        self.sealer = sealer if sealer is not None else Sealer.random()
         self.created = int(time.time())
         self.ops: dict[tuple[str, str], OpsRoute] = {}
         self.observer: Observer | None = None
@@ -242,6 +248,12 @@ class Gateway:
         call.route = route
         return route
 
+    @staticmethod
+    def _affinity_header(request: Incoming, route: Route) -> str | None:
+        """The deployment's affinity header, for a request whose body names no key."""
+        name = route.dep.affinity_header
+        return request.headers.get(name) if name else None
+
     def _key(self, request: Incoming) -> str | None:
         """The request's Idempotency-Key, if the gateway replays."""
         return None if self.replays is None else request.headers.get("idempotency-key")
@@ -254,7 +266,7 @@ class Gateway:
         key = self._key(request)
         if key is not None and self.replays is not None and not streamed(body):
             return await self.replays.run(
-                call, key, request.path, body, partial(self._chat, request, call, [body, view])
+                call, key, request, body, partial(self._chat, request, call, [body, view])
             )
         held = [body, view]
         del body, view  # (only the list holds them: _chat lets go while the answer streams)
@@ -268,7 +280,11 @@ class Gateway:
             doc = orjson.loads(body)
             doc["model"] = route.upstream_model
             body = orjson.dumps(doc)
-        resp = await route.replica.chat(body, call.rid)
+        key = None
+        if route.replicas.many:
+            key = view.prompt_cache_key or view.user or view.safety_identifier
+            key = key or self._affinity_header(request, route)
+        resp = await route.replicas.chat(body, call.rid, key)
         del body  # not needed while the answer streams
         try:
             ctype = resp.content_type.decode("latin-1") or JSON
@@ -287,6 +303,9 @@ class Gateway:
                 while data:
                     await out.write(data)
                     data = await resp.read_some()
+            except ConnectionError:
+                resp.abort()  # the client left: the upstream should see it and stop
+                raise
             except GatewayError as exc:
                 # Bytes already went out: cut the connection, so that the client
                 # sees a broken stream rather than one that looks complete.
@@ -311,7 +330,7 @@ class Gateway:
         key = self._key(request)
         if key is not None and self.replays is not None and not req.stream:
             return await self.replays.run(
-                call, key, request.path, body, partial(self._responses, request, call, [body, req])
+                call, key, request, body, partial(self._responses, request, call, [body, req])
             )
         held = [body, req]
         del body, req  # (only the list holds them: _responses lets go while a stream runs)
@@ -323,20 +342,38 @@ class Gateway:
         route = await self._route(call, body, req.model)
         stream = bool(req.stream)
         pump = stream and route.caps.streaming
-        chat, echo = to_chat_request(req, route.caps, route.upstream_model, stream=pump)
+        caps = route.caps
+        chat, echo, tools = to_chat_request(
+            req, caps, route.upstream_model, stream=pump, sealer=self.sealer
+        )
+        if tools.dropped:
+            log.info(
+                "request %s: %d hosted tool(s) dropped (%s)",
+                call.rid,
+                len(tools.dropped),
+                ", ".join(tools.dropped),
+            )
+        names = tools.names
+        key = None
+        if route.replicas.many:
+            key = req.prompt_cache_key or req.user or req.safety_identifier
+            key = key or self._affinity_header(request, route)
         base = output.response_base(IDS.new(RESPONSE), int(time.time()), req.model, echo)
+        seal = self.sealer.seal if reasoning.wants_encrypted(req.include) else None
+        summary = caps.summary_text and reasoning.summary_asked(req.reasoning)
         payload = orjson.dumps(chat)
         # This frame lives as long as the stream: keep only what the stream needs.
-        del body, req, chat, echo
-        upstream = await route.replica.chat(payload, call.rid)
+        del body, req, chat, echo, tools
+        upstream = await route.replicas.chat(payload, call.rid, key)
         del payload
         try:
             if stream:
-                return await self._stream(request, call, upstream, Transcoder(base), pump)
+                tx = Transcoder(base, seal=seal, summary=summary, names=names)
+                return await self._stream(request, call, upstream, tx, pump)
             data = await upstream.read()
         finally:
             upstream.release()
-        doc = to_response(data, base)
+        doc = to_response(data, base, seal=seal, summary=summary, names=names)
         call.outcome = doc["status"]
         call.usage = doc["usage"]
         return Response(body=orjson.dumps(doc), content_type=JSON, headers=call.headers)
@@ -363,12 +400,10 @@ class Gateway:
                 call.ttft = time.monotonic() - call.started
         except GatewayError as exc:
             call.error = exc
-            if isinstance(exc, ShuttingDown):
-                last = tx.fail(exc.message, "server_shutting_down")
-            else:
-                last = tx.fail(exc.message)
+            last = tx.fail(exc.message, exc.code or "server_error")
         except ConnectionError:
-            raise  # the client is gone: nothing can be written any more
+            upstream.abort()  # the client left: the upstream should see it and stop
+            raise  # nothing can be written any more
         except Exception:
             # A bug of ours, after the 200 went out: still end the stream honestly.
             log.exception("request %s: stream failed unexpectedly", call.rid)

@@ -24,7 +24,7 @@ from gateway.api.calls import Call
 from gateway.core import idempotency as idem
 from gateway.core.ids import IDS
 from gateway.errors import GatewayError, StoreUnavailable
-from gateway.http.messages import Reply, Response
+from gateway.http.messages import Incoming, Reply, Response
 from gateway.stores.base import Store
 
 log = logging.getLogger("gateway")
@@ -56,17 +56,31 @@ def error_reply(exc: GatewayError, call: Call) -> Response:
 
 
 class Replays:
+    """Runs requests that carry an Idempotency-Key; ``close`` at shutdown.
+
+    While a run holds its key, its lock is renewed every third of the lock's time to
+    live, so a long request keeps it and a crashed process's keys free themselves. One
+    task renews every key this process holds (a task per request would cost more than
+    the bookkeeping of the whole replay)."""
+
     def __init__(self, store: Store, lock_ttl: float) -> None:
         self.store = store
         self.beat = lock_ttl / 3
         self._running: set[asyncio.Future[Reply]] = set()
+        self._held: dict[str, str] = {}  # scope -> token: the keys this process runs
+        self._renewer: asyncio.Task[None] | None = None
 
     async def run(
-        self, call: Call, key: str, path: str, body: bytes, answer: Callable[[], Awaitable[Reply]]
+        self,
+        call: Call,
+        key: str,
+        request: Incoming,
+        body: bytes,
+        answer: Callable[[], Awaitable[Reply]],
     ) -> Reply:
         """``answer()`` at most once per key and body (among the store's processes)."""
         scope = idem.scope(call.tenant, idem.check_key(key))
-        fp = idem.fingerprint(path, body)
+        fp = idem.fingerprint(request.path, body)
         token = IDS.new("idem_")
         store = self.store
         while True:
@@ -82,7 +96,10 @@ class Replays:
                 break
             await store.wait(scope, decision.until)
         # The run goes on if the client goes away (a timeout): its retry waits for it and
-        # gets its answer, instead of finding the key free and generating again.
+        # gets its answer, instead of finding the key free and generating again. The lean
+        # server lets the handler run on; on aiohttp's, the run gets a task of its own.
+        if request.detach():
+            return await self._hold(call, scope, token, answer)
         task = asyncio.ensure_future(self._hold(call, scope, token, answer))
         self._running.add(task)
         task.add_done_callback(self._ended)
@@ -93,18 +110,20 @@ class Replays:
     ) -> Reply:
         """Run ``answer()`` holding the key; then keep its answer, or free the key."""
         store = self.store
-        beat = asyncio.create_task(self._renew(scope, token))
+        self._held[scope] = token
+        if self._renewer is None:
+            self._renewer = asyncio.create_task(self._renew())
         try:
             try:
                 reply = await answer()
             except GatewayError as exc:
                 reply = error_reply(exc, call)
         except BaseException:
-            beat.cancel()
+            self._held.pop(scope, None)
             with contextlib.suppress(StoreUnavailable):
                 await store.release(scope, token)
             raise
-        beat.cancel()
+        self._held.pop(scope, None)
         try:
             if isinstance(reply, Response):
                 await store.finish(scope, token, reply.status, reply.body, reply.content_type or "")
@@ -120,9 +139,22 @@ class Replays:
         if not task.cancelled():
             task.exception()  # (retrieved: its client may be gone, nobody else will)
 
-    async def _renew(self, scope: str, token: str) -> None:
-        """Keep the holder's lock while its request runs."""
-        while True:
-            await asyncio.sleep(self.beat)
-            with contextlib.suppress(StoreUnavailable):
-                await self.store.refresh(scope, token)
+    async def _renew(self) -> None:
+        """Renew the lock of every key still held, each beat; end when none is."""
+        try:
+            while self._held:
+                await asyncio.sleep(self.beat)
+                for scope, token in list(self._held.items()):
+                    if self._held.get(scope) == token:  # (not ended during an await)
+                        with contextlib.suppress(StoreUnavailable):
+                            await self.store.refresh(scope, token)
+        finally:
+            self._renewer = None
+
+    async def close(self) -> None:
+        """Stop renewing (the store closes after this)."""
+        renewer = self._renewer
+        if renewer is not None:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer

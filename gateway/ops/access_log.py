@@ -99,13 +99,15 @@ def setup(level: str, fmt: str, stream: IO[str] | None = None) -> str:
 
 
 def replica_name(route: Any) -> tuple[str, str]:
-    """(deployment, replica) labels of a route: its deployment's name (or first model)
-    and its upstream's base URL, both from the config (bounded)."""
+    """(deployment, replica) labels of a route, both from the config (bounded): the
+    deployment's name (its first model id, or its first URL), and its replica's base
+    URL when it has one replica ("" when it has several: which one served a request
+    is the replica set's to know)."""
     if route is None:
         return "", ""
-    replica = getattr(route, "replica", None)
-    base = str(getattr(replica, "base", "") or getattr(route.dep, "upstream", ""))
-    return deployment_name(route.dep), base
+    replicas: list[Any] = list(getattr(getattr(route, "replicas", None), "replicas", None) or ())
+    one = str(replicas[0].base) if len(replicas) == 1 else ""
+    return deployment_name(route.dep), one
 
 
 def deployment_name(dep: Any) -> str:
@@ -113,7 +115,7 @@ def deployment_name(dep: Any) -> str:
     if name:
         return str(name)
     models = getattr(dep, "models", ())
-    return str(models[0]) if models else str(dep.upstream)
+    return str(models[0]) if models else str(dep.urls[0])
 
 
 def fields(call: Call, now: float) -> dict[str, Any]:

@@ -36,11 +36,9 @@ def router_ready(router: Any) -> bool:
 def router_replicas(router: Any) -> list[tuple[str, str, bool]]:
     """(deployment, replica, healthy) for each replica the router knows."""
     out = []
-    for dep, replica in getattr(router, "_deployments", ()):
-        replicas = getattr(replica, "replicas", None) or [replica]
-        for one in replicas:
-            healthy = bool(getattr(one, "healthy", True))
-            out.append((deployment_name(dep), str(getattr(one, "base", dep.upstream)), healthy))
+    for dep, replica_set in getattr(router, "_deployments", ()):
+        for one in getattr(replica_set, "replicas", ()):
+            out.append((deployment_name(dep), str(one.base), bool(one.healthy)))
     return out
 
 
@@ -72,6 +70,7 @@ class Health:
         self.draining = False
         self.servers: list[Any] = []  # the HTTP servers serving it (a reload sets max_body)
         self.store: Any = None  # the idempotency and limits store (a reload keeps it)
+        self.overload: Any = None  # the [overload] gate (a reload keeps it)
         gateway.ops[("GET", "/healthz")] = self.healthz
         gateway.ops[("GET", "/readyz")] = self.readyz
         if metrics is not None:

@@ -21,6 +21,7 @@ connections close, and the process exits 0.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import os
 import signal
@@ -33,7 +34,8 @@ from gateway.api.endpoints import Gateway
 from gateway.api.guard import Guard
 from gateway.api.pings import SsePings
 from gateway.api.replay import Replays
-from gateway.config import Config, Http, client_keys, upstream_key
+from gateway.api.seal import Sealer
+from gateway.config import Config, Http, client_keys, seal_keys, upstream_key
 from gateway.http.server import Server
 from gateway.limits import LISTEN_BACKLOG, SHUTDOWN_GRACE
 from gateway.ops.access_log import AccessLog, access_enabled, resolve_format
@@ -49,7 +51,8 @@ from gateway.ops.notify import (
 from gateway.ops.reload import Reloads
 from gateway.stores.base import Store
 from gateway.stores.memory import MemoryStore
-from gateway.upstream.replica import Replica
+from gateway.upstream.admission import Gate
+from gateway.upstream.replicas import ReplicaSet
 from gateway.upstream.routing import Router
 
 if TYPE_CHECKING:
@@ -76,6 +79,31 @@ def open_store(cfg: Config) -> Store:
     )
 
 
+def open_sealer(cfg: Config, env: Mapping[str, str]) -> Sealer:
+    """The sealer of reasoning, with the keys of ``[seal] key-env`` in ``env``; without
+    any, a random key of this process (and a warning: what it seals opens nowhere else,
+    nor after a restart)."""
+    keys = seal_keys(cfg.seal, env)
+    if keys:
+        return Sealer(keys)
+    log.warning(
+        "%s is not set: reasoning is sealed with a random key of this process, so "
+        "encrypted_content opens only here and only until it restarts (set it to the "
+        "base64 of 32 random bytes, the same for every gateway process)",
+        cfg.seal.key_env,
+    )
+    return Sealer.random()
+
+
+def with_seal_key(cfg: Config, env: Mapping[str, str]) -> Mapping[str, str]:
+    """``env``, with a random seal key when it has none: given to every worker, so that
+    what one worker seals the others open."""
+    if seal_keys(cfg.seal, env):
+        return env
+    open_sealer(cfg, env)  # (the warning, once)
+    return {**env, cfg.seal.key_env: base64.b64encode(os.urandom(32)).decode()}
+
+
 def make_guard(
     cfg: Config, env: Mapping[str, str], keys_text: str | None, store: Store
 ) -> Guard | None:
@@ -87,14 +115,18 @@ def make_guard(
     return Guard(keys, store, per_minute=limits.requests_per_minute, in_flight=limits.max_in_flight)
 
 
-def make_router(cfg: Config, env: Mapping[str, str]) -> Router:
-    """A router over new replicas of ``cfg``'s deployments (``discover`` it, then use it)."""
-    return Router([(d, Replica(d, upstream_key(d, env))) for d in cfg.deployment])
+def make_overload(cfg: Config) -> Gate | None:
+    """The gateway-wide bound of upstream requests (``[overload]``), if any."""
+    load = cfg.overload
+    if not load.max_in_flight:
+        return None
+    return Gate("gateway", load.max_in_flight, load.max_queued, load.queue_timeout)
 
 
-def close_router(router: Router) -> None:
-    for _, replica in router._deployments:
-        replica.close()
+def make_router(cfg: Config, env: Mapping[str, str], overload: Gate | None) -> Router:
+    """A router over new replicas of ``cfg``'s deployments (``start`` and ``discover``
+    it, then use it); ``overload`` is the process's one gate, kept across reloads."""
+    return Router([(d, ReplicaSet(d, upstream_key(d, env), overload)) for d in cfg.deployment])
 
 
 def observe(gateway: Gateway, cfg: Config, env: Mapping[str, str], out: IO[bytes] | None) -> Health:
@@ -122,27 +154,33 @@ async def open_gateway(
     (upstream and client keys are looked up there), ``keys_text`` the text of the
     ``[auth]`` keys file, which the command line read. The access log goes to
     ``access_out`` if given (else to stderr, if the ``gateway.access`` logger is on)."""
+    sealer = open_sealer(cfg, env)
     pings = SsePings(cfg.stream.keepalive_interval)
+    overload = make_overload(cfg)
     store = open_store(cfg)
     guard = make_guard(cfg, env, keys_text, store)
     replays = Replays(store, cfg.idempotency.lock_ttl) if cfg.idempotency.enabled else None
     gateway: Gateway | None = None
-    router = make_router(cfg, env)
+    router = make_router(cfg, env, overload)
     try:
+        router.start()
         await router.discover()
         max_body = max(d.max_body_bytes for d in cfg.deployment)
         pings.start()
-        gateway = Gateway(router, pings, max_body, guard=guard, replays=replays)
+        gateway = Gateway(router, pings, max_body, guard=guard, replays=replays, sealer=sealer)
         gateway.process = observe(gateway, cfg, env, access_out)
         gateway.process.store = store
+        gateway.process.overload = overload
         yield gateway
     finally:
         pings.stop()
         if gateway is not None and gateway.process.metrics is not None:
             gateway.process.metrics.close()
-        close_router(gateway.router if gateway is not None else router)
+        await router.close()
         if gateway is not None and gateway.router is not router:
-            close_router(router)  # (a reload swapped it; closing twice is harmless)
+            await gateway.router.close()  # (a reload swapped it)
+        if replays is not None:
+            await replays.close()
         await store.close()
 
 
@@ -242,7 +280,8 @@ async def serve(
             ", socket from the service manager" if sock is not None else "",
             ", ".join(gateway.router.model_ids()) or "none yet",
             "; ".join(
-                f"{d.upstream} for {', '.join(d.models) or 'its /models'}" for d in cfg.deployment
+                f"{' '.join(d.urls)} for {', '.join(d.models) or 'its /models'}"
+                for d in cfg.deployment
             ),
         )
         log.info(

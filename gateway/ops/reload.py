@@ -31,14 +31,10 @@ RESTART_ONLY = ("listen", "http", "workers", "idempotency", "ops", "stream")
 
 
 def in_use(router: Any) -> bool:
-    """Whether any upstream connection of ``router``'s replicas is still in use."""
-    for _, replica in getattr(router, "_deployments", ()):
-        for one in getattr(replica, "replicas", None) or [replica]:
-            pool = getattr(one, "pool", None)
-            if pool is not None and len(getattr(pool, "conns", ())) > len(
-                getattr(pool, "idle", ())
-            ):
-                return True
+    """Whether a request still holds one of ``router``'s replicas."""
+    for _, replica_set in getattr(router, "_deployments", ()):
+        if any(one.in_flight for one in getattr(replica_set, "replicas", ())):
+            return True
     return False
 
 
@@ -78,7 +74,7 @@ class Reloads:
 
     async def reload(self) -> bool:
         """Re-read and apply the config; False (and the old one kept) if it is refused."""
-        from gateway.ops.lifecycle import close_router, make_guard, make_router
+        from gateway.ops.lifecycle import make_guard, make_router
 
         assert self.reread is not None
         try:
@@ -91,11 +87,16 @@ class Reloads:
         for name in RESTART_ONLY:
             if getattr(cfg, name) != getattr(self.cfg, name):
                 log.warning("reload: [%s] changed; that takes a restart (kept as it was)", name)
-        router = make_router(cfg, self.env)
         try:
+            router = make_router(cfg, self.env, self.gateway.process.overload)
+        except ValueError as exc:
+            log.error("reload refused, the running config goes on: %s", exc)
+            return False
+        try:
+            router.start()
             await router.discover()
         except GatewayError as exc:  # (discover logs and goes on; anything else: refuse)
-            close_router(router)
+            await router.close()
             log.error("reload refused: %s", exc.message)
             return False
         gw = self.gateway
@@ -115,21 +116,17 @@ class Reloads:
         return True
 
     async def _retire(self, router: Any) -> None:
-        from gateway.ops.lifecycle import close_router
-
         self.retiring.append(router)
         while in_use(router):
             await asyncio.sleep(RETIRE_POLL)
         self.retiring.remove(router)
-        close_router(router)
+        await router.close()
 
     async def close(self) -> None:
         """After the drain: stop reloading, close the old routers still open."""
-        from gateway.ops.lifecycle import close_router
-
         for task in list(self.tasks):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         for router in self.retiring:
-            close_router(router)
+            await router.close()
         self.retiring.clear()

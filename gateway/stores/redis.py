@@ -9,12 +9,17 @@ SHA-256 of the Idempotency-Key)::
                              flight, the retention's end once done)
     gw:rpm:{tenant}:{minute} requests of a tenant in one minute (INCR; expires after two)
     gw:fly:{tenant}          a sorted set of the tenant's requests in flight, scored by
-                             when each slot frees itself (a crashed holder's slot goes)
+                             when each slot frees itself: the process renews its slots
+                             every third of ``limits.SLOT_TTL``, so a crashed one's go
 
-Every record transition is the pure one of ``core.idempotency``, made atomic by an
-optimistic transaction: WATCH the key, GET it, run the transition, then MULTI
-SET/DEL EXEC; if another process wrote the key in between, EXEC fails and the
-transition runs again on what is there now. A duplicate waits by polling its key
+Every record transition is the pure one of ``core.idempotency``, made atomic by a
+compare-and-set: the transition runs here on the record as this process believes it
+is, and a short script (``CAS``) stores its result only if the key still holds that
+record, else answers with what it holds, and the transition runs again on that. The
+belief is most often right, so a transition is one round trip: a claim expects the
+key absent, and the holder of a key expects the record it wrote last. (redis-py
+spends about 100 us of CPU per command; a WATCH / GET / MULTI-EXEC transaction took
+three.) A duplicate waits by polling its key
 (``limits.IDEMPOTENCY_POLL``); one in the same process is woken at once. Any Redis
 failure is ``StoreUnavailable`` (503) for requests with an Idempotency-Key; the
 request limits fall back to counting in this process while Redis is away.
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -32,7 +38,7 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError, WatchError
+from redis.exceptions import RedisError
 
 from gateway.core import idempotency as idem
 from gateway.errors import StoreUnavailable
@@ -41,6 +47,7 @@ from gateway.limits import (
     IDEMPOTENCY_POLL,
     IDEMPOTENCY_RETENTION,
     RATE_WINDOW,
+    SLOT_TTL,
     STORE_TIMEOUT,
 )
 from gateway.stores.memory import MemoryStore
@@ -60,8 +67,21 @@ redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
 redis.call('PEXPIREAT', KEYS[1], math.floor(tonumber(ARGV[2]) * 1000))
 return redis.call('ZCARD', KEYS[1])
 """
-# Seconds a request's in-flight slot lasts if its process dies without giving it back.
-SLOT_TTL = 900.0
+# Store ARGV[2] (or delete the key if it is empty) with an expiry of ARGV[3] ms, if the
+# key holds ARGV[1] ('' for absent): {1}; otherwise change nothing: {0, what it holds}.
+CAS = """
+local held = redis.call('GET', KEYS[1]) or ''
+if held ~= ARGV[1] then return {0, held} end
+if ARGV[2] == '' then redis.call('DEL', KEYS[1])
+else redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end
+return {1}
+"""
+# Push back the expiry of the slots ARGV[2..] that are still in gw:fly:{tenant} to ARGV[1].
+RENEW = """
+for i = 2, #ARGV do redis.call('ZADD', KEYS[1], 'XX', ARGV[1], ARGV[i]) end
+redis.call('PEXPIREAT', KEYS[1], math.floor(tonumber(ARGV[1]) * 1000))
+return 1
+"""
 
 
 class RedisStore:
@@ -71,11 +91,13 @@ class RedisStore:
         *,
         retention: float = IDEMPOTENCY_RETENTION,
         lock_ttl: float = IDEMPOTENCY_LOCK_TTL,
+        slot_ttl: float = SLOT_TTL,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.url = url
         self.retention = retention
         self.lock_ttl = lock_ttl
+        self.slot_ttl = slot_ttl
         self.clock = clock
         self.redis = aioredis.Redis.from_url(
             url,
@@ -84,8 +106,13 @@ class RedisStore:
             retry=Retry(NoBackoff(), 0),  # a failure is answered now, not after backoff
         )
         self._enter = self.redis.register_script(ENTER)
+        self._cas = self.redis.register_script(CAS)
+        self._renew_slots = self.redis.register_script(RENEW)
         self._local = MemoryStore(clock=clock)  # the counters while Redis is away; wake-ups
         self._down = False
+        self._mine: dict[str, bytes] = {}  # scope -> the record this process wrote last
+        self._slots: dict[str, set[str]] = {}  # tenant -> this process's slots in Redis
+        self._renewer: asyncio.Task[None] | None = None
 
     async def _call(self, op: Callable[[], Awaitable[T]]) -> T:
         try:
@@ -101,36 +128,47 @@ class RedisStore:
         return result
 
     async def _transition(
-        self, scope: str, step: Callable[[idem.Record | None, float], tuple[idem.Change, T]]
+        self,
+        scope: str,
+        step: Callable[[idem.Record | None, float], tuple[idem.Change, T]],
+        believed: bytes | None,
+        *,
+        remember: bool = False,
     ) -> T:
-        """Run ``step`` on the stored record and store what it returns, atomically."""
+        """Run ``step`` on the stored record and store what it returns, atomically.
+        ``believed``: the record's bytes as this process expects them (b"": absent;
+        None: not known, read first). ``remember``: a record stored becomes the belief
+        of this scope's next transition."""
         key = "gw:idem:" + scope
 
         async def run() -> T:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                while True:
-                    try:
-                        await pipe.watch(key)
-                        now = self.clock()
-                        raw: Any = await pipe.get(key)
-                        change, result = step(idem.decode(raw), now)
-                        if change is idem.KEEP:
-                            await pipe.unwatch()
-                            return result
-                        pipe.multi()
-                        if isinstance(change, idem.Record):
-                            ms = max(1, int((change.expires - now) * 1000))
-                            pipe.set(key, idem.encode(change), px=ms)
-                        else:
-                            pipe.delete(key)
-                        await pipe.execute()
+            checked = believed is None
+            held = await self._get(key) if believed is None else believed
+            while True:
+                now = self.clock()
+                change, result = step(idem.decode(held or None), now)
+                if change is idem.KEEP:
+                    if checked:
                         return result
-                    except WatchError:
-                        continue
+                    held, checked = await self._get(key), True
+                    continue
+                new, ms = b"", 0
+                if isinstance(change, idem.Record):
+                    new, ms = idem.encode(change), max(1, int((change.expires - now) * 1000))
+                answer: Any = await self._cas(keys=[key], args=[held, new, ms])
+                if answer[0] == 1:
+                    if remember and new:
+                        self._mine[scope] = new
+                    return result
+                held, checked = answer[1], True
 
         result = await self._call(run)
         self._local.wake(scope)  # this process's waiters look again at once
         return result
+
+    async def _get(self, key: str) -> bytes:
+        raw: Any = await self.redis.get(key)
+        return raw or b""
 
     # ---- records ---------------------------------------------------------------------
 
@@ -139,12 +177,13 @@ class RedisStore:
             decision = idem.claim(record, fingerprint, token, now, self.lock_ttl)
             return (decision.record if isinstance(decision, idem.Run) else idem.KEEP), decision
 
-        return await self._transition(scope, step)
+        return await self._transition(scope, step, b"", remember=True)
 
     async def refresh(self, scope: str, token: str) -> None:
-        await self._transition(
-            scope, lambda r, now: (idem.refresh(r, token, now, self.lock_ttl), None)
-        )
+        def step(record: idem.Record | None, now: float) -> tuple[idem.Change, None]:
+            return idem.refresh(record, token, now, self.lock_ttl), None
+
+        await self._transition(scope, step, self._mine.get(scope), remember=True)
 
     async def finish(
         self, scope: str, token: str, status: int, body: bytes, content_type: str
@@ -152,10 +191,13 @@ class RedisStore:
         def step(record: idem.Record | None, now: float) -> tuple[idem.Change, None]:
             return idem.finish(record, token, status, body, content_type, now, self.retention), None
 
-        await self._transition(scope, step)
+        await self._transition(scope, step, self._mine.pop(scope, None))
 
     async def release(self, scope: str, token: str) -> None:
-        await self._transition(scope, lambda r, now: (idem.release(r, token, now), None))
+        def step(record: idem.Record | None, now: float) -> tuple[idem.Change, None]:
+            return idem.release(record, token, now), None
+
+        await self._transition(scope, step, self._mine.pop(scope, None))
 
     async def wait(self, scope: str, until: float) -> None:
         """Until woken by this process, or one poll interval (another process may hold it)."""
@@ -183,17 +225,47 @@ class RedisStore:
     async def enter(self, tenant: str, token: str, limit: int) -> int:
         now = self.clock()
         try:
-            args: list[float | int | str] = [now, now + SLOT_TTL, limit, token]
-            return int(await self._call(lambda: self._enter(keys=["gw:fly:" + tenant], args=args)))
+            args: list[float | int | str] = [now, now + self.slot_ttl, limit, token]
+            taken = int(await self._call(lambda: self._enter(keys=["gw:fly:" + tenant], args=args)))
         except StoreUnavailable:
             return await self._local.enter(tenant, token, limit)
+        if taken >= 0:
+            self._slots.setdefault(tenant, set()).add(token)
+            if self._renewer is None:
+                self._renewer = asyncio.create_task(self._renew())
+        return taken
 
     async def leave(self, tenant: str, token: str) -> None:
         await self._local.leave(tenant, token)
+        tokens = self._slots.get(tenant)
+        if tokens is not None:
+            tokens.discard(token)
+            if not tokens:
+                del self._slots[tenant]
         with contextlib.suppress(StoreUnavailable):
             await self._call(lambda: self.redis.zrem("gw:fly:" + tenant, token))
 
+    async def _renew(self) -> None:
+        """Push back the expiry of this process's slots, each third of their time to
+        live, while it has any (one round trip per tenant)."""
+        try:
+            while self._slots:
+                await asyncio.sleep(self.slot_ttl / 3)
+                until = self.clock() + self.slot_ttl
+                for tenant, tokens in list(self._slots.items()):
+                    renew = functools.partial(
+                        self._renew_slots, keys=["gw:fly:" + tenant], args=[until, *tokens]
+                    )
+                    with contextlib.suppress(StoreUnavailable):
+                        await self._call(renew)
+        finally:
+            self._renewer = None
+
     async def close(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
         await self._local.close()
         with contextlib.suppress(RedisError, OSError, TimeoutError):
             await asyncio.wait_for(self.redis.aclose(), STORE_TIMEOUT)

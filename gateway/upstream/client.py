@@ -44,10 +44,15 @@ from urllib.parse import urlsplit
 import httptools
 
 from gateway.errors import (
+    CHUNK_TIMEOUT,
+    CONNECT_TIMEOUT,
+    HEADERS_TIMEOUT,
+    REQUEST_TIMEOUT,
     UpstreamBadResponse,
     UpstreamBusy,
     UpstreamTimeout,
     UpstreamUnavailable,
+    UpstreamUnreachable,
 )
 from gateway.limits import (
     UPSTREAM_BODY_HIGH_WATER,
@@ -61,6 +66,13 @@ from gateway.limits import (
 
 # uvloop counts time in milliseconds: a timer may fire a little before its time.
 TIMER_SLACK = 0.002
+NO_DEADLINE = float("inf")
+TIMED_OUT = {
+    CONNECT_TIMEOUT: "Connecting to the upstream server timed out.",
+    HEADERS_TIMEOUT: "The upstream server timed out before it began its answer.",
+    CHUNK_TIMEOUT: "The upstream server timed out: its answer stalled.",
+    REQUEST_TIMEOUT: "The upstream request ran out of time as a whole.",
+}
 
 
 class Cancellable(Protocol):
@@ -101,6 +113,9 @@ class UpstreamConnection(asyncio.Protocol):
         "drained",
         "drain_timer",
         "slot",
+        "retry_after",
+        "deadline",
+        "done",
     )
 
     def __init__(self, pool: Pool) -> None:
@@ -114,6 +129,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.drained = 0  # bytes dropped so far
         self.drain_timer: Cancellable | None = None
         self.slot = True  # holds one of the pool's slots (reserved before it was made)
+        self.deadline = NO_DEADLINE  # the loop time by which the whole request must end
+        # Called once at the first release (the replica's accounting of its load).
+        self.done: Callable[[], object] | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -127,6 +145,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.received = False
         self.framed = False  # Content-Length or Transfer-Encoding seen
         self.keep_alive = False
+        self.retry_after: bytes | None = None
 
     # ---- asyncio.Protocol ----------------------------------------------------------
 
@@ -165,6 +184,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.content_type = value
         elif name in (b"content-length", b"transfer-encoding"):
             self.framed = True
+        elif name == b"retry-after":
+            self.retry_after = value
 
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
@@ -210,7 +231,15 @@ class UpstreamConnection(asyncio.Protocol):
             raise self.error
         loop = asyncio.get_running_loop()
         self.waiter = waiter = loop.create_future()
-        timer = loop.call_later(self.pool.read_timeout, self._timed_out, waiter)
+        pool = self.pool
+        if self.headers_done:
+            timeout, phase = pool.chunk_timeout, CHUNK_TIMEOUT
+        else:
+            timeout, phase = pool.headers_timeout, HEADERS_TIMEOUT
+        left = self.deadline - loop.time()
+        if left < timeout:
+            timeout, phase = max(left, 0.0), REQUEST_TIMEOUT
+        timer = loop.call_later(timeout, self._timed_out, waiter, phase)
         try:
             await waiter
         except asyncio.CancelledError:
@@ -223,9 +252,9 @@ class UpstreamConnection(asyncio.Protocol):
             timer.cancel()
             self.waiter = None
 
-    def _timed_out(self, waiter: asyncio.Future[None]) -> None:
+    def _timed_out(self, waiter: asyncio.Future[None], phase: str) -> None:
         if not waiter.done():
-            self.error = UpstreamTimeout("The upstream server timed out.")
+            self.error = UpstreamTimeout(TIMED_OUT[phase], code=phase)
             waiter.set_exception(self.error)
 
     async def read_headers(self) -> None:
@@ -279,6 +308,10 @@ class UpstreamConnection(asyncio.Protocol):
         Read to its end: pooled now. Not read to its end but framed for reuse:
         drained (see the module's docstring), then pooled. Otherwise closed.
         """
+        done = self.done
+        if done is not None:
+            self.done = None
+            done()
         transport = self.transport
         if transport is None:
             return
@@ -293,6 +326,13 @@ class UpstreamConnection(asyncio.Protocol):
             if self.headers_done:
                 self._start_drain()
                 return
+        self._close()
+
+    def abort(self) -> None:
+        """Nobody wants the rest (the client went away): close the connection now, so
+        that the upstream sees it and stops generating; ``release()`` still follows."""
+        if self.error is None:
+            self.error = UpstreamUnavailable("The client went away.")
         self._close()
 
     # ---- draining ----------------------------------------------------------------------
@@ -370,6 +410,8 @@ class Pool:
         *,
         connect_timeout: float,
         read_timeout: float,
+        headers_timeout: float | None = None,
+        chunk_timeout: float | None = None,
         max_connections: int = UPSTREAM_MAX_CONNECTIONS,
         pool_timeout: float = UPSTREAM_POOL_TIMEOUT,
         idle_timeout: float = UPSTREAM_IDLE,
@@ -378,7 +420,9 @@ class Pool:
         drain_wait: float = UPSTREAM_DRAIN_WAIT,
         timers: Timers | None = None,
     ) -> None:
-        """``timers``: the clock of the pool's own timers (drain, idle, the wait for
+        """``read_timeout``: the default of ``headers_timeout`` (the wait for the
+        response headers) and ``chunk_timeout`` (each gap between two body chunks).
+        ``timers``: the clock of the pool's own timers (drain, idle, the wait for
         a connection); by default the running event loop's."""
         url = urlsplit(base_url)
         if url.scheme not in ("http", "https") or not url.hostname:
@@ -396,6 +440,8 @@ class Pool:
         self.path = url.path.rstrip("/")
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
+        self.headers_timeout = headers_timeout or read_timeout
+        self.chunk_timeout = chunk_timeout or read_timeout
         self.max_connections = max_connections
         self.pool_timeout = pool_timeout
         self.idle_timeout = idle_timeout
@@ -418,16 +464,21 @@ class Pool:
             timers = self._timers = asyncio.get_running_loop()
         return timers
 
-    def head(self, method: str, path: str, headers: dict[str, str]) -> bytes:
-        """The constant part of a request's head, built once per route."""
-        lines = [f"{method} {self.path}{path} HTTP/1.1", f"Host: {self.host_header}"]
+    def head(self, method: str, path: str, headers: dict[str, str], *, root: bool = False) -> bytes:
+        """The constant part of a request's head, built once per route; ``path`` under
+        the base URL's path, or (``root``) from the origin's root."""
+        prefix = "" if root else self.path
+        lines = [f"{method} {prefix}{path} HTTP/1.1", f"Host: {self.host_header}"]
         lines += [f"{k}: {v}" for k, v in headers.items()]
         return ("\r\n".join(lines) + "\r\n").encode("latin-1")
 
     # ---- a request ---------------------------------------------------------------------
 
-    async def request(self, head: bytes, body: bytes) -> UpstreamConnection:
-        """Send a request; return once the response headers are in."""
+    async def request(
+        self, head: bytes, body: bytes, deadline: float = NO_DEADLINE
+    ) -> UpstreamConnection:
+        """Send a request; return once the response headers are in. ``deadline``: the
+        loop time by which the whole request (connect to the body's end) must be done."""
         message = b"%sContent-Length: %d\r\n\r\n%s" % (head, len(body), body)
         while True:
             conn = self._take_idle()
@@ -437,9 +488,9 @@ class Pool:
                 if not self._take_slot():
                     conn = await self._wait_turn()
                 if conn is None:  # a slot: open a new connection in it
-                    return await self._send(await self._connect(), message)
+                    return await self._send(await self._connect(deadline), message, deadline)
             try:
-                return await self._send(conn, message)
+                return await self._send(conn, message, deadline)
             except UpstreamUnavailable:
                 if conn.received:
                     raise
@@ -517,7 +568,7 @@ class Pool:
                 return
         self.open -= 1
 
-    async def _connect(self) -> UpstreamConnection:
+    async def _connect(self, deadline: float = NO_DEADLINE) -> UpstreamConnection:
         """A new connection, in the slot the caller took (given back if it fails)."""
         made: list[UpstreamConnection] = []
 
@@ -527,6 +578,10 @@ class Pool:
             return conn
 
         loop = asyncio.get_running_loop()
+        timeout, phase = self.connect_timeout, CONNECT_TIMEOUT
+        left = deadline - loop.time()
+        if left < timeout:
+            timeout, phase = max(left, 0.0), REQUEST_TIMEOUT
         try:
             _, proto = await asyncio.wait_for(
                 loop.create_connection(
@@ -536,7 +591,7 @@ class Pool:
                     ssl=self.ssl,
                     server_hostname=self.host if self.ssl else None,
                 ),
-                self.connect_timeout,
+                timeout,
             )
         except BaseException as exc:
             if made:
@@ -544,9 +599,9 @@ class Pool:
             else:
                 self._slot_freed()
             if isinstance(exc, TimeoutError):
-                raise UpstreamTimeout("Connecting to the upstream server timed out.") from exc
+                raise UpstreamTimeout(TIMED_OUT[phase], code=phase) from exc
             if isinstance(exc, OSError):
-                raise UpstreamUnavailable(
+                raise UpstreamUnreachable(
                     f"Cannot connect to the upstream server at {self.host}:{self.port}: "
                     f"{exc.strerror or exc}"
                 ) from exc
@@ -554,12 +609,15 @@ class Pool:
         return proto
 
     @staticmethod
-    async def _send(conn: UpstreamConnection, message: bytes) -> UpstreamConnection:
+    async def _send(
+        conn: UpstreamConnection, message: bytes, deadline: float = NO_DEADLINE
+    ) -> UpstreamConnection:
         transport = conn.transport
         if transport is None or transport.is_closing():
             conn._close()
             raise UpstreamUnavailable("The upstream server closed the connection.")
         conn.error = None
+        conn.deadline = deadline
         transport.write(message)
         try:
             await conn.read_headers()

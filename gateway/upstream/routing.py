@@ -4,6 +4,11 @@ Deployments list their model ids in the config; one that lists none serves
 whatever its upstream's ``GET /models`` reports, read at start and again
 (at most every ``limits.MODELS_REFRESH`` seconds) when a client asks for an unknown id.
 The id ``default`` always means the first deployment.
+
+A ``Router`` is one object with everything requests need (its deployments'
+``ReplicaSet``s): a reload builds a new one and swaps it in, and requests in
+flight keep the routes they resolved. ``ready()`` says whether every deployment
+has a healthy replica (``/readyz``).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from gateway.config import Deployment
 from gateway.core.capabilities import Capabilities
 from gateway.errors import GatewayError, ModelNotFound
 from gateway.limits import MODELS_REFRESH
-from gateway.upstream.replica import Replica
+from gateway.upstream.replicas import ReplicaSet
 
 log = logging.getLogger("gateway")
 
@@ -23,6 +28,7 @@ log = logging.getLogger("gateway")
 def capabilities(dep: Deployment) -> Capabilities:
     """What the core may know of a deployment: what its upstream can do."""
     s = dep.supports
+    r = dep.reasoning
     return Capabilities(
         streaming=s.streaming,
         stream_usage=s.stream_usage,
@@ -30,26 +36,33 @@ def capabilities(dep: Deployment) -> Capabilities:
         structured_output=s.structured_output,
         images=s.images,
         token_field=dep.token_field,
+        drop_hosted_tools=dep.hosted_tools == "drop",
+        reasoning=r.enabled,
+        effort_field=r.effort_field,
+        effort_map=dict(r.effort_map),
+        effort_none=dict(r.none_fields),
+        replay_field="" if r.replay_field == "drop" else r.replay_field,
+        summary_text=r.summary_text,
     )
 
 
 class Route:
-    """A model id's deployment, its upstream, the model name sent upstream, and
+    """A model id's deployment, its replicas, the model name sent upstream, and
     what the upstream can do."""
 
-    __slots__ = ("dep", "replica", "upstream_model", "caps")
+    __slots__ = ("dep", "replicas", "upstream_model", "caps")
 
     def __init__(
-        self, dep: Deployment, replica: Replica, upstream_model: str, caps: Capabilities
+        self, dep: Deployment, replicas: ReplicaSet, upstream_model: str, caps: Capabilities
     ) -> None:
         self.dep = dep
-        self.replica = replica
+        self.replicas = replicas
         self.upstream_model = upstream_model
         self.caps = caps
 
 
 class Router:
-    def __init__(self, deployments: list[tuple[Deployment, Replica]]) -> None:
+    def __init__(self, deployments: list[tuple[Deployment, ReplicaSet]]) -> None:
         self._deployments = deployments
         self._routes: dict[str, Route] = {}
         self._pending = [d for d in deployments if not d[0].models]
@@ -58,10 +71,10 @@ class Router:
             for model in dep.models:
                 self._add(model, dep, replica)
 
-    def _route(self, dep: Deployment, replica: Replica, upstream_model: str) -> Route:
+    def _route(self, dep: Deployment, replica: ReplicaSet, upstream_model: str) -> Route:
         return Route(dep, replica, upstream_model, capabilities(dep))
 
-    def _add(self, model: str, dep: Deployment, replica: Replica) -> None:
+    def _add(self, model: str, dep: Deployment, replica: ReplicaSet) -> None:
         if model not in self._routes:
             self._routes[model] = self._route(dep, replica, dep.upstream_model or model)
 
@@ -73,12 +86,26 @@ class Router:
             try:
                 models = await replica.models()
             except GatewayError as exc:
-                log.warning("cannot list models of %s: %s", dep.upstream, exc.message)
+                log.warning("cannot list models of %s: %s", " ".join(dep.urls), exc.message)
                 still.append((dep, replica))
                 continue
             for model in models:
                 self._add(model, dep, replica)
         self._pending = still
+
+    def start(self) -> None:
+        """Start the deployments' background work (active probes); needs the loop."""
+        for _, replicas in self._deployments:
+            replicas.start()
+
+    def ready(self) -> bool:
+        """Every deployment has at least one healthy replica."""
+        return all(replicas.healthy for _, replicas in self._deployments)
+
+    async def close(self) -> None:
+        """Stop the probes and close every upstream connection (in use ones too)."""
+        for _, replicas in self._deployments:
+            await replicas.close()
 
     def model_ids(self) -> list[str]:
         return list(self._routes)

@@ -40,8 +40,11 @@ async def expect(
     ("extra", "param"),
     [
         ({"previous_response_id": "resp_1"}, "previous_response_id"),
-        ({"include": ["reasoning.encrypted_content"]}, "include"),
-        ({"reasoning": {"effort": "high"}}, "reasoning"),
+        ({"include": ["file_search_call.results"]}, "include"),
+        (
+            {"include": ["reasoning.encrypted_content", "message.output_text.logprobs"]},
+            "include[1]",
+        ),
         ({"background": True}, "background"),
         ({"conversation": "conv_1"}, "conversation"),
         ({"prompt": {"id": "pmpt_1"}}, "prompt"),
@@ -282,7 +285,7 @@ async def test_upstream_timeout_is_504(upstream: FakeUpstream, start_gateway: An
             openai.InternalServerError,
             c.responses.create(model="m1", input="x"),
             status=504,
-            code="timeout",
+            code="upstream_headers_timeout",
             type_="server_error",
             says="timed out",
         )

@@ -92,6 +92,37 @@ async def test_concurrent_duplicates_make_one_upstream_call(
     assert sum(a.headers.get("idempotent-replayed") == "true" for a in answers) == 4
 
 
+async def test_a_run_longer_than_the_lock_keeps_its_key(
+    upstream: FakeUpstream, start_gateway: Any, store: Idempotency
+) -> None:
+    # A 0.3 s lock renewed every 0.1 s: a duplicate sent after 0.6 s still finds the
+    # first run holding the key (without renewal it would run a second time).
+    store = msgspec.structs.replace(store, lock_ttl=0.3)
+    url = await start_gateway(with_store(make_config(upstream.url), store))
+    upstream.reply = slow(completion("long"), 1.0)
+    async with sdk(url) as client:
+        first = asyncio.ensure_future(create(client))
+        await asyncio.sleep(0.6)
+        second = await create(client)
+        assert (await first).http_response.content == second.http_response.content
+    assert second.headers["idempotent-replayed"] == "true"
+    assert len(upstream.received) == 1
+
+
+async def test_a_client_that_gives_up_leaves_its_run_going_and_its_retry_replays(
+    gw: openai.AsyncOpenAI, upstream: FakeUpstream
+) -> None:
+    upstream.reply = slow(completion("finished anyway"), 0.5)
+    impatient = gw.with_options(timeout=0.1, max_retries=0)
+    with pytest.raises(openai.APITimeoutError):  # the client hangs up mid-run
+        await create(impatient)
+    await asyncio.sleep(0.7)  # the run went on to its end without a client
+    again = await create(gw)
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.parse().output_text == "finished anyway"
+    assert len(upstream.received) == 1
+
+
 async def test_the_same_key_with_another_body_is_422(
     gw: openai.AsyncOpenAI, upstream: FakeUpstream
 ) -> None:

@@ -20,6 +20,9 @@ import pytest
 from aiohttp import web
 
 from gateway.config import Idempotency, Limits
+from gateway.core import idempotency as idem
+from gateway.errors import IdempotencyKeyReused
+from gateway.stores.redis import RedisStore
 from tests.conftest import FakeUpstream, RedisServer, completion, make_config, sdk
 
 KEY = {"Idempotency-Key": "retry-me"}
@@ -185,3 +188,51 @@ async def test_redis_going_away(
     else:
         pytest.fail("the gateway did not use Redis again")
     await c.close()
+
+
+# ---- the store itself, two instances on one redis-server (two processes' view) -------------
+
+
+async def test_a_holder_whose_lock_expired_cannot_overwrite_the_new_holder(redis_url: str) -> None:
+    a = RedisStore(redis_url, lock_ttl=0.2)
+    b = RedisStore(redis_url, lock_ttl=30.0)
+    fp = idem.fingerprint("/v1/responses", b"{}")
+    try:
+        assert isinstance(await a.claim("t:k", fp, "a"), idem.Run)
+        assert isinstance(await b.claim("t:k", fp, "b"), idem.Wait)
+        await asyncio.sleep(0.3)  # a's lock is over (a stalled): b takes the key
+        assert isinstance(await b.claim("t:k", fp, "b"), idem.Run)
+        # a still believes its record is there: its answer must not replace b's lock...
+        await a.finish("t:k", "a", 200, b"from a", "application/json")
+        assert isinstance(await a.claim("t:k", fp, "c"), idem.Wait)
+        await a.release("t:k", "a")  # ...nor may it free b's key
+        assert isinstance(await a.claim("t:k", fp, "c"), idem.Wait)
+        await b.refresh("t:k", "b")
+        await b.finish("t:k", "b", 200, b"from b", "application/json")
+        replay = await a.claim("t:k", fp, "c")
+        assert isinstance(replay, idem.Replay) and replay.record.body == b"from b"
+        other = idem.fingerprint("/v1/responses", b"[]")
+        with pytest.raises(IdempotencyKeyReused):
+            await a.claim("t:k", other, "d")
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_in_flight_slots_are_renewed_and_a_dead_process_s_free_themselves(
+    redis_url: str,
+) -> None:
+    a = RedisStore(redis_url, slot_ttl=0.3)
+    b = RedisStore(redis_url, slot_ttl=0.3)
+    try:
+        assert await a.enter("tenant", "a1", 1) == 1
+        await asyncio.sleep(0.7)  # over twice the slot's time to live: a renewed it
+        assert await b.enter("tenant", "b1", 1) == -1
+        await a.close()  # a "dies": its slot is neither given back nor renewed
+        await asyncio.sleep(0.5)
+        assert await b.enter("tenant", "b1", 1) == 1
+        await b.leave("tenant", "b1")
+        assert await b.enter("tenant", "b2", 1) == 1
+    finally:
+        await a.close()
+        await b.close()

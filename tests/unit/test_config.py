@@ -92,3 +92,51 @@ def test_check_config_command(tmp_path: Path) -> None:
     assert ok.returncode == 0 and "OK" in ok.stdout
     no = subprocess.run([*cmd, str(bad)], capture_output=True, text=True)
     assert no.returncode != 0 and "streem" in no.stderr
+
+
+REPLICAS = """
+[overload]
+max-in-flight = 100
+queue-timeout = 2.5
+
+[[deployment]]
+models = ["q"]
+upstream = ["http://10.0.0.1:8000/v1", "http://10.0.0.2:8000/v1", "http://10.0.0.3:8000/v1"]
+weights = [1, 1, 2]
+affinity-header = "x-session-id"
+headers-timeout = 120
+chunk-timeout = 30
+request-timeout = 900
+eject-after = 5
+active-probe-interval = 3
+max-in-flight = 40
+"""
+
+
+def test_replicas_and_their_policies() -> None:
+    cfg = parse(REPLICAS.encode(), "r.toml")
+    (dep,) = cfg.deployment
+    assert dep.urls == tuple(f"http://10.0.0.{i}:8000/v1" for i in (1, 2, 3))
+    assert dep.weights == (1.0, 1.0, 2.0) and dep.affinity_header == "x-session-id"
+    assert (dep.headers_timeout, dep.chunk_timeout, dep.request_timeout) == (120, 30, 900)
+    assert dep.eject_after == 5 and dep.max_in_flight == 40
+    assert cfg.overload.max_in_flight == 100 and cfg.overload.queue_timeout == 2.5
+    one = parse(GOOD.encode(), "g.toml").deployment[0]  # a single URL: as before
+    assert one.urls == ("http://127.0.0.1:8000/v1",) and one.upstream == one.urls[0]
+
+
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        ('upstream = []\nmodels = ["q"]', "at least one URL"),
+        ('upstream = ["http://a/v1", "ftp://b"]', "http:// or https://"),
+        ('upstream = ["http://a/v1", "http://b/v1"]\nweights = [1]', "weights"),
+        ('upstream = "http://a/v1"\nweights = [0]', "weights"),
+        ('upstream = "http://a/v1"\neject-after = 0', "eject-after"),
+        ('upstream = "http://a/v1"\nchunk-timeout = -1', "timeouts must be positive"),
+        ('upstream = "http://a/v1"\nrequest-timeout = -1', "request-timeout"),
+    ],
+)
+def test_bad_replica_settings_name_the_key(line: str, says: str) -> None:
+    with pytest.raises(ConfigError, match=says):
+        parse(f"[[deployment]]\n{line}\n".encode(), "bad.toml")

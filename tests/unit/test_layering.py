@@ -53,6 +53,16 @@ def test_pure_module_imports_no_io(module: str) -> None:
     assert imported(module) == [], f"{module} pulls in {imported(module)}"
 
 
+# Pure modules of the shell (CONTRIBUTING: "pure" in its row): no I/O, like the core.
+PURE_SHELL = ["gateway.upstream.policy"]
+
+
+@pytest.mark.parametrize("module", PURE_SHELL)
+def test_pure_shell_module_imports_no_io(module: str) -> None:
+    package = module.rsplit(".", 1)[0]
+    assert imported(module) == [package], f"{module} pulls in {imported(module)}"
+
+
 def test_config_does_not_import_the_core() -> None:
     """config is a leaf: the core learns of a deployment only through Capabilities."""
     code = (

@@ -1,0 +1,205 @@
+"""The ``identity`` row of bench/run.py: what request identity and replay safety cost.
+
+In each repetition, back to back under the same pinning and the same wrk load
+(non-streaming ``POST /v1/responses``, 64 connections):
+
+- ``baseline chat``: the pass-through proxy, the yardstick of the other rows;
+- ``plain``: the gateway as in the ``nonstream`` row (no keys, no Idempotency-Key);
+- ``ids+auth+idem``: every request carries its own ``X-Request-Id``, a client API key
+  (``--api-keys-file``) and its own ``Idempotency-Key``, kept in the in-memory store;
+- ``... redis``: the same, with the records in a ``redis-server`` on loopback
+  (``--redis``); its row also shows Redis's own CPU per request.
+
+The issue's bar: the ids+auth+idem ratio to the baseline at least 0.9x of the plain
+one (``vs plain`` column). Each request's keys are unique across requests, reps and
+runs, so every request is a first run: the store writes a record each time (the
+replay path, a lookup and a copy, is cheaper).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import harness as h
+from report import fmt
+
+if TYPE_CHECKING:
+    from run import Bench
+
+KEY = "sk-bench-identity-0123456789"
+VARIANTS = ("plain", "ids+auth+idem", "ids+auth+idem redis")
+METRICS = [
+    ("rps", "req/s (64 conns)"),
+    ("us_per_req", "gateway CPU us/request"),
+    ("redis_us_per_req", "redis-server CPU us/request"),
+    ("p99_ms", "p99 ms"),
+]
+
+
+def identity_script(body: bytes, directory: Path, key: str | None) -> Path:
+    """A wrk script that gives every request its own X-Request-Id and Idempotency-Key."""
+    text = body.decode()
+    assert "]==]" not in text
+    run = uuid.uuid4().hex[:12]  # unique across runs and processes: no key is ever replayed
+    auth = f'headers["Authorization"] = "Bearer {key}"\n' if key else ""
+    lua = (
+        'wrk.method = "POST"\n'
+        f"wrk.body = [==[{text}]==]\n"
+        "local n = 0\n"
+        'local headers = {["Content-Type"] = "application/json"}\n'
+        f"{auth}"
+        "request = function()\n"
+        "  n = n + 1\n"
+        f'  local id = "{run}-" .. n\n'
+        '  headers["X-Request-Id"] = "bench-" .. id\n'
+        '  headers["Idempotency-Key"] = "idem-" .. id\n'
+        "  return wrk.format(nil, nil, headers, nil)\n"
+        "end\n" + h.WRK_DONE
+    )
+    fd, name = tempfile.mkstemp(suffix=".lua", dir=directory)
+    with os.fdopen(fd, "w") as f:
+        f.write(lua)
+    return Path(name)
+
+
+class IdentityRow:
+    """Started on the first repetition, kept for the others, stopped by ``close``."""
+
+    def __init__(self, bench: Bench, payload: bytes, paths: dict[str, str]) -> None:
+        self.bench, self.payload, self.paths = bench, payload, paths
+        self.ports: dict[str, int] = {}
+        self.pids: dict[str, int] = {}
+        self.redis_pid = 0
+        self.scripts: list[Path] = []
+        self.started = False
+
+    def start(self) -> None:
+        b = self.bench
+        self.started = True
+        keys = b.log_dir / "identity-keys.txt"
+        keys.write_text(KEY + "\n")
+        auth = ["--api-keys-file", str(keys)]
+        extra: dict[str, list[str]] = {"plain": [], "ids+auth+idem": auth}
+        redis = shutil.which("redis-server")
+        if redis is None:
+            b.res.notes.append("identity: redis-server not found (apt-get install redis-server)")
+        else:
+            port = h.free_port()
+            cmd = [*b.pin_load, redis, "--port", str(port), "--bind", h.HOST]
+            cmd += ["--save", "", "--appendonly", "no"]
+            proc = h.start("redis", cmd, b.log_dir)
+            b.procs.append(proc)
+            self.redis_pid = proc.pid
+            wait_redis(port)
+            extra["ids+auth+idem redis"] = [*auth, "--redis", f"redis://{h.HOST}:{port}/0"]
+        for name, args in extra.items():
+            port = h.free_port()
+            cmd = [*b.pin_proxy, *gateway_cmd(port, b.fast, args)]
+            auth_header = {"Authorization": f"Bearer {KEY}"} if args else None
+            proc = b.launch(
+                f"identity-{name.replace(' ', '-').replace('+', '-')}", cmd, port, auth_header
+            )
+            self.ports[name], self.pids[name] = port, proc.pid
+
+    def run(self, rep: int) -> None:
+        b, a = self.bench, self.bench.args
+        if not self.started:
+            try:
+                self.start()
+            except RuntimeError as exc:
+                b.res.fail("identity", "setup", str(exc))
+                return
+        if "baseline" in b.ports:  # the yardstick, measured in the same minute
+            m = h.run_wrk(
+                b.pin_load,
+                b.ports["baseline"],
+                self.paths["chat"],
+                b.scripts["chat", False],
+                a.conns,
+                a.duration,
+            )
+            b.res.add("identity", "baseline chat", {"rps": m["rps"], "p99_ms": m["p99_ms"]})
+        for name in VARIANTS:
+            if name not in self.ports:
+                continue
+            key = None if name == "plain" else KEY
+            script = (
+                b.scripts["responses", False]
+                if name == "plain"
+                else identity_script(self.payload, b.log_dir, key)
+            )
+            if script not in b.scripts.values():
+                self.scripts.append(script)
+            pid = self.pids[name]
+            cpu0, redis0 = h.cpu_seconds(pid), self.redis_cpu()
+            m = h.run_wrk(
+                b.pin_load, self.ports[name], self.paths["responses"], script, a.conns, a.duration
+            )
+            cpu, redis = h.cpu_seconds(pid) - cpu0, self.redis_cpu() - redis0
+            if m["errors"]:
+                b.res.notes.append(f"identity {name}: {m['errors']:.0f} wrk errors/non-2xx")
+            n = max(1.0, m["requests"])
+            metrics = {"rps": m["rps"], "us_per_req": cpu * 1e6 / n, "p99_ms": m["p99_ms"]}
+            if name.endswith("redis"):
+                metrics["redis_us_per_req"] = redis * 1e6 / n
+            b.res.add("identity", name, metrics)
+
+    def redis_cpu(self) -> float:
+        return h.cpu_seconds(self.redis_pid) if self.redis_pid else 0.0
+
+    def close(self) -> None:
+        for script in self.scripts:
+            script.unlink(missing_ok=True)
+
+
+def gateway_cmd(port: int, upstream: str, extra: list[str]) -> list[str]:
+    common = ["--host", h.HOST, "--port", str(port), "--upstream", upstream, "--model", "demo"]
+    return [sys.executable, "-m", "gateway", "serve", *common, *extra]
+
+
+def wait_redis(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((h.HOST, port), timeout=1.0) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(64).startswith(b"+PONG"):
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"redis-server did not answer on port {port}")
+
+
+def table(summary: dict[str, dict[str, dict[str, dict[str, float]]]]) -> list[str]:
+    """The identity row's own table: medians, the ratio to the baseline, and to plain."""
+    row = summary.get("identity")
+    if not row:
+        return []
+    base = row.get("baseline chat", {}).get("rps", {}).get("median")
+    plain = row.get("plain", {}).get("rps", {}).get("median")
+    lines = ["", "identity (non-streaming POST /v1/responses; every request its own keys)"]
+    heads = ["series", *(label for _, label in METRICS), "rps / baseline", "vs plain"]
+    rows = [heads]
+    for name in ("baseline chat", *VARIANTS):
+        stats = row.get(name)
+        if not stats:
+            continue
+        cells = [name]
+        for key, _ in METRICS:
+            stat = stats.get(key)
+            cells.append(fmt(stat["median"]) if stat else "-")
+        rps = stats["rps"]["median"]
+        cells.append(f"{rps / base:.2f}x" if base else "-")
+        cells.append(f"{rps / plain:.2f}x" if plain and name != "baseline chat" else "-")
+        rows.append(cells)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(heads))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return lines

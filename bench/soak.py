@@ -1,0 +1,208 @@
+"""Bounded soak: thousands of concurrent streams through the gateway to three demo
+replicas, some clients leaving mid-stream, one replica killed and restarted.
+
+    .venv/bin/python bench/soak.py [--streams 2000] [--duration 12] [--leave 0.1]
+
+Each of ``--streams`` clients streams ``POST /v1/responses`` answers one after the
+other until ``--duration`` seconds are over; a fraction ``--leave`` of the streams is
+dropped by its client after a few events. At ``--kill-at`` s the second replica is
+killed (SIGKILL), at ``--restart-at`` s it starts again on its port. Printed:
+
+* completed: a whole stream ending in ``response.completed``;
+* failed: an error answer in the OpenAI envelope before the stream, or a stream
+  ending in exactly one ``response.failed`` (the killed replica's streams);
+* left: streams their client dropped on purpose, and ``upstream saw``: the streams
+  the replicas saw cut (the killed one's count read just before its death);
+* lost: anything else (no terminal event, two, a broken body, a non-envelope error):
+  must be 0, and the exit status says so;
+* the gateway's peak RSS (VmHWM) and the upstream connections the replicas accepted.
+
+Loopback only; every process is started in its own group and stopped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import resource
+import signal
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import harness as h
+import uvloop
+
+BENCH = Path(__file__).resolve().parent
+TERMINAL = (b"response.completed", b"response.failed", b"response.incomplete")
+BODY = {"model": "demo", "input": "Say hello", "stream": True}
+
+
+class Tally:
+    def __init__(self) -> None:
+        self.completed = self.failed = self.left = self.lost = 0
+        self.reasons: dict[str, int] = {}
+
+    def lose(self, why: str) -> None:
+        self.lost += 1
+        self.reasons[why] = self.reasons.get(why, 0) + 1
+
+
+async def one_stream(s: aiohttp.ClientSession, url: str, leave: bool, t: Tally) -> None:
+    try:
+        async with s.post(url, json=BODY) as r:
+            if r.status != 200:
+                doc = json.loads(await r.read())
+                if r.status >= 400 and set(doc["error"]) >= {"message", "type", "code"}:
+                    t.failed += 1
+                else:
+                    t.lose(f"HTTP {r.status}")
+                return
+            events, terminals, last = 0, 0, b""
+            stop_after = random.randint(3, 12) if leave else -1
+            async for line in r.content:
+                if line.startswith(b"event: "):
+                    events += 1
+                    name = line[7:].strip()
+                    if name in TERMINAL:
+                        terminals += 1
+                        last = name
+                    if events == stop_after:
+                        t.left += 1
+                        return  # leaving the block drops the connection
+            if terminals != 1:
+                t.lose(f"{terminals} terminal events")
+            elif last == b"response.completed":
+                t.completed += 1
+            else:
+                t.failed += 1
+    except (aiohttp.ClientError, ValueError, KeyError) as exc:
+        t.lose(type(exc).__name__)
+
+
+async def client(s: aiohttp.ClientSession, url: str, end: float, leave: float, t: Tally) -> None:
+    while time.monotonic() < end:
+        await one_stream(s, url, random.random() < leave, t)
+
+
+def demo_stats(port: int) -> dict[str, int]:
+    status, _, raw = h.request(port, "GET", "/demo/stats", None, timeout=5.0)
+    if status != 200:
+        raise RuntimeError(f"GET /demo/stats -> {status}")
+    doc = json.loads(raw)
+    return {"accepted": doc["connections_accepted"] - 1, "cut": doc["streams_cut"]}
+
+
+def peak_rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def run(args: argparse.Namespace, log_dir: Path) -> int:
+    procs: list[h.Proc] = []
+    pin = ["taskset", "-c", args.load_cpus]
+
+    def demo(port: int, name: str) -> h.Proc:
+        cmd = [*pin, sys.executable, "-m", "gateway.demo", "--port", str(port), "--fixed"]
+        cmd += ["--deltas", str(args.deltas), "--delay-ms", str(args.delay_ms)]
+        proc = h.start(name, cmd, log_dir)
+        procs.append(proc)
+        h.wait_ready(proc, port)
+        return proc
+
+    try:
+        ports = [h.free_port() for _ in range(3)]
+        replicas = [demo(p, f"soak-replica{i}") for i, p in enumerate(ports)]
+        gw_port = h.free_port()
+        cmd = ["taskset", "-c", args.gateway_cpus, sys.executable, "-m", "gateway", "serve"]
+        cmd += ["--host", h.HOST, "--port", str(gw_port), "--model", "demo"]
+        for p in ports:
+            cmd += ["--upstream", f"http://{h.HOST}:{p}/v1"]
+        gateway = h.start("soak-gateway", cmd, log_dir)
+        procs.append(gateway)
+        h.wait_ready(gateway, gw_port)
+        url = f"http://{h.HOST}:{gw_port}/v1/responses"
+        t = Tally()
+        victim_port = ports[1]
+        dead: dict[str, int] = {"accepted": 0, "cut": 0}
+        rss_samples: list[float] = []
+        start = time.monotonic()
+        end = start + args.duration
+
+        async def chaos() -> None:
+            await asyncio.sleep(args.kill_at)
+            dead.update(demo_stats(victim_port))
+            victim = replicas[1]
+            victim.popen.send_signal(signal.SIGKILL)
+            victim.popen.wait(5)
+            print(f"t={time.monotonic() - start:.1f}s: replica 2 killed", flush=True)
+            await asyncio.sleep(args.restart_at - args.kill_at)
+            replicas[1] = await asyncio.to_thread(demo, victim_port, "soak-replica1-again")
+            print(f"t={time.monotonic() - start:.1f}s: replica 2 restarted", flush=True)
+
+        async def sample() -> None:
+            while time.monotonic() < end:
+                rss_samples.append(h.rss_kib(gateway.pid) / 1024)
+                await asyncio.sleep(0.25)
+
+        conn = aiohttp.TCPConnector(limit=0, force_close=False)
+        timeout = aiohttp.ClientTimeout(total=60)
+        async with aiohttp.ClientSession(connector=conn, timeout=timeout) as s:
+            await asyncio.gather(
+                chaos(),
+                sample(),
+                *(client(s, url, end, args.leave, t) for _ in range(args.streams)),
+            )
+        elapsed = time.monotonic() - start
+        await asyncio.sleep(1.0)  # the replicas see the last cuts
+        stats = [demo_stats(p) for p in ports]
+        opened = sum(x["accepted"] for x in stats) + dead["accepted"]
+        saw = sum(x["cut"] for x in stats) + dead["cut"]
+        total = t.completed + t.failed + t.left + t.lost
+        print(
+            f"\nsoak: {args.streams} concurrent clients, {total} streams in {elapsed:.1f} s\n"
+            f"  completed {t.completed}\n  failed    {t.failed}\n"
+            f"  left      {t.left} (upstream saw {saw} streams cut)\n"
+            f"  lost      {t.lost} {t.reasons or ''}\n"
+            f"  gateway peak RSS {peak_rss_mib(gateway.pid):.1f} MiB "
+            f"(sampled max {max(rss_samples or [0.0]):.1f} MiB)\n"
+            f"  upstream connections opened {opened}",
+            flush=True,
+        )
+        return 0 if t.lost == 0 else 1
+    finally:
+        for proc in procs:
+            h.stop(proc)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--streams", type=int, default=2000, help="concurrent clients")
+    p.add_argument("--duration", type=float, default=12.0, help="seconds of load")
+    p.add_argument("--leave", type=float, default=0.1, help="fraction of streams dropped")
+    p.add_argument("--kill-at", type=float, default=3.0)
+    p.add_argument("--restart-at", type=float, default=5.0)
+    p.add_argument("--deltas", type=int, default=64, help="content deltas per answer")
+    p.add_argument("--delay-ms", type=float, default=50.0, help="replica delay between chunks")
+    p.add_argument("--gateway-cpus", default="0")
+    p.add_argument("--load-cpus", default="1")
+    args = p.parse_args(argv)
+    if not (1 <= args.streams <= 5000 and 0 < args.duration <= 60 and 0 <= args.leave < 1):
+        p.error("bounds: 1 <= streams <= 5000, 0 < duration <= 60, 0 <= leave < 1")
+    if not 0 < args.kill_at < args.restart_at < args.duration:
+        p.error("need 0 < kill-at < restart-at < duration")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 65536)), hard))
+    log_dir = BENCH / "results" / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    return uvloop.run(run(args, log_dir))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
