@@ -113,6 +113,12 @@ DRAIN_TIMEOUT = 30.0
 # After that (or on a plain close): seconds for those last events and answers to leave
 # before the remaining connections are cut.
 SHUTDOWN_GRACE = 2.0
+# Seconds the metrics of finished requests wait before they are added to the exported
+# values (one flush per second, not per request; every scrape flushes first).
+METRICS_FLUSH = 1.0
+# Seconds access-log lines wait to leave in one write (a busy process: one write for
+# many lines; an idle one: each line within this).
+ACCESS_LOG_FLUSH = 0.05
 # Supervised workers (serve --workers N): a worker that exits unasked is started again
 # after RESTART_BACKOFF s, doubled after each quick failure up to RESTART_BACKOFF_MAX;
 # one that ran RESTART_STABLE s counts as healthy again.

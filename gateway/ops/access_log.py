@@ -10,8 +10,8 @@ short hash of the client's key, never the key). Never prompt text, never a key.
 Format ``json`` (one object per line, for journald and log shippers), ``text``
 (for a person at a terminal), or ``auto``: text when stderr is a terminal, JSON
 otherwise. Every other log line (startup, warnings) takes the same format
-(``setup``). Lines of one loop turn leave in one write (``call_soon``), so a
-busy process makes one write per turn, not one per request.
+(``setup``). Lines leave in one write every ``limits.ACCESS_LOG_FLUSH`` s at
+most, so a busy process makes one write for many requests, not one per request.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import IO, Any
 import orjson
 
 from gateway.api.calls import Call
+from gateway.limits import ACCESS_LOG_FLUSH
 
 ACCESS = "gateway.access"
 HEAD_JSON = f'"level":"info","logger":"{ACCESS}","msg":"request"'
@@ -169,7 +170,7 @@ class AccessLog:
         self.pending.append(line)
         if not self.scheduled:
             self.scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
+            asyncio.get_running_loop().call_later(ACCESS_LOG_FLUSH, self.flush)
 
     def _json(self, call: Call, now: float, wall: float) -> bytes:
         """The JSON line, as ``fields`` says, formatted directly: the names of a route
@@ -223,7 +224,10 @@ class AccessLog:
         )
 
     def flush(self) -> None:
+        """Write the lines waiting (also at the gateway's end: ``open_gateway``)."""
         self.scheduled = False
+        if not self.pending:
+            return
         data = b"".join(self.pending)
         self.pending.clear()
         try:

@@ -78,6 +78,14 @@ class Health:
             metrics.replicas = lambda: router_replicas(self.gateway.router)
             metrics.in_flight_now = lambda: self.gateway.in_flight
 
+    def close(self) -> None:
+        """At the gateway's end: what the metrics and the access log hold goes out."""
+        if self.metrics is not None:
+            self.metrics.close()
+        observer = self.gateway.observer
+        if isinstance(observer, Observer) and observer.access is not None:
+            observer.access.flush()
+
     def reasons(self) -> list[str]:
         why = []
         if not self.listening:

@@ -174,8 +174,8 @@ async def open_gateway(
         yield gateway
     finally:
         pings.stop()
-        if gateway is not None and gateway.process.metrics is not None:
-            gateway.process.metrics.close()
+        if gateway is not None:
+            gateway.process.close()
         await router.close()
         if gateway is not None and gateway.router is not router:
             await gateway.router.close()  # (a reload swapped it)

@@ -46,10 +46,10 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from gateway.limits import METRICS_FLUSH
 from gateway.ops.access_log import replica_name
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
-FLUSH_EVERY = 1.0  # seconds between two flushes of the requests' figures into the values
 MODEL = "gen_ai_request_model"  # (OpenTelemetry's gen_ai.request.model, Prometheus-spelled)
 # Seconds: from a fast cached answer to a long generation.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -168,7 +168,7 @@ class Metrics:
     def finished(self, call: Call, now: float) -> None:
         """Note one finished request (``now``: monotonic seconds) in the tally of its
         labels: a few additions. The library's values move at the next flush (within
-        ``FLUSH_EVERY`` s, and before every scrape), each once by the sum."""
+        ``METRICS_FLUSH`` s, and before every scrape), each once by the sum."""
         key = (call.endpoint, call.model or "unknown", call.status, call.outcome)
         tally = self.tallies.get(key)
         if tally is None:
@@ -192,7 +192,7 @@ class Metrics:
         if call.error is not None or call.replayed or call.outcome == "client_gone":
             self.rare.append((call.endpoint, call.outcome, call.error, call.route, call.replayed))
         if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(FLUSH_EVERY, self.flush)
+            self._timer = asyncio.get_running_loop().call_later(METRICS_FLUSH, self.flush)
 
     def flush(self) -> None:
         """Add what the requests since the last flush made to the library's values."""

@@ -80,7 +80,7 @@ async def test_two_workers_scrape_sums_both(upstream: FakeUpstream, tmp_path: An
             async with client.responses.stream(model="m1", input="Hi") as stream:
                 n = len([ev async for ev in stream])
         # Whichever worker a scrape lands on, it reports both workers' figures (the
-        # other worker's within metrics.FLUSH_EVERY: it adds its figures up once a second).
+        # other worker's within limits.METRICS_FLUSH: it adds its figures up once a second).
         total = "gateway_requests_total"
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
@@ -116,7 +116,7 @@ async def test_a_worker_killed_is_replaced_and_the_port_keeps_answering(
         seen = await all_up(gw.port)
         for _ in range(10):
             assert (await post(gw.port, {"model": "m1", "input": "Hi"}))[0] == 200
-        await asyncio.sleep(1.1)  # (metrics.FLUSH_EVERY)
+        await asyncio.sleep(1.1)  # (limits.METRICS_FLUSH)
         counted = value(await scrape(gw.port), "gateway_requests_total")
         assert counted == 10
         victim = min(seen)
@@ -143,7 +143,7 @@ async def test_a_worker_killed_is_replaced_and_the_port_keeps_answering(
         assert victim not in await pids(gw.port)
         assert "exited (signal 9)" in gw.text()
         # The dead worker's counts stay in the sum; its in-flight gauge is gone.
-        await asyncio.sleep(1.1)  # (metrics.FLUSH_EVERY: both workers' figures are in)
+        await asyncio.sleep(1.1)  # (limits.METRICS_FLUSH: both workers' figures are in)
         after = await scrape(gw.port)
         assert value(after, "gateway_requests_total") == counted + answered
         gw.signal(signal.SIGTERM)
