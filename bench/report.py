@@ -56,6 +56,9 @@ METRICS: dict[str, list[tuple[str, str]]] = {
         ("rps_on", "req/s, metrics+logs on"),
         ("rps_off", "req/s, metrics+logs off"),
         ("rps_ratio", "req/s on / off"),
+        ("us_req_on", "CPU us/request (non-stream), on"),
+        ("us_req_off", "CPU us/request (non-stream), off"),
+        ("req_cpu_ratio", "us/request off / on"),
         ("us_event_on", "CPU us/event (stream), on"),
         ("us_event_off", "CPU us/event (stream), off"),
         ("event_ratio", "us/event off / on"),
@@ -74,6 +77,7 @@ METRICS: dict[str, list[tuple[str, str]]] = {
 NO_RATIO = (
     "rps_ratio",
     "event_ratio",
+    "req_cpu_ratio",
     "streams_open",
     "scaling",
     "proxy_cpu_pct",

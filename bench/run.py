@@ -284,12 +284,16 @@ class Bench:
             if m["errors"]:
                 self.res.notes.append(f"ops {series} {name}: {m['errors']:.0f} wrk errors/non-2xx")
             got[name]["rps"] = m["rps"]
+            got[name] |= self.fixed_rate(series, pid, port, api, False)
             got[name] |= self.fixed_rate(series, pid, port, api, True)
         on_, off_ = got["on"], got["off"]
         return {
             "rps_on": on_["rps"],
             "rps_off": off_["rps"],
             "rps_ratio": on_["rps"] / off_["rps"],
+            "us_req_on": on_["us_per_req"],
+            "us_req_off": off_["us_per_req"],
+            "req_cpu_ratio": off_["us_per_req"] / on_["us_per_req"],
             "us_event_on": on_["us_per_event"],
             "us_event_off": off_["us_per_event"],
             # CPU per event, off over on: like req/s, above 0.9x is within 10 %.
