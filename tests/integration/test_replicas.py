@@ -10,6 +10,7 @@ task of the gateway is left (``no_leftovers``).
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -71,11 +72,11 @@ async def gateway(demos: list[DemoProcess]) -> AsyncIterator[Callable[..., Any]]
     stack: list[Any] = []
     running: list[Running] = []
 
-    async def start(**dep: Any) -> Running:
+    async def start(urls: tuple[str, ...] | None = None, **dep: Any) -> Running:
         dep.setdefault("models", (MODEL,))
         dep.setdefault("eject_after", 2)
         dep.setdefault("probe_interval", 0.1)
-        deployment = Deployment(upstream=tuple(d.url for d in demos), **dep)
+        deployment = Deployment(upstream=urls or tuple(d.url for d in demos), **dep)
         cfg = Config(listen=Listen(), deployment=(deployment,))
         cm = open_gateway(cfg)
         gw = await cm.__aenter__()
@@ -310,6 +311,35 @@ async def test_a_replica_dying_mid_stream_fails_that_stream_only(gateway: Any, d
     assert not demos[0].alive or await eventually(lambda: not demos[0].alive)
     for _ in range(3):  # never restarted; the next requests go to the living
         assert "hello" in (await ask(run.url, prompt_cache_key=key)).output_text
+
+
+@pytest.fixture
+def blackhole() -> Any:
+    """A loopback port whose connects hang: a listening socket that never accepts,
+    its backlog full (Linux drops the next SYNs)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(0)
+    port = sock.getsockname()[1]
+    filler = socket.create_connection(("127.0.0.1", port))
+    yield f"http://127.0.0.1:{port}/v1"
+    filler.close()
+    sock.close()
+
+
+async def test_a_connect_that_times_out_is_retried_elsewhere_or_504(
+    gateway: Any, demos: list, blackhole: str
+) -> None:
+    run = await gateway(urls=(blackhole, demos[0].url), connect_timeout=0.2, probe_interval=5.0)
+    key = next(f"c{i}" for i in range(100) if run.home(f"c{i}") == 0)  # the blackhole's keys
+    for _ in range(3):
+        assert "hello" in (await ask(run.url, prompt_cache_key=key)).output_text
+    assert not run.replicas.replicas[0].healthy  # ejected after 2 connect timeouts
+    alone = await gateway(urls=(blackhole,), connect_timeout=0.2)
+    async with sdk(alone.url) as c:
+        with pytest.raises(openai.InternalServerError) as info:
+            await c.responses.create(model=MODEL, input="x")
+    assert info.value.status_code == 504 and info.value.code == "upstream_connect_timeout"
 
 
 @pytest.mark.parametrize("path", ["/responses", "/chat/completions"])
