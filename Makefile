@@ -26,7 +26,13 @@ endif
 UV_VERSION ?= 0.13.8
 LOCK_ARGS  ?=
 
-.PHONY: install lock run test bench check clean
+# `make e2e`: the end-to-end tests with real third-party clients (tests/e2e), after
+# installing them under .e2e/ (git-ignored): the Codex CLI, pinned to an exact release.
+CODEX_VERSION ?= 0.171.0
+E2E   := .e2e
+CODEX := $(E2E)/node_modules/.bin/codex
+
+.PHONY: install lock run test bench check clean e2e
 
 # The lock pins pip and setuptools as well: the venv's own pip installs it (and with it
 # the pinned pip), and the project goes in editable with the locked setuptools, without
@@ -72,10 +78,21 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
+# A stamp per version: changing CODEX_VERSION installs that release.
+$(E2E)/codex-$(CODEX_VERSION):
+	mkdir -p $(E2E)
+	npm install --prefix $(E2E) --no-audit --no-fund --loglevel=error --save-exact \
+	    @openai/codex@$(CODEX_VERSION)
+	$(CODEX) --version | grep -qx 'codex-cli $(CODEX_VERSION)'
+	touch $@
+
+e2e: $(STAMP) $(E2E)/codex-$(CODEX_VERSION)
+	CODEX_BIN=$(abspath $(CODEX)) $(BIN)/python -m pytest tests/e2e $(TEST_ARGS)
+
 check: $(STAMP)
 	$(BIN)/ruff format --check gateway tests bench
 	$(BIN)/ruff check gateway tests bench
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(E2E) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -186,18 +186,20 @@ def table(summary: dict[str, dict[str, dict[str, dict[str, float]]]]) -> list[st
     base = row.get("baseline chat", {}).get("rps", {}).get("median")
     plain = row.get("plain", {}).get("rps", {}).get("median")
     lines = ["", "identity (non-streaming POST /v1/responses; every request its own keys)"]
-    head = f"{'series':<22}" + "".join(f"{label:>26}" for _, label in METRICS)
-    lines.append(head + f"{'rps / baseline':>16}{'vs plain':>10}")
+    heads = ["series", *(label for _, label in METRICS), "rps / baseline", "vs plain"]
+    rows = [heads]
     for name in ("baseline chat", *VARIANTS):
         stats = row.get(name)
         if not stats:
             continue
-        cells = [f"{name:<22}"]
+        cells = [name]
         for key, _ in METRICS:
             stat = stats.get(key)
-            cells.append(f"{fmt(stat['median']) if stat else '-':>26}")
+            cells.append(fmt(stat["median"]) if stat else "-")
         rps = stats["rps"]["median"]
-        cells.append(f"{rps / base:>15.2f}x" if base else f"{'-':>16}")
-        cells.append(f"{rps / plain:>9.2f}x" if plain and name != "baseline chat" else f"{'-':>10}")
-        lines.append("".join(cells))
+        cells.append(f"{rps / base:.2f}x" if base else "-")
+        cells.append(f"{rps / plain:.2f}x" if plain and name != "baseline chat" else "-")
+        rows.append(cells)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(heads))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     return lines

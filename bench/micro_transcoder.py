@@ -10,8 +10,10 @@ read, the parser's best case); ``per-event`` gives one SSE event per ``feed``
 (what a token-by-token upstream on a fast link looks like).
 
 Streams: generated vLLM-shaped ones (64 / 512 text deltas of token-sized English
-text, 256 CJK/emoji deltas, a tool call with 200 argument deltas) and/or the
-golden files in ``tests/data/streams``.
+text, 256 CJK/emoji deltas, a tool call with 200 argument deltas, and the same 64 /
+512 tokens as reasoning deltas, in ``reasoning_content`` and in ``reasoning``) and/or
+the golden files in ``tests/data/streams``; ``--streams reasoning``: the reasoning
+rows beside their text rows only.
 
     .venv/bin/python bench/micro_transcoder.py                # generated streams
     .venv/bin/python bench/micro_transcoder.py --streams all --repeat 9
@@ -96,6 +98,26 @@ def text_stream(n: int) -> bytes:
     return _chunk({"role": "assistant", "content": ""}) + body + _tail("stop")
 
 
+def reasoning_stream(n: int, field: str = "reasoning_content") -> bytes:
+    """``text_stream(n)``'s tokens as reasoning deltas, then one piece of text: a reasoning
+    delta's cost beside a text delta's, on the same bytes but for the field name."""
+    rng = random.Random(n)
+    body = b"".join(_chunk({field: t}) for t in _tokens(n, rng))
+    answer = _chunk({"content": " Done."})
+    return _chunk({"role": "assistant", "content": ""}) + body + answer + _tail("stop")
+
+
+def reasoning_streams() -> dict[str, bytes]:
+    """The reasoning rows, each beside the text row it is measured against."""
+    return {
+        "text-64": text_stream(64),
+        "reasoning-64": reasoning_stream(64),
+        "text-512": text_stream(512),
+        "reasoning-512": reasoning_stream(512),
+        "reasoning-field-512": reasoning_stream(512, "reasoning"),
+    }
+
+
 def cjk_stream(n: int) -> bytes:
     rng = random.Random(n)
     alphabet = "\u4f60\u597d\u4e16\u754c\u6a21\u578b\u670d\u52a1\u5668\u3002\U0001f600\u00e9"
@@ -128,6 +150,8 @@ def streams(which: str) -> dict[str, bytes]:
         out["text-512"] = text_stream(512)
         out["cjk-256"] = cjk_stream(256)
         out["tool-200"] = tool_stream(200)
+    if which in ("generated", "all", "reasoning"):
+        out.update(reasoning_streams())
     if which in ("golden", "all"):
         for path in sorted(GOLDEN.glob("*.sse")):
             out[path.stem] = path.read_bytes()
@@ -191,9 +215,46 @@ def _calibrate(call: Callable[[], None], target: float) -> int:
         number *= 4
 
 
+def reasoning_marginal(args: argparse.Namespace) -> list[str]:
+    """CPU per delta, reasoning beside text: the extra time of a 1,024-delta answer over a
+    64-delta one, per extra delta (a request's fixed costs cancel out; the reasoning
+    answer's one piece of text too). The four streams' batches alternate, so a change in
+    machine load hits all alike; the ratio is of the medians."""
+    clock = time.process_time_ns if args.clock == "cpu" else time.perf_counter_ns
+    base = output.response_base("resp_bench", 1700000000, "demo", ECHO)
+    lines = []
+    for mode in args.modes.split(","):
+        cases = {
+            (kind, n): ([make(n)] if mode == "whole" else per_event(make(n)))
+            for kind, make in (("text", text_stream), ("reasoning", reasoning_stream))
+            for n in (64, 1024)
+        }
+        numbers = {
+            key: _calibrate(lambda r=reads: request(Transcoder, base, r), args.target)
+            for key, reads in cases.items()
+        }
+        samples: dict[tuple[str, int], list[float]] = {key: [] for key in cases}
+        for _ in range(args.repeat):
+            for key, reads in cases.items():
+                gc.collect()
+                start = clock()
+                for _ in range(numbers[key]):
+                    request(Transcoder, base, reads)
+                samples[key].append((clock() - start) / numbers[key])
+        med = {key: statistics.median(v) for key, v in samples.items()}
+        per = {k: (med[k, 1024] - med[k, 64]) / 960 for k in ("text", "reasoning")}
+        lines.append(
+            f"per delta, {mode:<9}: text {per['text']:.0f} ns, reasoning {per['reasoning']:.0f} ns,"
+            f" reasoning / text {per['reasoning'] / per['text']:.2f}x (bar: within 1.1x)"
+        )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--streams", choices=["generated", "golden", "all"], default="generated")
+    parser.add_argument(
+        "--streams", choices=["generated", "golden", "all", "reasoning"], default="generated"
+    )
     parser.add_argument("--repeat", type=int, default=7, help="timed batches (median taken)")
     parser.add_argument("--target", type=float, default=0.1, help="seconds per batch")
     parser.add_argument("--modes", default="whole,per-event")
@@ -216,6 +277,8 @@ def main(argv: list[str] | None = None) -> None:
                 f"{chosen / events * 1e6:>8.2f}  {events / naive:>12,.0f}"
                 f"{naive / events * 1e6:>8.2f}  {naive / chosen:>11.2f}x"
             )
+    if args.streams in ("generated", "all", "reasoning"):
+        print("\n" + "\n".join(reasoning_marginal(args)))
     print(
         f"\nPython {sys.version.split()[0]}, {args.clock} clock, median of {args.repeat};"
         f" µs/ev = time per request (start + reads + finish) / upstream events;"

@@ -59,7 +59,7 @@ class NaiveTranscoder:
         self.now = now
         self.ids = ids
         self.parser = SseParser()
-        self.state = "new"  # new idle text refusal calls finishing done
+        self.state = "new"  # new idle text refusal calls reasoning finishing done
         self.status: str | None = None
         self.seq = 0
         self.out: list[bytes] = []
@@ -201,6 +201,11 @@ class NaiveTranscoder:
             self.on_finish(choice["finish_reason"])
 
     def on_delta(self, delta: dict) -> None:
+        reasoning = delta.get("reasoning_content")
+        if not (isinstance(reasoning, str) and reasoning):
+            reasoning = delta.get("reasoning")
+        if isinstance(reasoning, str) and reasoning:
+            self.on_reasoning(reasoning)
         if isinstance(delta.get("content"), str) and delta["content"]:
             self.on_text(delta["content"], "text")
         if isinstance(delta.get("refusal"), str) and delta["refusal"]:
@@ -224,6 +229,47 @@ class NaiveTranscoder:
             event["logprobs"] = []
         self.emit(event)
 
+    def on_reasoning(self, text: str) -> None:
+        if self.state != "reasoning":
+            self.close_open("completed")
+            self.msg_id = self.ids.new("rs_")
+            self.msg_index = self.next_index
+            self.next_index += 1
+            item = output.reasoning_item(self.msg_id, "in_progress", [], [])
+            self.emit(
+                {"type": "response.output_item.added", "output_index": self.msg_index, "item": item}
+            )
+            self.text = ""
+            self.state = "reasoning"
+        self.text += text
+        self.emit(
+            {
+                "type": "response.reasoning_text.delta",
+                "item_id": self.msg_id,
+                "output_index": self.msg_index,
+                "content_index": 0,
+                "delta": text,
+            }
+        )
+
+    def close_reasoning(self, status: str) -> None:
+        self.emit(
+            {
+                "type": "response.reasoning_text.done",
+                "item_id": self.msg_id,
+                "output_index": self.msg_index,
+                "content_index": 0,
+                "text": self.text,
+            }
+        )
+        content = [output.reasoning_text_part(self.text)]
+        item = output.reasoning_item(self.msg_id, status, content, [])
+        self.emit(
+            {"type": "response.output_item.done", "output_index": self.msg_index, "item": item}
+        )
+        self.output.append(item)
+        self.state = "idle"
+
     def on_tool_call(self, delta: dict) -> None:
         call = self.call_for(delta)
         if delta.get("id") and not call.call_id:
@@ -235,7 +281,9 @@ class NaiveTranscoder:
         if isinstance(piece, (dict, list)):
             piece = orjson.dumps(piece).decode()
         if self.state != "calls":
-            if self.state != "idle":
+            if self.state == "reasoning":
+                self.close_reasoning("completed")
+            elif self.state != "idle":
                 self.close_message("completed")
             self.state = "calls"
         if call is self.open:
@@ -272,6 +320,8 @@ class NaiveTranscoder:
     def open_part(self, kind: str) -> None:
         if self.state == "calls":
             self.close_calls("completed")
+        elif self.state == "reasoning":
+            self.close_reasoning("completed")
         if self.state == "idle":
             self.msg_id = self.ids.new("msg_")
             self.msg_index = self.next_index
@@ -386,6 +436,8 @@ class NaiveTranscoder:
             self.close_message(status)
         elif self.state == "calls":
             self.close_calls(status)
+        elif self.state == "reasoning":
+            self.close_reasoning(status)
 
     # ---- terminal ------------------------------------------------------------------
 

@@ -3,7 +3,8 @@
 Both targets run behind the same fake upstream (``gateway.demo --fixed``) under
 the same pinning: the target on ``--proxy-cpus``, wrk, the clients and the
 upstream on ``--load-cpus``. Rows (``--only``): nonstream, stream, cpu,
-latency, memory, workers, identity (bench/identity.py), replicas, micro. See
+latency, memory, workers, identity (bench/identity.py), replicas, reasoning
+(bench/reasoning.py), codex (bench/codex.py), micro. See
 bench/README.md for what each measures.
 Usage: .venv/bin/python bench/run.py [--quick] [--only nonstream,stream]
 """
@@ -20,15 +21,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 import harness as h
+from codex import CodexRow
+from codex import table as codex_table
 from identity import IdentityRow
 from identity import table as identity_table
+from reasoning import ReasoningRow
+from reasoning import table as reasoning_table
 from report import SERIES, Results, environment, markdown, table, write_json
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 ROWS = (
     *("nonstream", "stream", "cpu", "latency", "memory", "workers"),
-    *("identity", "replicas", "micro"),
+    *("identity", "replicas", "reasoning", "codex", "micro"),
 )
 PATHS = {"chat": "/v1/chat/completions", "responses": "/v1/responses"}
 HELLO = {
@@ -74,6 +79,9 @@ class Bench:
             (api, s): h.wrk_script(body(api, s), log_dir) for api in PATHS for s in (False, True)
         }
         self.identity = IdentityRow(self, body("responses", False), PATHS)
+        self.reasoning = ReasoningRow(self)
+        small = {s: body("responses", s) for s in (False, True)}
+        self.codex = CodexRow(self, small, PATHS["responses"])
 
     # -- processes -------------------------------------------------------------
 
@@ -402,6 +410,10 @@ class Bench:
                     self.each(row, self.cpu_row)
                 elif row == "identity":
                     self.identity.run(rep)
+                elif row == "reasoning":
+                    self.reasoning.run(rep)
+                elif row == "codex":
+                    self.codex.run(rep)
                 else:
                     getattr(self, f"{row}_row")(rep)
         for proc in list(self.procs):
@@ -425,8 +437,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cpu-duration", type=float, help="seconds per fixed-rate run (default 6)")
     p.add_argument("--rate", type=float, default=1000, help="fixed rate, non-streaming req/s")
     p.add_argument("--stream-rate", type=float, default=100, help="fixed rate, streamed answers/s")
+    p.add_argument("--codex-rate", type=float, default=200, help="codex row, req/s")
+    p.add_argument("--codex-stream-rate", type=float, default=50, help="codex row, answers/s")
     p.add_argument("--conns", type=int, default=64)
     p.add_argument("--deltas", type=int, default=64, help="content deltas per streamed answer")
+    p.add_argument(
+        "--reasoning-deltas", type=int, default=256, help="deltas per answer, reasoning row"
+    )
     p.add_argument("--streams", type=int, help="open streams for the memory row (default 1000)")
     p.add_argument("--slow-delay-ms", type=float, default=1000.0, help="memory-row upstream delay")
     p.add_argument("--proxy-cpus", default="0")
@@ -469,9 +486,10 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"machine": {**h.machine(), **environment(REPO)}, "args": vars(args)}
     meta["elapsed_s"] = round(time.monotonic() - started, 1)
     print("\n" + table(bench.res), flush=True)
-    print("\n".join(identity_table(bench.res.summary())), flush=True)
+    summary = bench.res.summary()
+    extra = "\n".join(identity_table(summary) + reasoning_table(summary) + codex_table(summary))
+    print(extra, flush=True)
     write_json(args.output, bench.res, meta)
-    extra = "\n".join(identity_table(bench.res.summary()))
     args.output.with_suffix(".md").write_text(markdown(bench.res) + extra)
     print(f"\nwrote {args.output} in {meta['elapsed_s']}s; logs in {log_dir}", flush=True)
     return 0

@@ -2,7 +2,7 @@
 
     python -m gateway serve --host H --port P --upstream URL [--upstream URL ...]
                             [--model NAME ...] [--upstream-timeout S] [--workers N]
-                            [--http lean|aiohttp]
+                            [--http lean|aiohttp] [--hosted-tools refuse|drop]
     python -m gateway serve --config gateway.toml [--host H] [--port P] [--workers N]
                             [--http lean|aiohttp]
     (either form) [--api-keys-file PATH] [--redis URL]
@@ -39,6 +39,7 @@ from gateway.config import (
     Listen,
     client_keys,
     parse,
+    seal_keys,
 )
 from gateway.limits import UPSTREAM_READ_TIMEOUT
 
@@ -87,6 +88,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="share idempotency keys and limits through Redis, e.g. redis://127.0.0.1:6379/0",
     )
+    s.add_argument(
+        "--hosted-tools",
+        choices=("refuse", "drop"),
+        help="hosted tools in a request (web_search, ...): refused with a 400 (the default) "
+        "or dropped, for every deployment (a deployment's hosted-tools)",
+    )
     s.add_argument("--log-level", default="INFO")
     c = sub.add_parser("check-config", help="validate a config file and exit")
     c.add_argument("file")
@@ -133,10 +140,16 @@ def build_config(args: argparse.Namespace) -> Config:
         idem = Idempotency(
             **{**msgspec.structs.asdict(idem), "store": "redis", "redis_url": args.redis}
         )
+    deployments = cfg.deployment
+    if args.hosted_tools:
+        deployments = tuple(
+            msgspec.structs.replace(d, hosted_tools=args.hosted_tools) for d in deployments
+        )
     return msgspec.structs.replace(
         cfg,
         listen=listen,
         http=http,
+        deployment=deployments,
         workers=args.workers if args.workers else cfg.workers,
         auth=auth,
         idempotency=idem,
@@ -164,6 +177,7 @@ def _free_port() -> int:
 def start_demo() -> tuple[subprocess.Popen[bytes], str]:
     port = _free_port()
     cmd = [sys.executable, "-m", "gateway.demo", "--host", "127.0.0.1", "--port", str(port)]
+    cmd.append("--reasoning")  # so that `make run` shows reasoning items
     proc = subprocess.Popen(cmd)
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.monotonic() + 15
@@ -195,6 +209,7 @@ def serve(args: argparse.Namespace) -> int:
         keys_text = read_keys(cfg)
         if cfg.auth is not None:
             client_keys(cfg.auth, os.environ, keys_text)  # none at all: fail now, not per worker
+        seal_keys(cfg.seal, os.environ)  # a malformed seal key: likewise
         if cfg.workers > 1:
             return lifecycle.run_workers(cfg, os.environ, keys_text=keys_text)
         lifecycle.run(cfg, os.environ, keys_text=keys_text)

@@ -66,6 +66,9 @@ Example ``gateway.toml``::
     max-in-flight = 0                     # this deployment's bound ([overload]'s meaning)
     max-queued = 1024
     queue-timeout = 5.0
+    hosted-tools = "refuse"               # or "drop": hosted tools (web_search, ...) in a
+                                          # request are dropped, not refused (also: serve
+                                          # --hosted-tools drop)
 
     [deployment.supports]
     streaming = true
@@ -73,6 +76,18 @@ Example ``gateway.toml``::
     tools = true
     structured-output = true
     images = true
+
+    [deployment.reasoning]                # every key optional
+    enabled = true                        # false: an effort other than "none" is a 400
+    effort-field = "reasoning_effort"     # the chat field reasoning.effort goes in ("": none)
+    effort-map = { xhigh = "high", max = "high", ultra = "high" }   # values it does not know
+    none-fields = { chat_template_kwargs = { enable_thinking = false } }  # sent for "none"
+    replay-field = "reasoning_content"    # or "reasoning", or "drop": replayed reasoning
+    summary-text = false                  # also return the reasoning text as the summary
+
+    [seal]                                # reasoning.encrypted_content
+    key-env = "GATEWAY_SEAL_KEY"          # the default; its value: base64 of 32 bytes, or
+                                          # several comma-separated (the first seals, all open)
 
 Unknown keys are errors (``forbid_unknown_fields``), so a typo fails at
 ``gateway check-config`` instead of being ignored. Nothing here reads a file or
@@ -84,8 +99,10 @@ Defaults that are bounds come from ``gateway.limits``.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -122,6 +139,17 @@ class Overload(_Base, frozen=True):
             raise ValueError("max-in-flight, max-queued and queue-timeout must not be negative")
 
 
+class Reasoning(_Base, frozen=True):
+    """What a deployment's model does with reasoning (``core.capabilities`` has the meanings)."""
+
+    enabled: bool = True
+    effort_field: str = "reasoning_effort"
+    effort_map: dict[str, str] = msgspec.field(default_factory=dict)
+    none_fields: dict[str, Any] = msgspec.field(default_factory=dict)
+    replay_field: Literal["reasoning_content", "reasoning", "drop"] = "reasoning_content"
+    summary_text: bool = False
+
+
 class Deployment(_Base, frozen=True):
     upstream: str | tuple[str, ...]  # one base URL, or the replicas' base URLs
     models: tuple[str, ...] = ()
@@ -135,6 +163,9 @@ class Deployment(_Base, frozen=True):
     chunk_timeout: float | None = None
     request_timeout: float = 0.0  # 0: no bound on the whole request
     max_body_bytes: int = limits.MAX_REQUEST_BODY
+    # Tools that run on OpenAI's side (web_search, tool_search, image_generation, ...):
+    # refused with a 400 that says how to proceed, or dropped (counted and logged).
+    hosted_tools: Literal["refuse", "drop"] = "refuse"
     supports: Supports = Supports()
     weights: tuple[float, ...] = ()
     affinity_header: str | None = None
@@ -147,6 +178,7 @@ class Deployment(_Base, frozen=True):
     max_in_flight: int = 0
     max_queued: int = limits.OVERLOAD_MAX_QUEUED
     queue_timeout: float = limits.OVERLOAD_QUEUE_TIMEOUT
+    reasoning: Reasoning = Reasoning()
 
     def __post_init__(self) -> None:
         urls = self.urls
@@ -250,6 +282,12 @@ class Idempotency(_Base, frozen=True):
             raise ValueError("[idempotency] max-entries and max-bytes must be positive")
 
 
+class Seal(_Base, frozen=True):
+    """Where the keys that seal reasoning (``encrypted_content``) are: ``seal_keys``."""
+
+    key_env: str = "GATEWAY_SEAL_KEY"
+
+
 class Config(_Base, frozen=True):
     listen: Listen = Listen()
     http: Http = Http()
@@ -260,6 +298,7 @@ class Config(_Base, frozen=True):
     limits: Limits = Limits()
     idempotency: Idempotency = Idempotency()
     overload: Overload = Overload()
+    seal: Seal = Seal()
 
     def __post_init__(self) -> None:
         if not self.deployment:
@@ -309,3 +348,29 @@ def client_keys(auth: Auth, env: Mapping[str, str], file_text: str | None) -> tu
     if not keys:
         raise ConfigError("[auth] is configured but names no client API key")
     return keys
+
+
+SEAL_KEY_BYTES = 32  # AES-256
+
+
+def seal_keys(seal: Seal, env: Mapping[str, str]) -> tuple[bytes, ...]:
+    """The keys of ``seal``'s environment variable in ``env``: each the base64 (standard or
+    URL-safe alphabet) of 32 bytes, several separated by commas; the first seals, all
+    open. ``()`` when the variable is unset or empty."""
+    text = env.get(seal.key_env, "")
+    keys = []
+    for n, item in enumerate(k.strip() for k in text.split(",")):
+        if not item:
+            continue
+        try:
+            key = base64.b64decode(item.replace("-", "+").replace("_", "/"), validate=True)
+        except (binascii.Error, ValueError):
+            key = b""
+        if len(key) != SEAL_KEY_BYTES:
+            raise ConfigError(
+                f"{seal.key_env}: key {n + 1} is not the base64 of {SEAL_KEY_BYTES} bytes "
+                "(make one with: python -c 'import base64,os; "
+                "print(base64.b64encode(os.urandom(32)).decode())')"
+            )
+        keys.append(key)
+    return tuple(dict.fromkeys(keys))

@@ -134,3 +134,9 @@ RATE_WINDOW = 60.0
 # without word from its process: renewed every third of this while the request runs,
 # so the slots of a process that died free themselves this long after.
 SLOT_TTL = 30.0
+
+# ---- tools (gateway.core.translate.tools) ---------------------------------------------
+
+# The longest function name chat-completions servers take (OpenAI's limit; vLLM and
+# others follow it): a namespace's functions are exposed upstream within it.
+MAX_TOOL_NAME = 64

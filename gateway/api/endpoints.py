@@ -21,8 +21,10 @@ from gateway.api.calls import Call
 from gateway.api.guard import Guard
 from gateway.api.pings import SsePings
 from gateway.api.replay import Replays, error_reply, streamed
+from gateway.api.seal import Sealer
 from gateway.core.ids import IDS, RESPONSE
 from gateway.core.stream.transcoder import Transcoder
+from gateway.core.translate import reasoning
 from gateway.core.translate.request import to_chat_request
 from gateway.core.translate.response import to_response
 from gateway.core.wire import output
@@ -66,6 +68,7 @@ class Gateway:
         *,
         guard: Guard | None = None,
         replays: Replays | None = None,
+        sealer: Sealer | None = None,
     ) -> None:
         self.router = router
         self.pings = pings
@@ -73,6 +76,9 @@ class Gateway:
         # None when there are neither client keys nor limits: no per-request cost.
         self.guard = guard
         self.replays = replays  # None: Idempotency-Key is ignored
+        # Seals reasoning for include=["reasoning.encrypted_content"] and opens it when
+        # replayed; without one, a key of this object's own.
+        self.sealer = sealer if sealer is not None else Sealer.random()
         self.created = int(time.time())
         self._routes: dict[tuple[str, str], Route_] = {
             ("POST", "/v1/responses"): self.responses,
@@ -160,7 +166,7 @@ class Gateway:
         key = self._key(request)
         if key is not None and self.replays is not None and not streamed(body):
             return await self.replays.run(
-                call, key, request.path, body, partial(self._chat, request, call, [body, view])
+                call, key, request, body, partial(self._chat, request, call, [body, view])
             )
         held = [body, view]
         del body, view  # (only the list holds them: _chat lets go while the answer streams)
@@ -213,7 +219,7 @@ class Gateway:
         key = self._key(request)
         if key is not None and self.replays is not None and not req.stream:
             return await self.replays.run(
-                call, key, request.path, body, partial(self._responses, request, call, [body, req])
+                call, key, request, body, partial(self._responses, request, call, [body, req])
             )
         held = [body, req]
         del body, req  # (only the list holds them: _responses lets go while a stream runs)
@@ -225,24 +231,38 @@ class Gateway:
         route = await self._route(body, req.model)
         stream = bool(req.stream)
         pump = stream and route.caps.streaming
-        chat, echo = to_chat_request(req, route.caps, route.upstream_model, stream=pump)
+        caps = route.caps
+        chat, echo, tools = to_chat_request(
+            req, caps, route.upstream_model, stream=pump, sealer=self.sealer
+        )
+        if tools.dropped:
+            log.info(
+                "request %s: %d hosted tool(s) dropped (%s)",
+                call.rid,
+                len(tools.dropped),
+                ", ".join(tools.dropped),
+            )
+        names = tools.names
         key = None
         if route.replicas.many:
             key = req.prompt_cache_key or req.user or req.safety_identifier
             key = key or self._affinity_header(request, route)
         base = output.response_base(IDS.new(RESPONSE), int(time.time()), req.model, echo)
+        seal = self.sealer.seal if reasoning.wants_encrypted(req.include) else None
+        summary = caps.summary_text and reasoning.summary_asked(req.reasoning)
         payload = orjson.dumps(chat)
         # This frame lives as long as the stream: keep only what the stream needs.
-        del body, req, chat, echo
+        del body, req, chat, echo, tools
         upstream = await route.replicas.chat(payload, call.rid, key)
         del payload
         try:
             if stream:
-                return await self._stream(request, call, upstream, Transcoder(base), pump)
+                tx = Transcoder(base, seal=seal, summary=summary, names=names)
+                return await self._stream(request, call, upstream, tx, pump)
             data = await upstream.read()
         finally:
             upstream.release()
-        body = orjson.dumps(to_response(data, base))
+        body = orjson.dumps(to_response(data, base, seal=seal, summary=summary, names=names))
         return Response(body=body, content_type=JSON, headers=call.headers)
 
     async def _stream(

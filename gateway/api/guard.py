@@ -4,6 +4,12 @@ Keys are compared in constant time: the SHA-256 of the presented key against
 that of every configured key with ``hmac.compare_digest``, without stopping at a
 match. A key is never logged nor kept in clear once hashed; the tenant it stands
 for is the first 12 hex digits of its SHA-256 (what logs and stores see).
+
+An Authorization value that held a right key is remembered (a few per key), so a
+client's later requests skip the hashing. That lookup leaks nothing either: a dict
+compares two strings only when their hashes (SipHash, keyed at random per process)
+are equal, which a guess that is not the value itself reaches with odds of 2^-64, so
+how long a miss takes does not depend on how much of a key the guess shares.
 """
 
 from __future__ import annotations
@@ -39,12 +45,16 @@ class Guard:
         self.per_minute = per_minute
         self.in_flight = in_flight
         self.limited = bool(per_minute or in_flight)
+        self._known: dict[str, str] = {}  # Authorization values of right keys -> tenant
+        self._most_known = 8 * len(self.keys)  # (spellings: "Bearer" / "bearer", spaces)
 
     def tenant(self, request: Incoming) -> str:
         """The tenant of the request's key; ``Unauthorized`` without a right one."""
         if not self.keys:
             return ""
         auth = request.headers.get("authorization")
+        if auth is not None and (seen := self._known.get(auth)) is not None:
+            return seen
         if auth is None or auth[:7].lower() != "bearer " or not auth[7:].strip():
             raise Unauthorized(NO_KEY)
         digest = hashlib.sha256(auth[7:].strip().encode("latin-1")).digest()
@@ -54,6 +64,8 @@ class Guard:
                 found = tenant
         if not found:
             raise Unauthorized(WRONG_KEY)
+        if len(self._known) < self._most_known:
+            self._known[auth] = found
         return found
 
     async def admit(self, tenant: str, token: str) -> bool:

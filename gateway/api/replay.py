@@ -24,7 +24,7 @@ from gateway.api.calls import Call
 from gateway.core import idempotency as idem
 from gateway.core.ids import IDS
 from gateway.errors import GatewayError, StoreUnavailable
-from gateway.http.messages import Reply, Response
+from gateway.http.messages import Incoming, Reply, Response
 from gateway.stores.base import Store
 
 log = logging.getLogger("gateway")
@@ -71,11 +71,16 @@ class Replays:
         self._renewer: asyncio.Task[None] | None = None
 
     async def run(
-        self, call: Call, key: str, path: str, body: bytes, answer: Callable[[], Awaitable[Reply]]
+        self,
+        call: Call,
+        key: str,
+        request: Incoming,
+        body: bytes,
+        answer: Callable[[], Awaitable[Reply]],
     ) -> Reply:
         """``answer()`` at most once per key and body (among the store's processes)."""
         scope = idem.scope(call.tenant, idem.check_key(key))
-        fp = idem.fingerprint(path, body)
+        fp = idem.fingerprint(request.path, body)
         token = IDS.new("idem_")
         store = self.store
         while True:
@@ -91,7 +96,10 @@ class Replays:
                 break
             await store.wait(scope, decision.until)
         # The run goes on if the client goes away (a timeout): its retry waits for it and
-        # gets its answer, instead of finding the key free and generating again.
+        # gets its answer, instead of finding the key free and generating again. The lean
+        # server lets the handler run on; on aiohttp's, the run gets a task of its own.
+        if request.detach():
+            return await self._hold(call, scope, token, answer)
         task = asyncio.ensure_future(self._hold(call, scope, token, answer))
         self._running.add(task)
         task.add_done_callback(self._ended)

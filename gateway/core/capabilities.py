@@ -6,7 +6,7 @@ that replica lists, timeouts and keys never reach the core.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -20,3 +20,19 @@ class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
     images: bool = True
     # The chat field that carries max_output_tokens.
     token_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
+    # Hosted tools (web_search, ...) in a request: dropped rather than refused.
+    drop_hosted_tools: bool = False
+    # Reasoning (config [deployment.reasoning]). Off: the model does not reason, and a
+    # request for an effort other than "none" is refused.
+    reasoning: bool = True
+    # The chat field that carries reasoning.effort ("": the effort is not sent).
+    effort_field: str = "reasoning_effort"
+    # Effort values the server does not know -> the value sent instead.
+    effort_map: dict[str, str] = msgspec.field(default_factory=dict)
+    # Fields sent instead of an effort for "none" (e.g. a chat-template switch:
+    # {"chat_template_kwargs": {"enable_thinking": False}}); empty: "none" is sent as it is.
+    effort_none: dict[str, Any] = msgspec.field(default_factory=dict)
+    # Where replayed reasoning goes on the assistant message ("": dropped).
+    replay_field: str = "reasoning_content"
+    # Also give the reasoning text as the summary (summary_text) when one is asked for.
+    summary_text: bool = False

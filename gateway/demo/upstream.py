@@ -30,10 +30,18 @@ and tool arguments by characters. ``max_tokens`` / ``max_completion_tokens``
 below the piece count truncate the answer with ``finish_reason: "length"``.
 Usage: prompt tokens are whitespace words in all messages, completion tokens are pieces.
 
+``script`` mode (``gateway/demo/script.py``; ``--script FILE``) answers from a
+script of turns (reasoning, text, tool calls), chosen by how many tool results
+the request holds: an agent such as Codex CLI can be driven through a task.
+
+``reasoning`` mode (``--reasoning [reasoning_content|reasoning]``, what ``make run``
+serves): each answer streams a fake reasoning text first (``demo/reasoning.py``).
+
 ``fixed`` mode (benchmarks) ignores the prompt, tools and limits, and serves
 bytes prebuilt at start-up, so this process is never the bottleneck; its
 answer is padded to ``text_words`` (default: ``deltas``) words, so it streams
-exactly ``deltas`` content chunks.
+exactly ``deltas`` content chunks (with ``reasoning``: ``deltas`` reasoning chunks,
+then one content chunk).
 """
 
 from __future__ import annotations
@@ -51,6 +59,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from gateway.demo import reasoning as thinking
+from gateway.demo import script
 from gateway.demo.faults import Faults
 
 BASE_TEXT = "Hello from the demo upstream (a fake model)."
@@ -76,8 +86,10 @@ class DemoOptions:
     text_words: int = 0  # pad / cut the answer to this many words (0: natural length)
     delay_ms: float = 0.0  # pause between streamed chunks
     fixed: bool = False  # prompt-independent prebuilt answer (benchmarks)
+    reasoning: str = ""  # "": none; else the field reasoning streams in (demo/reasoning.py)
     record: bool = True  # append each decoded chat request to ``received``
     faults: bool = False  # serve the fault switches of ``gateway.demo.faults``
+    script: list[dict[str, Any]] | None = None  # scripted turns (``script.py``), or None
     received: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -87,6 +99,8 @@ class DemoAnswer:
     finish_reason: str
     prompt_tokens: int
     tool: tuple[str, str] | None = None  # (call id, function name)
+    reasoning: list[str] = field(default_factory=list)  # pieces, streamed before the answer
+    reasoning_field: str = "reasoning_content"
 
 
 class BadRequest(Exception):
@@ -248,7 +262,12 @@ def plan_answer(body: Json, messages: list[Json], opts: DemoOptions, n: int) -> 
 def usage(answer: DemoAnswer) -> dict[str, int]:
     done = len(answer.pieces)
     total = answer.prompt_tokens + done
-    return {"prompt_tokens": answer.prompt_tokens, "completion_tokens": done, "total_tokens": total}
+    counts = {
+        "prompt_tokens": answer.prompt_tokens,
+        "completion_tokens": done,
+        "total_tokens": total,
+    }
+    return thinking.usage_with(counts, len(answer.reasoning))
 
 
 def completion_body(answer: DemoAnswer, cid: str, created: int, model: str) -> bytes:
@@ -258,6 +277,8 @@ def completion_body(answer: DemoAnswer, cid: str, created: int, model: str) -> b
         function = {"name": answer.tool[1], "arguments": text}
         call = {"id": answer.tool[0], "type": "function", "function": function}
         message = {"role": "assistant", "content": None, "tool_calls": [call]}
+    if answer.reasoning:
+        message[answer.reasoning_field] = "".join(answer.reasoning)
     finish = answer.finish_reason
     choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
     head = {"id": cid, "object": "chat.completion", "created": created, "model": model}
@@ -275,6 +296,7 @@ def stream_frames(
         return b"data: " + orjson.dumps({**head, "choices": [choice]}) + b"\n\n"
 
     frames = [frame({"role": "assistant", "content": ""})]
+    frames.extend(frame({answer.reasoning_field: piece}) for piece in answer.reasoning)
     if answer.tool is not None:
         function = {"name": answer.tool[1], "arguments": ""}
         opening = {"index": 0, "id": answer.tool[0], "type": "function", "function": function}
@@ -322,6 +344,9 @@ class _Demo:
             text = pad_words(FIXED_TEXT, opts.text_words or opts.deltas)
             pieces = split_pieces(text, opts.deltas)
             answer = DemoAnswer(pieces, "stop", FIXED_PROMPT_TOKENS)
+            if opts.reasoning:  # the deltas are reasoning, then one piece of text
+                answer.reasoning, answer.pieces = pieces, ["Done."]
+                answer.reasoning_field = opts.reasoning
             cid = "chatcmpl-demofixed"
             for m in opts.models:
                 plain, counted = (stream_frames(answer, cid, created, m, u) for u in (False, True))
@@ -367,6 +392,13 @@ class _Demo:
         stream = body.get("stream") is True
         options = body.get("stream_options")
         with_usage = isinstance(options, dict) and options.get("include_usage") is True
+        if self.opts.script is not None:  # scripted mode: gateway/demo/script.py
+            self.count += 1
+            cid, created, turns = f"chatcmpl-demo{self.count}", int(time.time()), self.opts.script
+            if not stream:
+                whole_body = script.completion_body(turns, body, cid, created)
+                return web.Response(body=whole_body, headers=JSON_HEADERS)
+            return await self.stream(request, script.stream_frames(turns, body, cid, created))
         if self.opts.fixed:
             whole, plain, counted = self.fixed[model]
             if not stream:
@@ -374,6 +406,11 @@ class _Demo:
             return await self.stream(request, counted if with_usage else plain)
         self.count += 1
         answer = plan_answer(body, messages, self.opts, self.count)
+        if self.opts.reasoning and not thinking.thinking_off(body):
+            said = content_text(messages[-1].get("content"))[0]
+            text = thinking.thought(messages, said)
+            answer.reasoning = split_pieces(text, self.opts.deltas)
+            answer.reasoning_field = self.opts.reasoning
         cid, created = f"chatcmpl-demo{self.count}", int(time.time())
         if not stream:
             return web.Response(
@@ -454,7 +491,8 @@ async def serve(options: DemoOptions, host: str, port: int) -> None:
     bound = runner.addresses[0][1] if runner.addresses else port
     print(
         f"demo upstream (FAKE chat-completions server, not a model) on http://{host}:{bound}/v1"
-        f" models={','.join(options.models)} deltas={options.deltas} fixed={options.fixed}",
+        f" models={','.join(options.models)} deltas={options.deltas} fixed={options.fixed}"
+        f" reasoning={options.reasoning or 'off'}",
         file=sys.stderr,
         flush=True,
     )
@@ -474,6 +512,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--delay-ms", type=float, default=0.0, help="delay between streamed chunks")
     p.add_argument("--fixed", action="store_true", help="prompt-independent prebuilt answer")
     p.add_argument("--faults", action="store_true", help="fault switches at /demo/fault")
+    p.add_argument("--script", metavar="FILE", help="answer from a JSON script of turns")
+    p.add_argument(
+        "--reasoning",
+        nargs="?",
+        const="reasoning_content",
+        default="",
+        choices=thinking.FIELDS,
+        help="stream a reasoning text first, in this field (default reasoning_content)",
+    )
     args = p.parse_args(argv)
     if args.deltas < 1 or args.text_words < 0 or args.delay_ms < 0:
         p.error("--deltas must be >= 1; --text-words and --delay-ms must be >= 0")
@@ -484,6 +531,14 @@ def main(argv: list[str] | None = None) -> int:
     import uvloop
 
     args = parse_args(argv)
+    turns = None
+    if args.script:
+        try:
+            with open(args.script, "rb") as f:
+                turns = script.parse_script(f.read())
+        except (OSError, ValueError) as exc:
+            print(f"gateway.demo: --script {args.script}: {exc}", file=sys.stderr)
+            return 2
     options = DemoOptions(
         models=tuple(args.model or ["demo"]),
         deltas=args.deltas,
@@ -491,7 +546,9 @@ def main(argv: list[str] | None = None) -> int:
         delay_ms=args.delay_ms,
         fixed=args.fixed,
         faults=args.faults,
+        reasoning=args.reasoning,
         record=False,  # a long-running server must not grow without bound
+        script=turns,
     )
     uvloop.run(serve(options, args.host, args.port))
     return 0

@@ -130,6 +130,9 @@ class AiohttpRequest:
         if transport is not None:
             transport.close()
 
+    def detach(self) -> bool:
+        return False  # aiohttp cancels the handler of a client that went away
+
 
 def _refusal(request: web.BaseRequest, headers: Headers) -> GatewayError | None:
     """What the lean server refuses at the head and aiohttp does not."""

@@ -79,6 +79,16 @@ def header_lines(headers: dict[str, str] | None) -> bytes:
     return b"".join([header_line(k, v) for k, v in headers.items()])
 
 
+_NAMES: dict[str, bytes] = {}  # header names the code looks up -> their lower-cased bytes
+
+
+def _name_key(name: str) -> bytes:
+    key = name.lower().encode("latin-1")
+    if len(_NAMES) < 256:  # (names come from the code, not from clients)
+        _NAMES[name] = key
+    return key
+
+
 class Headers:
     """A request's headers as received (at most the server's header count), with
     case-insensitive lookup. Names are kept lower-cased, values as bytes until read."""
@@ -90,7 +100,7 @@ class Headers:
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value of header ``name`` (any case), decoded as latin-1."""
-        key = name.lower().encode("latin-1")
+        key = _NAMES.get(name) or _name_key(name)
         for k, v in self._items:
             if k == key:
                 return v.decode("latin-1")
@@ -127,6 +137,12 @@ class Incoming(Protocol):
     async def open_stream(self, status: int, headers: dict[str, str] | None) -> StreamOut: ...
 
     def abort(self) -> None: ...
+
+    def detach(self) -> bool:
+        """Let the handler run to its end even if the client goes away (its answer is
+        then dropped), instead of being cancelled. False where the server cannot: the
+        handler must then shield the work that has to finish itself."""
+        ...
 
 
 class StreamOut(Protocol):
@@ -280,6 +296,10 @@ class Request:
         transport = self._conn.transport
         if transport is not None:
             transport.close()
+
+    def detach(self) -> bool:
+        self._conn.detached = True
+        return True
 
     async def open_stream(self, status: int, headers: dict[str, str] | None) -> LeanStream:
         conn = self._conn

@@ -104,6 +104,7 @@ class Server:
         self.max_queued = max(limits.max_pipelined, MAX_QUEUED_REQUESTS)
         self.max_name = min(MAX_HEADER_NAME, self.max_field)  # (a line within it passes)
         self._sweeper: asyncio.TimerHandle | None = None
+        self.detached: set[asyncio.Task[None]] = set()  # handlers whose client went away
 
     def __call__(self) -> Connection:
         return Connection(self)
@@ -123,6 +124,11 @@ class Server:
                 conn.head_timed_out()
         self.watch()
 
+    def run_on(self, task: asyncio.Task[None]) -> None:
+        """Keep a detached handler whose client went away until it ends."""
+        self.detached.add(task)
+        task.add_done_callback(self.detached.discard)
+
     def forget(self, conn: Connection) -> None:
         self.connections.discard(conn)
         done = self._all_closed
@@ -135,6 +141,7 @@ class Server:
         Stop the listening socket first (``asyncio.Server.close``).
         """
         self.closing = True
+        deadline = self.loop.time() + timeout
         for conn in list(self.connections):
             conn.close_when_idle()
         if self.connections:
@@ -145,6 +152,11 @@ class Server:
                 log.warning("%d connection(s) still busy at shutdown", len(self.connections))
         for conn in list(self.connections):
             conn.abort()
+        if self.detached:  # (their clients are gone: they get what is left of the time)
+            left = max(0.0, deadline - self.loop.time())
+            _, late = await asyncio.wait(set(self.detached), timeout=left)
+            for task in late:
+                task.cancel()
 
 
 class Connection(asyncio.Protocol):
@@ -152,7 +164,7 @@ class Connection(asyncio.Protocol):
         "server", "loop", "transport", "parser", "url", "length", "expect", "hosts",
         "headers", "in_head", "head_size", "head_read", "head_since", "parsing", "last",
         "queue", "task", "started", "stopped", "refusal", "read_paused", "write_paused",
-        "drain_waiters", "idle_since", "timer", "closed",
+        "drain_waiters", "idle_since", "timer", "closed", "detached",
     )  # fmt: skip
 
     def __init__(self, server: Server) -> None:
@@ -182,6 +194,7 @@ class Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self.timer: asyncio.TimerHandle | None = None
         self.closed = False  # _close was called
+        self.detached = False  # the current handler runs on if the client goes (detach)
 
     # ---- asyncio.Protocol ------------------------------------------------------------
 
@@ -229,9 +242,13 @@ class Connection(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        if self.task is not None:
-            self.task.cancel()
+        task = self.task
+        if task is not None:
             self.task = None
+            if self.detached:
+                self.server.run_on(task)
+            else:
+                task.cancel()
         gone = ConnectionResetError("The client closed the connection.")
         if self.parsing is not None:
             self.parsing.content.fail(gone)
@@ -380,7 +397,7 @@ class Connection(asyncio.Protocol):
         """Start the next queued request, or answer a refused one, or wait idle."""
         if self.queue:
             req = self.queue.popleft()
-            self.started = False
+            self.started = self.detached = False
             self.task = self.loop.create_task(self._run(req))
             if self.read_paused:
                 self.update_reading()

@@ -10,6 +10,7 @@ several processes that share the port through SO_REUSEPORT.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import os
 import signal
@@ -22,7 +23,8 @@ from gateway.api.endpoints import Gateway
 from gateway.api.guard import Guard
 from gateway.api.pings import SsePings
 from gateway.api.replay import Replays
-from gateway.config import Config, Http, client_keys, upstream_key
+from gateway.api.seal import Sealer
+from gateway.config import Config, Http, client_keys, seal_keys, upstream_key
 from gateway.http.server import Server
 from gateway.limits import LISTEN_BACKLOG, SHUTDOWN_GRACE
 from gateway.stores.base import Store
@@ -55,6 +57,31 @@ def open_store(cfg: Config) -> Store:
     )
 
 
+def open_sealer(cfg: Config, env: Mapping[str, str]) -> Sealer:
+    """The sealer of reasoning, with the keys of ``[seal] key-env`` in ``env``; without
+    any, a random key of this process (and a warning: what it seals opens nowhere else,
+    nor after a restart)."""
+    keys = seal_keys(cfg.seal, env)
+    if keys:
+        return Sealer(keys)
+    log.warning(
+        "%s is not set: reasoning is sealed with a random key of this process, so "
+        "encrypted_content opens only here and only until it restarts (set it to the "
+        "base64 of 32 random bytes, the same for every gateway process)",
+        cfg.seal.key_env,
+    )
+    return Sealer.random()
+
+
+def with_seal_key(cfg: Config, env: Mapping[str, str]) -> Mapping[str, str]:
+    """``env``, with a random seal key when it has none: given to every worker, so that
+    what one worker seals the others open."""
+    if seal_keys(cfg.seal, env):
+        return env
+    open_sealer(cfg, env)  # (the warning, once)
+    return {**env, cfg.seal.key_env: base64.b64encode(os.urandom(32)).decode()}
+
+
 @asynccontextmanager
 async def open_gateway(
     cfg: Config, env: Mapping[str, str] = NO_ENV, *, keys_text: str | None = None
@@ -63,6 +90,7 @@ async def open_gateway(
     (upstream and client keys are looked up there), ``keys_text`` the text of the
     ``[auth]`` keys file, which the command line read."""
     keys = client_keys(cfg.auth, env, keys_text) if cfg.auth is not None else ()
+    sealer = open_sealer(cfg, env)
     limits = cfg.limits
     pings = SsePings(cfg.stream.keepalive_interval)
     load = cfg.overload
@@ -86,7 +114,7 @@ async def open_gateway(
         await router.discover()
         max_body = max(d.max_body_bytes for d in cfg.deployment)
         pings.start()
-        yield Gateway(router, pings, max_body, guard=guard, replays=replays)
+        yield Gateway(router, pings, max_body, guard=guard, replays=replays, sealer=sealer)
     finally:
         pings.stop()
         await router.close()
@@ -156,6 +184,7 @@ def run(
 
 def run_workers(cfg: Config, env: Mapping[str, str], *, keys_text: str | None = None) -> int:
     """Fork ``cfg.workers`` processes sharing the port; forward SIGTERM/SIGINT to them."""
+    env = with_seal_key(cfg, env)
     children = []
     for _ in range(cfg.workers):
         pid = os.fork()

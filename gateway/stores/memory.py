@@ -1,10 +1,12 @@
 """The in-process store: a dict of records, bounded by entries and bytes, with expiry.
 
 One event loop runs every transition to its end without an ``await`` inside, so
-each is atomic. Records are kept in the order they were last written; a full
-store drops the oldest first (expired ones before any other), and an in-flight
-record is never dropped for room (a full store of in-flight keys refuses the new
-one as ``Overloaded``). Waiters for a key are woken at once when its holder ends.
+each is atomic. Records are kept in the order they were last written; expired ones
+are dropped from the front at most once a second (a replay never sees one: a
+transition checks the record's expiry); a full store drops the oldest first
+(expired ones before any other), and an in-flight record is never dropped for
+room (a full store of in-flight keys refuses the new one as ``Overloaded``).
+Waiters for a key are woken at once when its holder ends.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 
 from gateway.core import idempotency as idem
@@ -25,6 +26,7 @@ from gateway.limits import (
     RATE_WINDOW,
 )
 
+SWEEP_EVERY = 1.0  # seconds: expired records go at most this late (or when room is needed)
 FULL = "The gateway holds as many requests with an Idempotency-Key in flight as it can."
 
 
@@ -43,8 +45,9 @@ class MemoryStore:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.clock = clock
-        self.records: OrderedDict[str, idem.Record] = OrderedDict()
+        self.records: dict[str, idem.Record] = {}  # in the order last written
         self.bytes = 0
+        self._sweep_at = 0.0  # when to drop expired records next (at most once a second)
         self._waiters: dict[str, asyncio.Event] = {}
         self._minutes: dict[str, tuple[int, int]] = {}  # tenant -> (minute, count)
         self._flying: dict[str, set[str]] = {}  # tenant -> tokens in flight
@@ -54,14 +57,21 @@ class MemoryStore:
     def _put(self, scope: str, change: idem.Change) -> None:
         if change is idem.KEEP:
             return
-        self.wake(scope)
-        old = self.records.pop(scope, None)
+        records = self.records
+        if self._waiters:
+            self.wake(scope)
+        old = records.pop(scope, None)
         if old is not None:
             self.bytes -= len(old.body)
         if isinstance(change, idem.Record):
-            self.records[scope] = change
+            records[scope] = change
             self.bytes += len(change.body)
-            self._evict()
+            now = self.clock()
+            if now >= self._sweep_at:
+                self._sweep_at = now + SWEEP_EVERY
+                self._drop_expired(now)
+            if len(records) > self.max_entries or self.bytes > self.max_bytes:
+                self._evict()
 
     def wake(self, scope: str) -> None:
         """Wake whoever waits for ``scope`` (its record changed)."""
@@ -69,16 +79,21 @@ class MemoryStore:
         if event is not None:
             event.set()
 
-    def _evict(self, room: int = 0) -> None:
-        """Drop expired records from the front, then the oldest done ones while over a
-        bound (or without ``room`` entries free)."""
-        records, now = self.records, self.clock()
+    def _drop_expired(self, now: float) -> None:
+        """Drop the expired records at the front (the least recently written)."""
+        records = self.records
         while records:
             scope, first = next(iter(records.items()))
             if idem.live(first, now) is not None:
                 break
             del records[scope]
             self.bytes -= len(first.body)
+
+    def _evict(self, room: int = 0) -> None:
+        """Drop expired records from the front, then the oldest done ones while over a
+        bound (or without ``room`` entries free)."""
+        records = self.records
+        self._drop_expired(self.clock())
         most = self.max_entries - room
         entries, size = len(records), self.bytes
         if entries <= most and size <= self.max_bytes:

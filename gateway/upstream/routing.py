@@ -28,6 +28,7 @@ log = logging.getLogger("gateway")
 def capabilities(dep: Deployment) -> Capabilities:
     """What the core may know of a deployment: what its upstream can do."""
     s = dep.supports
+    r = dep.reasoning
     return Capabilities(
         streaming=s.streaming,
         stream_usage=s.stream_usage,
@@ -35,6 +36,13 @@ def capabilities(dep: Deployment) -> Capabilities:
         structured_output=s.structured_output,
         images=s.images,
         token_field=dep.token_field,
+        drop_hosted_tools=dep.hosted_tools == "drop",
+        reasoning=r.enabled,
+        effort_field=r.effort_field,
+        effort_map=dict(r.effort_map),
+        effort_none=dict(r.none_fields),
+        replay_field="" if r.replay_field == "drop" else r.replay_field,
+        summary_text=r.summary_text,
     )
 
 

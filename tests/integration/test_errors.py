@@ -40,8 +40,11 @@ async def expect(
     ("extra", "param"),
     [
         ({"previous_response_id": "resp_1"}, "previous_response_id"),
-        ({"include": ["reasoning.encrypted_content"]}, "include"),
-        ({"reasoning": {"effort": "high"}}, "reasoning"),
+        ({"include": ["file_search_call.results"]}, "include"),
+        (
+            {"include": ["reasoning.encrypted_content", "message.output_text.logprobs"]},
+            "include[1]",
+        ),
         ({"background": True}, "background"),
         ({"conversation": "conv_1"}, "conversation"),
         ({"prompt": {"id": "pmpt_1"}}, "prompt"),

@@ -109,6 +109,20 @@ async def test_a_run_longer_than_the_lock_keeps_its_key(
     assert len(upstream.received) == 1
 
 
+async def test_a_client_that_gives_up_leaves_its_run_going_and_its_retry_replays(
+    gw: openai.AsyncOpenAI, upstream: FakeUpstream
+) -> None:
+    upstream.reply = slow(completion("finished anyway"), 0.5)
+    impatient = gw.with_options(timeout=0.1, max_retries=0)
+    with pytest.raises(openai.APITimeoutError):  # the client hangs up mid-run
+        await create(impatient)
+    await asyncio.sleep(0.7)  # the run went on to its end without a client
+    again = await create(gw)
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.parse().output_text == "finished anyway"
+    assert len(upstream.received) == 1
+
+
 async def test_the_same_key_with_another_body_is_422(
     gw: openai.AsyncOpenAI, upstream: FakeUpstream
 ) -> None:

@@ -152,8 +152,61 @@ GOLDEN: dict[str, tuple[str, tuple]] = {
         ("completed", None, [("message", "completed", "Over CRLF lines.")], None),
     ),
     "reasoning": (
-        f"{TEXT} text*2 {CLOSE_TEXT} completed",
-        ("completed", None, [("message", "completed", "The answer is 4.")], (10, 20)),
+        f"created in_progress item+ reason*2 reason. item. item+ part+ text*2 {CLOSE_TEXT}"
+        " completed",
+        (
+            "completed",
+            None,
+            [
+                ("reasoning", "completed", "Let me think. 2+2 is 4."),
+                ("message", "completed", "The answer is 4."),
+            ],
+            (10, 20),
+        ),
+    ),
+    "reasoning_field": (
+        "created in_progress item+ reason*5 reason. item. item+ part+ text*4"
+        f" {CLOSE_TEXT} completed",
+        (
+            "completed",
+            None,
+            [
+                (
+                    "reasoning",
+                    "completed",
+                    'The user greets me in French; answer "bonjour" politely.',
+                ),
+                ("message", "completed", "Bonjour ! Comment puis-je vous aider ?"),
+            ],
+            (14, 40),
+        ),
+    ),
+    "reasoning_tool_call": (
+        "created in_progress item+ reason*4 reason. item. item+ args*3 args. item. completed",
+        (
+            "completed",
+            None,
+            [
+                ("reasoning", "completed", "I need the weather in Paris; call get_weather."),
+                ("get_weather", "completed", "chatcmpl-tool-9a8b7c6d5e4f3a2b", {"city": "Paris"}),
+            ],
+            (120, 30),
+        ),
+    ),
+    "reasoning_between_calls": (
+        "created in_progress item+ reason*3 reason. item. item+ args*2 args. item."
+        " item+ reason*3 reason. item. item+ args*2 args. item. completed",
+        (
+            "completed",
+            None,
+            [
+                ("reasoning", "completed", "First look up the order."),
+                ("lookup", "completed", "call_order00000000000000001", {"id": 42}),
+                ("reasoning", "completed", "Then check the stock \u00e9."),
+                ("stock", "completed", "call_stock00000000000000002", {"sku": "A-1"}),
+            ],
+            (200, 50),
+        ),
     ),
     "tool_no_id": (
         "created in_progress item+ args args. item. completed",

@@ -121,6 +121,14 @@ MESSAGES = {
     "refusal": ({"role": "assistant", "content": None, "refusal": "No."}, "stop"),
     "length": ({"role": "assistant", "content": "cut"}, "length"),
     "empty": ({"role": "assistant", "content": ""}, "stop"),
+    "reasoning_text": (
+        {"role": "assistant", "content": "4", "reasoning_content": "2+2 \u00e9"},
+        "stop",
+    ),
+    "reasoning_calls": (
+        {"role": "assistant", "content": None, "reasoning": "plan", "tool_calls": CALLS},
+        "tool_calls",
+    ),
 }
 
 
@@ -173,6 +181,7 @@ FACT = st.one_of(
     st.tuples(st.just("content"), st.none()),
     st.tuples(st.just("refusal"), TEXT),
     st.tuples(st.just("reasoning_content"), TEXT),
+    st.tuples(st.just("reasoning"), TEXT),
     st.tuples(
         st.just("tool"),
         st.integers(0, 2),

@@ -21,7 +21,7 @@ CAPS = Capabilities()
 
 def chat_for(body: dict, caps: Capabilities = CAPS, stream: bool = False) -> tuple[dict, dict]:
     req = REQUEST_DECODER.decode(orjson.dumps(body))
-    chat, echo = to_chat_request(req, caps, "up", stream=stream)
+    chat, echo, _ = to_chat_request(req, caps, "up", stream=stream)
     return orjson.loads(orjson.dumps(chat)), orjson.loads(orjson.dumps(echo))
 
 
@@ -103,8 +103,8 @@ def test_text_format_json_schema() -> None:
         ({"input": [{"role": "user", "content": [{"type": "input_audio"}]}]},
          "input[0].content[0].type", Unsupported),
         ({"input": [{"type": "function_call_output", "call_id": "c",
-                     "output": [{"type": "input_image", "image_url": "u"}]}]},
-         "input[0].output[0]", Unsupported),
+                     "output": [{"type": "input_image", "file_id": "f"}]}]},
+         "input[0].output[0].file_id", Unsupported),
         ({"input": [], "instructions": None}, "input", InvalidRequest),
     ],
 )  # fmt: skip

@@ -54,6 +54,12 @@ SHORT = {
     "text.": "response.output_text.done",
     "refusal": "response.refusal.delta",
     "refusal.": "response.refusal.done",
+    "reason": "response.reasoning_text.delta",
+    "reason.": "response.reasoning_text.done",
+    "sum+": "response.reasoning_summary_part.added",
+    "sum": "response.reasoning_summary_text.delta",
+    "sum.": "response.reasoning_summary_text.done",
+    "sump.": "response.reasoning_summary_part.done",
     "args": "response.function_call_arguments.delta",
     "args.": "response.function_call_arguments.done",
     "completed": "response.completed",
@@ -142,9 +148,15 @@ def _check_items(events: list[dict]) -> None:
         if kind == "response.output_item.added":
             assert event["output_index"] == len(added)  # dense, in added order
             assert not any(a.get("open") for a in added.values())  # strictly sequential
-            added[event["output_index"]] = {"item": event["item"], "open": True, "args": ""}
+            slot = {"item": event["item"], "open": True, "args": "", "reasoning": None}
+            added[event["output_index"]] = slot
             if event["item"]["type"] == "function_call":
                 assert event["item"]["arguments"] == ""
+            if event["item"]["type"] == "custom_tool_call":
+                assert event["item"]["input"] == ""
+            if event["item"]["type"] == "reasoning":
+                assert event["item"]["content"] == event["item"]["summary"] == []
+                assert "encrypted_content" not in event["item"]
             continue
         slot = added[event["output_index"]]
         assert slot["open"]
@@ -158,8 +170,22 @@ def _check_items(events: list[dict]) -> None:
             if event["item"]["type"] == "function_call":
                 assert event["item"]["call_id"] == slot["item"]["call_id"]
                 assert event["item"]["arguments"] == slot["args"]
+            if event["item"]["type"] == "reasoning":
+                _check_reasoning_done(slot, event["item"])
+            if event["item"]["type"] == "custom_tool_call":
+                assert event["item"]["call_id"] == slot["item"]["call_id"]
+                assert event["item"]["input"] == slot["args"]
             slot["open"] = False
             finished.append(event["item"])
+        elif kind.startswith(("response.reasoning_text.", "response.reasoning_summary_")):
+            _check_reasoning_event(slot, event)
+        elif kind.startswith("response.custom_tool_call_input"):
+            assert slot["item"]["type"] == "custom_tool_call"
+            if kind.endswith(".delta"):
+                assert event["delta"]
+                slot["args"] += event["delta"]
+            else:
+                assert event["input"] == slot["args"]
         elif kind.startswith("response.function_call_arguments"):
             if kind.endswith(".delta"):
                 slot["args"] += event["delta"]
@@ -171,6 +197,40 @@ def _check_items(events: list[dict]) -> None:
     assert not any(a["open"] for a in added.values())  # every added item was done
     assert all(p["closed"] for p in parts.values())
     assert events[-1]["response"]["output"] == finished
+
+
+def _check_reasoning_event(slot: dict, event: dict) -> None:
+    """A reasoning item's events: one part (content_index / summary_index 0), deltas that
+    are not empty, a ``.done`` with their text; a summary part opens before its deltas."""
+    assert slot["item"]["type"] == "reasoning"
+    kind = event["type"]
+    assert event.get("content_index", event.get("summary_index")) == 0
+    if kind == "response.reasoning_summary_part.added":
+        assert slot["reasoning"] is None and event["part"] == {"type": "summary_text", "text": ""}
+        slot["reasoning"], slot["summary"] = "", True
+        return
+    if slot["reasoning"] is None:
+        assert kind == "response.reasoning_text.delta"
+        slot["reasoning"], slot["summary"] = "", False
+    assert kind.startswith("response.reasoning_summary_") == slot["summary"]
+    if kind.endswith(".delta"):
+        assert event["delta"]
+        slot["reasoning"] += event["delta"]
+    elif kind == "response.reasoning_summary_part.done":
+        assert event["part"] == {"type": "summary_text", "text": slot["reasoning"]}
+        slot["part_done"] = True
+    else:
+        assert event["text"] == slot["reasoning"]
+        slot["text_done"] = True
+
+
+def _check_reasoning_done(slot: dict, item: dict) -> None:
+    text = slot["reasoning"]
+    assert text and slot["text_done"] and slot.get("part_done", True) is True
+    assert item["content"] == [{"type": "reasoning_text", "text": text}]
+    summary = [{"type": "summary_text", "text": text}] if slot["summary"] else []
+    assert item["summary"] == summary
+    assert slot.get("part_done", False) == slot["summary"]
 
 
 def _check_part_event(parts: dict[tuple[int, int], dict], event: dict) -> None:
@@ -203,6 +263,8 @@ def summary(events: list[dict]) -> tuple[Any, ...]:
         if item["type"] == "message":
             texts = [p.get("text", p.get("refusal")) for p in item["content"]]
             items.append(("message", item["status"], *texts))
+        elif item["type"] == "reasoning":
+            items.append(("reasoning", item["status"], item["content"][0]["text"]))
         else:
             items.append((item["name"], item["status"], item["call_id"], _json(item["arguments"])))
     reason = (response["incomplete_details"] or {}).get("reason")

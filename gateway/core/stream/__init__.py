@@ -2,5 +2,6 @@
 
 ``sse`` (bytes → data payloads) → ``chunk_template`` / ``wire.chunks`` (payload →
 upstream facts) → ``transcoder`` (the state machine) → ``encoder`` (Responses
-events as frames); ``toolcalls`` keeps the bookkeeping of streamed tool calls.
+events as frames); ``toolcalls`` keeps the bookkeeping of streamed tool calls,
+``custom_input`` reads a custom tool's ``input`` out of its streamed arguments.
 """

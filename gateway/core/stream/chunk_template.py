@@ -21,6 +21,9 @@ Why it is sound:
   exactly as the slower path would splice it. ``run`` checks a whole run's
   tokens at once: decoded as a list, the values must be the tokens themselves.
 
+Reasoning chunks (``reasoning_content`` or ``reasoning`` and nothing else) get a
+template of their own the same way, proven with their plain decoder.
+
 A stream whose chunks differ in more than the content (a usage block in every
 chunk, a ``created`` that ticks) simply does not match and takes the decoding
 path; the transcoder may learn again from a later chunk.
@@ -67,9 +70,13 @@ class ChunkTemplate:
         self._cut = itemgetter(slice(self._lp, -self._ls))  # payload -> its token
 
     @classmethod
-    def learn(cls, payload: bytes, token: bytes) -> ChunkTemplate | None:
+    def learn(
+        cls, payload: bytes, token: bytes, decoder: msgspec.json.Decoder = PLAIN_DECODER
+    ) -> ChunkTemplate | None:
         """The template of ``payload``, a plain text chunk whose content is ``token``.
 
+        ``decoder`` is the plain kind's (``chunks.PLAIN_DECODERS``: text, or reasoning in
+        either field name): its view's ``choices[0].delta.content`` is the proven slot.
         ``None`` when the content's place cannot be proven (or the payload holds
         an LF, which ``run`` uses as its separator).
         """
@@ -84,7 +91,7 @@ class ChunkTemplate:
             doc = prefix + PROBE + suffix
             if doc.count(PROBE) == 1:
                 try:
-                    view = PLAIN_DECODER.decode(doc)
+                    view = decoder.decode(doc)
                 except ValueError:
                     pass
                 else:
@@ -114,14 +121,17 @@ class ChunkTemplate:
     def run(self, payloads: list[bytes], start: int) -> tuple[int, list[bytes]]:
         """How many payloads from ``start`` on match, and their non-empty tokens.
 
-        The run ends before the payloads at the end that do not end like the
-        template (a read's finish, usage and ``[DONE]`` chunks). ``(0, [])``
+        The run ends before the payloads at the end that do not start and end like
+        the template (a read's finish, usage and ``[DONE]`` chunks; the text chunks
+        after a run of reasoning chunks, which end alike). ``(0, [])``
         when the run cannot be confirmed as a whole; the caller then goes
         payload by payload. The payloads must hold no LF (the SSE parser says so).
         """
-        suffix = self.suffix
+        prefix, suffix = self.prefix, self.suffix
         end = len(payloads)
-        while end > start and not payloads[end - 1].endswith(suffix):
+        while end > start and not (
+            payloads[end - 1].endswith(suffix) and payloads[end - 1].startswith(prefix)
+        ):
             end -= 1
         count = end - start
         if count < 2:
@@ -136,7 +146,7 @@ class ChunkTemplate:
         expected = self._sep.join(tokens)
         if not (
             len(whole) == lp + len(expected) + self._ls
-            and whole.startswith(self.prefix)
+            and whole.startswith(prefix)
             and whole.startswith(expected, lp)
             and whole.endswith(suffix)
         ):

@@ -5,8 +5,17 @@ happens (an item opens, a delta arrives, an item closes, the response ends) and
 it writes the events. It owns the three numberings a client checks:
 
 - ``sequence_number``: assigned in ``frame`` and nowhere else;
-- ``output_index``: assigned when an item opens (``open_message`` / ``open_call``);
-- ``content_index``: the number of parts the open message already has.
+- ``output_index``: assigned when an item opens (``open_message`` / ``open_call`` /
+  ``open_reasoning``);
+- ``content_index``: the number of parts the open message already has (a reasoning
+  item has one part, 0).
+
+A reasoning item streams like a message's text part: ``output_item.added``, its
+deltas (``reasoning_text.delta``; with ``summary``, ``reasoning_summary_text.delta``
+inside a summary part instead, for clients that show only summaries), the
+``.done`` of the text, ``output_item.done``. Its done item carries the text as
+``content`` (and as ``summary`` with ``summary``) and, when the request asked for
+``reasoning.encrypted_content``, the text sealed by ``seal``.
 
 Frames are queued as pieces (prefix, sequence digits, middle, body, end) and
 joined once per ``drain``. Text deltas are spliced in as raw JSON string tokens;
@@ -15,28 +24,54 @@ joined once per ``drain``. Text deltas are spliced in as raw JSON string tokens;
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
 import orjson
 
-from gateway.core.ids import FUNCTION_CALL, MESSAGE, Ids
+from gateway.core.ids import CUSTOM_TOOL_CALL, FUNCTION_CALL, MESSAGE, REASONING, Ids
+from gateway.core.stream.custom_input import CustomInput, whole_input
 from gateway.core.stream.toolcalls import ToolCall
+from gateway.core.translate.tools import NO_NAMES, ToolNames
 from gateway.core.wire import events as ev
 from gateway.core.wire import output
-from gateway.core.wire.chunks import Usage, join_tokens
+from gateway.core.wire.chunks import Usage, join_tokens, valid_utf8
+
+
+def _decoded(token: bytes) -> str:
+    """An upstream JSON string token's text (a custom tool call's arguments)."""
+    try:
+        return orjson.loads(valid_utf8(token))
+    except orjson.JSONDecodeError:  # half a surrogate pair: that character is lost
+        return json.loads(token).encode("utf-8", "replace").decode()
+
+
+Seal = Callable[[bytes], str]  # a JSON string token -> encrypted_content (core.sealing)
 
 
 class EventEncoder:
     __slots__ = (
         "base", "now", "ids", "seq", "out", "output", "next_index", "final",
-        "msg_id", "msg_index", "parts", "pieces", "refusal", "mid",
+        "msg_id", "msg_index", "parts", "pieces", "refusal", "mid", "head", "tail",
+        "seal", "summary", "names",
     )  # fmt: skip
 
-    def __init__(self, base: dict, now: Callable[[], float], ids: Ids) -> None:
+    def __init__(
+        self,
+        base: dict,
+        now: Callable[[], float],
+        ids: Ids,
+        seal: Seal | None = None,
+        summary: bool = False,
+        names: ToolNames = NO_NAMES,
+    ) -> None:
         self.base = base
         self.now = now
         self.ids = ids
+        self.names = names  # the request's custom and namespaced tools (translate.tools)
+        self.seal = seal  # set: reasoning items carry encrypted_content
+        self.summary = summary  # reasoning text also given (and streamed) as the summary
         self.final: dict | None = None  # the completed / incomplete response, once there is one
         self.seq = 0
         self.out: list[Any] = []  # pieces of the frames not yet drained
@@ -48,6 +83,8 @@ class EventEncoder:
         self.pieces: list[bytes] = []  # raw string tokens of the open part
         self.refusal = False  # the open part is a refusal part
         self.mid = b""  # the open part's / call's delta frame middle
+        self.head = ev.TEXT_DELTA  # the open part's delta frame prefix and end
+        self.tail = ev.TEXT_DELTA_END
 
     # ---- framing -----------------------------------------------------------------------
 
@@ -59,29 +96,30 @@ class EventEncoder:
         self.out.extend((prefix, digits, mid, body, end))
 
     def texts(self, tokens: list[bytes]) -> None:
-        """A run of deltas for the open text part, numbered here like ``frame`` does.
+        """A run of deltas for the open text or reasoning part, numbered here like
+        ``frame`` does.
 
         The text hot path: one call per upstream read instead of one per event
-        (bench/micro_transcoder.py, text-* rows).
+        (bench/micro_transcoder.py, text-* and reasoning-* rows).
         """
         self.pieces += tokens
         seq = self.seq
         n = len(tokens)
         end = seq + n
         if n == 1 and seq < ev.CACHED_SEQUENCE:  # one delta per read: a token-by-token stream
-            self.out += (ev.TEXT_DELTA, ev.SEQUENCE[seq], self.mid, tokens[0], ev.TEXT_DELTA_END)
+            self.out += (self.head, ev.SEQUENCE[seq], self.mid, tokens[0], self.tail)
             self.seq = end
             return
         if end > ev.CACHED_SEQUENCE:
             for token in tokens:
-                self.frame(ev.TEXT_DELTA, self.mid, token, ev.TEXT_DELTA_END)
+                self.frame(self.head, self.mid, token, self.tail)
             return
         # Five pieces per event, interleaved by slice assignment (no Python loop).
-        frames: list[Any] = [ev.TEXT_DELTA] * (5 * n)
+        frames: list[Any] = [self.head] * (5 * n)
         frames[1::5] = ev.SEQUENCE[seq:end]
         frames[2::5] = [self.mid] * n
         frames[3::5] = tokens
-        frames[4::5] = [ev.TEXT_DELTA_END] * n
+        frames[4::5] = [self.tail] * n
         self.out += frames
         self.seq = end
 
@@ -123,14 +161,15 @@ class EventEncoder:
         self.mid = ev.text_delta_mid(orjson.dumps(self.msg_id), self.msg_index, index)
         self.pieces = []
         self.refusal = refusal
+        if refusal:
+            self.head, self.tail = ev.REFUSAL_DELTA, ev.OBJECT_END
+        else:
+            self.head, self.tail = ev.TEXT_DELTA, ev.TEXT_DELTA_END
 
     def text(self, token: bytes) -> None:
         """A delta for the open part (the text hot path frames its deltas itself)."""
         self.pieces.append(token)
-        if self.refusal:
-            self.frame(ev.REFUSAL_DELTA, self.mid, token, ev.OBJECT_END)
-        else:
-            self.frame(ev.TEXT_DELTA, self.mid, token, ev.TEXT_DELTA_END)
+        self.frame(self.head, self.mid, token, self.tail)
 
     def close_part(self) -> None:
         text = orjson.Fragment(join_tokens(self.pieces))
@@ -154,15 +193,66 @@ class EventEncoder:
         self.emit(ev.ITEM_DONE, {"output_index": self.msg_index, "item": item})
         self.output.append(item)
 
-    # ---- function_call items -------------------------------------------------------------
+    # ---- reasoning items -----------------------------------------------------------------
+
+    def open_reasoning(self) -> None:
+        """Open a reasoning item and its one part; deltas then go through ``text``/``texts``."""
+        self.msg_id = self.ids.new(REASONING)
+        self.msg_index = index = self._take_index()
+        item = output.reasoning_item(self.msg_id, "in_progress", [], [])
+        self.emit(ev.ITEM_ADDED, {"output_index": index, "item": item})
+        item_id = orjson.dumps(self.msg_id)
+        if self.summary:
+            part = output.summary_text_part("")
+            fields = {"item_id": self.msg_id, "output_index": index, "summary_index": 0}
+            self.emit(ev.SUMMARY_PART_ADDED, {**fields, "part": part})
+            self.head, self.mid = ev.SUMMARY_DELTA, ev.summary_delta_mid(item_id, index, 0)
+        else:
+            self.head, self.mid = ev.REASONING_DELTA, ev.text_delta_mid(item_id, index, 0)
+        self.tail = ev.OBJECT_END
+        self.pieces = []
+
+    def close_reasoning(self, status: str) -> None:
+        token = join_tokens(self.pieces)
+        text = orjson.Fragment(token)
+        fields = {"item_id": self.msg_id, "output_index": self.msg_index}
+        if self.summary:
+            part = output.summary_text_part(text)
+            self.emit(ev.SUMMARY_DONE, {**fields, "summary_index": 0, "text": text})
+            self.emit(ev.SUMMARY_PART_DONE, {**fields, "summary_index": 0, "part": part})
+        else:
+            self.emit(ev.REASONING_DONE, {**fields, "content_index": 0, "text": text})
+        item = self._reasoning_item(self.msg_id, token, status)
+        self.emit(ev.ITEM_DONE, {"output_index": self.msg_index, "item": item})
+        self.output.append(item)
+
+    def _reasoning_item(self, item_id: str, token: bytes, status: str) -> dict:
+        text = orjson.Fragment(token)
+        summary = [output.summary_text_part(text)] if self.summary else []
+        sealed = self.seal(token) if self.seal is not None else None
+        return output.reasoning_item(
+            item_id, status, [output.reasoning_text_part(text)], summary, sealed
+        )
+
+    # ---- function_call and custom_tool_call items -----------------------------------------
 
     def open_call(self, call: ToolCall) -> None:
-        """Open a call's item; arguments buffered so far go out as one delta."""
+        """Open a call's item; arguments buffered so far go out as one delta.
+
+        The upstream's function name says what the call is (``names``): a plain
+        function call, a namespace's function call, or a custom tool's call."""
         if not call.call_id:
             call.call_id = self.ids.call()
+        ref = call.ref = self.names.ref(call.name) if self.names.by_upstream else None
+        if ref is not None and ref.kind == "custom":
+            self._open_custom(call)
+            return
         call.item_id = self.ids.new(FUNCTION_CALL)
         call.output_index = self._take_index()
-        item = output.function_call_item(call.item_id, call.call_id, call.name, "", "in_progress")
+        name, namespace = (call.name, None) if ref is None else (ref.name, ref.namespace)
+        item = output.function_call_item(
+            call.item_id, call.call_id, name, "", "in_progress", namespace
+        )
         self.emit(ev.ITEM_ADDED, {"output_index": call.output_index, "item": item})
         self.mid = ev.arguments_delta_mid(orjson.dumps(call.item_id), call.output_index)
         if call.pieces:
@@ -171,13 +261,52 @@ class EventEncoder:
     def arguments(self, call: ToolCall, token: bytes) -> None:
         """More arguments for the open call."""
         call.pieces.append(token)
+        if call.custom is not None:
+            self._custom_delta(call.custom.feed(_decoded(token)))
+            return
         self.frame(ev.ARGS_DELTA, self.mid, token, ev.OBJECT_END)
 
     def close_call(self, call: ToolCall, status: str) -> None:
+        if call.custom is not None:
+            self._close_custom(call, call.custom)
+            return
         arguments = orjson.Fragment(join_tokens(call.pieces))
         fields = {"item_id": call.item_id, "output_index": call.output_index}
-        self.emit(ev.ARGS_DONE, {**fields, "name": call.name, "arguments": arguments})
-        item = output.function_call_item(call.item_id, call.call_id, call.name, arguments, status)
+        ref = call.ref
+        name, namespace = (call.name, None) if ref is None else (ref.name, ref.namespace)
+        self.emit(ev.ARGS_DONE, {**fields, "name": name, "arguments": arguments})
+        item = output.function_call_item(
+            call.item_id, call.call_id, name, arguments, status, namespace
+        )
+        self.emit(ev.ITEM_DONE, {"output_index": call.output_index, "item": item})
+        self.output.append(item)
+
+    def _open_custom(self, call: ToolCall) -> None:
+        ref = call.ref
+        assert ref is not None
+        call.item_id = self.ids.new(CUSTOM_TOOL_CALL)
+        call.output_index = self._take_index()
+        call.custom = CustomInput()
+        item = output.custom_tool_call_item(call.item_id, call.call_id, ref.name, "", ref.namespace)
+        self.emit(ev.ITEM_ADDED, {"output_index": call.output_index, "item": item})
+        self.mid = ev.arguments_delta_mid(orjson.dumps(call.item_id), call.output_index)
+        if call.pieces:
+            self._custom_delta(call.custom.feed(_decoded(join_tokens(call.pieces))))
+
+    def _custom_delta(self, text: str) -> None:
+        if text:
+            self.frame(ev.CUSTOM_DELTA, self.mid, orjson.dumps(text), ev.OBJECT_END)
+
+    def _close_custom(self, call: ToolCall, custom: CustomInput) -> None:
+        self._custom_delta(custom.finish())
+        ref = call.ref
+        assert ref is not None
+        text = custom.input
+        fields = {"item_id": call.item_id, "output_index": call.output_index}
+        self.emit(ev.CUSTOM_DONE, {**fields, "input": text})
+        item = output.custom_tool_call_item(
+            call.item_id, call.call_id, ref.name, text, ref.namespace
+        )
         self.emit(ev.ITEM_DONE, {"output_index": call.output_index, "item": item})
         self.output.append(item)
 
@@ -198,6 +327,12 @@ class EventEncoder:
         """A function call whose arguments are all known (``call.pieces``)."""
         self.open_call(call)
         self.close_call(call, status)
+
+    def whole_reasoning(self, token: bytes, status: str) -> None:
+        """A reasoning item whose text (one JSON string token) is all known."""
+        self.open_reasoning()
+        self.text(token)
+        self.close_reasoning(status)
 
     # ---- the end -------------------------------------------------------------------------
 
@@ -231,11 +366,22 @@ class OutputCollector(EventEncoder):
 
     __slots__ = ()
 
-    def __init__(self, base: dict, now: Callable[[], float], ids: Ids) -> None:
+    def __init__(
+        self,
+        base: dict,
+        now: Callable[[], float],
+        ids: Ids,
+        seal: Seal | None = None,
+        summary: bool = False,
+        names: ToolNames = NO_NAMES,
+    ) -> None:
         # Only what whole items and the end use: this runs once per JSON answer.
         self.base = base
         self.now = now
         self.ids = ids
+        self.names = names
+        self.seal = seal
+        self.summary = summary
         self.output = []
         self.final = None
 
@@ -254,8 +400,20 @@ class OutputCollector(EventEncoder):
     def whole_call(self, call: ToolCall, status: str) -> None:
         if not call.call_id:
             call.call_id = self.ids.call()
+        ref = self.names.ref(call.name) if self.names.by_upstream else None
+        if ref is not None and ref.kind == "custom":
+            text = whole_input(_decoded(join_tokens(call.pieces))) if call.pieces else ""
+            item_id = self.ids.new(CUSTOM_TOOL_CALL)
+            self.output.append(
+                output.custom_tool_call_item(item_id, call.call_id, ref.name, text, ref.namespace)
+            )
+            return
         arguments = orjson.Fragment(join_tokens(call.pieces))
         item_id = self.ids.new(FUNCTION_CALL)
+        name, namespace = (call.name, None) if ref is None else (ref.name, ref.namespace)
         self.output.append(
-            output.function_call_item(item_id, call.call_id, call.name, arguments, status)
+            output.function_call_item(item_id, call.call_id, name, arguments, status, namespace)
         )
+
+    def whole_reasoning(self, token: bytes, status: str) -> None:
+        self.output.append(self._reasoning_item(self.ids.new(REASONING), token, status))

@@ -22,13 +22,17 @@ from collections import deque
 
 import orjson
 
+from gateway.core.stream.custom_input import CustomInput
+from gateway.core.translate.tools import ToolRef
 from gateway.core.wire.chunks import ToolCallDelta, join_tokens
 
 
 class ToolCall:
     """One upstream tool call: queued (``item_id`` empty), open, or closed."""
 
-    __slots__ = ("key", "call_id", "name", "item_id", "output_index", "pieces", "checked")
+    __slots__ = (
+        "key", "call_id", "name", "item_id", "output_index", "pieces", "checked", "ref", "custom",
+    )  # fmt: skip
 
     def __init__(self, key: int) -> None:
         self.key = key
@@ -38,6 +42,10 @@ class ToolCall:
         self.output_index = -1
         self.pieces: list[bytes] = []  # raw JSON string tokens of the arguments
         self.checked = 0  # len(pieces) when the arguments were last tried as JSON
+        # When its item opens: what the upstream name stands for (None: a plain function),
+        # and for a custom tool's call, its input as it is read out of the arguments.
+        self.ref: ToolRef | None = None
+        self.custom: CustomInput | None = None
 
     def ready(self) -> bool:
         return bool(self.name) and (bool(self.call_id) or bool(self.pieces))

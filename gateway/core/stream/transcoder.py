@@ -21,15 +21,26 @@ States and transitions (``State``)::
     REFUSAL    --text-->             TEXT        (likewise)
     IDLE|TEXT|REFUSAL --tool call--> CALLS       (message item closed)
     CALLS      --text | refusal-->   TEXT | REFUSAL   (calls closed, a new message opened)
+    IDLE|TEXT|REFUSAL|CALLS --reasoning--> REASONING  (what was open closed; reasoning item
+                                                        opened)
+    REASONING  --text | refusal-->   TEXT | REFUSAL   (reasoning item closed, message opened)
+    REASONING  --tool call-->        CALLS       (reasoning item closed)
     any open   --finish_reason-->    FINISHING   (open items closed; waits for usage / [DONE])
     FINISHING  --[DONE] | EOF-->     DONE        (response.completed / response.incomplete)
     any        --error or malformed chunk | [DONE] or EOF before finish_reason | fail()-->
                DONE (response.failed)
 
-Only choice index 0 is read; ``reasoning_content`` / ``reasoning`` deltas are
-not even decoded. Function calls follow ``toolcalls`` (items strictly one after
-another; interleaved calls are buffered). Text travels as raw JSON string tokens
-(``msgspec.Raw``) from the upstream bytes into the output frames, never as str.
+Only choice index 0 is read. Reasoning deltas (``reasoning_content``, or newer
+vLLM's ``reasoning``) become a reasoning item before what they precede: reasoning
+between two tool calls gives two reasoning items, in order. In one delta,
+reasoning comes before text and tool calls. Function calls follow ``toolcalls``
+(items strictly one after another; interleaved calls are buffered); a call of a
+custom tool or of a namespace's function (``names``, from ``translate.tools``)
+becomes its own item in the encoder. Text and
+reasoning travel as raw JSON string tokens (``msgspec.Raw``) from the upstream
+bytes into the output frames, never as str, on the same hot path: a plain chunk of
+the open part's kind (``chunks.PLAIN_DECODERS``) is matched by that kind's chunk
+template or decoded as its plain view.
 """
 
 from __future__ import annotations
@@ -40,10 +51,11 @@ from collections.abc import Callable
 
 from gateway.core.ids import IDS, Ids
 from gateway.core.stream.chunk_template import ChunkTemplate
-from gateway.core.stream.encoder import EventEncoder
+from gateway.core.stream.encoder import EventEncoder, Seal
 from gateway.core.stream.sse import SseParser, SseTooLarge
 from gateway.core.stream.toolcalls import ToolCalls
 from gateway.core.translate.response import answer, decode_completion
+from gateway.core.translate.tools import NO_NAMES, ToolNames
 from gateway.core.wire import chunks as ck
 from gateway.core.wire import output
 from gateway.errors import CONTEXT_LENGTH_EXCEEDED, UpstreamBadResponse, is_context_overflow
@@ -54,7 +66,7 @@ DONE_MARKER = b"[DONE]"
 COMPLETED = "completed"
 INCOMPLETE = "incomplete"
 UNFINISHED = "upstream ended the stream before finishing"
-LEARNS = 4  # template (re)learning attempts per stream: chunk_template.py
+LEARNS = 4  # template (re)learning attempts per stream and plain kind: chunk_template.py
 RUNS_PER_READ = 3  # ChunkTemplate.run tries per upstream read (each O(read)); none after a miss
 
 
@@ -64,18 +76,22 @@ class State(enum.Enum):
     TEXT = "text"
     REFUSAL = "refusal"
     CALLS = "calls"
+    REASONING = "reasoning"
     FINISHING = "finishing"
     DONE = "done"
 
 
 _NEW, _TEXT, _CALLS, _DONE = State.NEW, State.TEXT, State.CALLS, State.DONE  # for the hot loop
+_REASONING = State.REASONING
 _decode = ck.CHUNK_DECODER.decode
-_decode_plain = ck.PLAIN_DECODER.decode
+_PLAIN = ck.PLAIN_DECODERS
+_PLAIN_DECODE = tuple(decoder.decode for decoder in _PLAIN)
 
 
 class Transcoder:
     __slots__ = (
-        "_enc", "_parser", "_state", "_finish", "_usage", "_calls", "_template", "_learns",
+        "_enc", "_parser", "_state", "_finish", "_usage", "_calls", "_templates", "_learns",
+        "_kind",
     )  # fmt: skip
 
     def __init__(
@@ -84,15 +100,21 @@ class Transcoder:
         *,
         now: Callable[[], float] = time.time,
         ids: Ids = IDS,
+        seal: Seal | None = None,
+        summary: bool = False,
+        names: ToolNames = NO_NAMES,
     ) -> None:
-        self._enc = EventEncoder(base, now, ids)
+        self._enc = EventEncoder(base, now, ids, seal, summary, names)
         self._parser = SseParser()
         self._state = State.NEW
         self._finish: str | None = None  # the upstream's finish_reason
         self._usage: ck.Usage | None = None  # the upstream's latest usage
         self._calls = ToolCalls()
-        self._template: ChunkTemplate | None = None  # of this stream's text chunks
-        self._learns = LEARNS  # attempts left to learn (or learn again) a template
+        # Per plain kind (ck.TEXT, ck.REASONING_CONTENT, ck.REASONING): this stream's chunk
+        # template, and the attempts left to learn (or learn again) one.
+        self._templates: list[ChunkTemplate | None] = [None, None, None]
+        self._learns = [LEARNS, LEARNS, LEARNS]
+        self._kind = ck.TEXT  # the plain kind of the open reasoning item's deltas
 
     @property
     def done(self) -> bool:
@@ -108,26 +130,32 @@ class Transcoder:
         if self._state is _NEW:
             self._start()
         enc = self._enc
-        # The hot loop, measured by bench/micro_transcoder.py (text-* and tool-* rows):
-        # a chunk that only brings more text for the open text part (matched by the
-        # stream's chunk template, a whole run of them at once, or else decoded as a
-        # PlainChunk), or more arguments for the open function call, is taken right
-        # here; anything else (or odd) goes to _on_undecodable / _on_chunk.
+        # The hot loop, measured by bench/micro_transcoder.py (text-*, reasoning-* and
+        # tool-* rows): a chunk that only brings more text for the open text part or
+        # more reasoning for the open reasoning item (matched by the stream's chunk
+        # template of that kind, a whole run of them at once, or else decoded as that
+        # kind's plain view), or more arguments for the open function call, is taken
+        # right here; anything else (or odd) goes to _on_undecodable / _on_chunk.
         try:
             payloads = self._parser.feed(data)
         except SseTooLarge as exc:
             self._fail(str(exc))
             return enc.drain()
-        texts: list[bytes] = []  # a run of text deltas, framed together (enc.texts)
-        plain = self._state is _TEXT
-        template = self._template
+        texts: list[bytes] = []  # a run of text (or reasoning) deltas, framed together
+        state = self._state
+        if state is _REASONING:
+            plain, kind = True, self._kind
+        else:
+            plain, kind = state is _TEXT, ck.TEXT
+        template = self._templates[kind]
+        decode_plain = _PLAIN_DECODE[kind]
         runs = RUNS_PER_READ if self._parser.lf_free else 0
         count = len(payloads)
         i = 0
         while i < count:
             payload = payloads[i]
             i += 1
-            if plain:  # a text part is open: most chunks only bring more text
+            if plain:  # a text / reasoning part is open: most chunks only bring more of it
                 if template is not None:  # no decoding while the chunks fit the template
                     if runs and i < count:
                         runs -= 1
@@ -143,9 +171,9 @@ class Transcoder:
                             texts.append(token)
                         continue
                 try:
-                    view = _decode_plain(payload)
+                    view = decode_plain(payload)
                 except ValueError:
-                    pass  # not a plain text chunk (or not JSON): the general path decides
+                    pass  # not a plain chunk of this kind (or not JSON): the general path decides
                 else:
                     if view.usage is not None:
                         self._usage = view.usage
@@ -154,11 +182,13 @@ class Transcoder:
                         token = bytes(content)
                         if token[0] == 34:
                             texts.append(token if token.isascii() else ck.valid_utf8(token))
-                            if self._learns and view.usage is None:
-                                self._learns -= 1
-                                template = self._template = ChunkTemplate.learn(payload, token)
+                            learns = self._learns
+                            if learns[kind] and view.usage is None:
+                                learns[kind] -= 1
+                                template = ChunkTemplate.learn(payload, token, _PLAIN[kind])
+                                self._templates[kind] = template
                     continue
-            if texts:  # not a plain text chunk: the text before it goes out first
+            if texts:  # not a plain chunk: the text before it goes out first
                 enc.texts(texts)
                 texts = []
             if payload == DONE_MARKER:  # (checked first: a failed decode raises, which costs)
@@ -170,43 +200,51 @@ class Transcoder:
                 self._on_undecodable(payload, exc)
                 if self._state is _DONE:
                     break
-                plain = self._state is _TEXT
-                continue
-            choices = chunk.choices
-            if self._state is _CALLS and choices and not chunk.error and chunk.message is None:
-                # More arguments for the open call, and nothing else?
-                choice = choices[0]
-                delta = choice.delta
-                if (
-                    delta is not None
-                    and (calls := delta.tool_calls)
-                    and len(calls) == 1
-                    and choice.finish_reason is None
-                    and choice.index == 0
-                    and not delta.refusal
-                    and not delta.content
-                ):
-                    call = calls[0]
-                    current = self._calls.open
-                    function = call.function
+            else:
+                choices = chunk.choices
+                if state is _CALLS and choices and not chunk.error and chunk.message is None:
+                    # More arguments for the open call, and nothing else?
+                    choice = choices[0]
+                    delta = choice.delta
                     if (
-                        current is not None
-                        and call.index == current.key
-                        and call.id is None
-                        and function is not None
-                        and function.name is None
-                        and not self._calls.queue
+                        delta is not None
+                        and (calls := delta.tool_calls)
+                        and len(calls) == 1
+                        and choice.finish_reason is None
+                        and choice.index == 0
+                        and not delta.refusal
+                        and not delta.content
+                        and not delta.reasoning_content
+                        and not delta.reasoning
                     ):
-                        if chunk.usage is not None:  # vLLM's continuous_usage_stats
-                            self._usage = chunk.usage
-                        piece = ck.string_token(function.arguments)
-                        if piece is not None:
-                            enc.arguments(current, piece)
-                        continue
-            self._on_chunk(chunk)
-            if self._state is _DONE:
-                break
-            plain = self._state is _TEXT
+                        call = calls[0]
+                        current = self._calls.open
+                        function = call.function
+                        if (
+                            current is not None
+                            and call.index == current.key
+                            and call.id is None
+                            and function is not None
+                            and function.name is None
+                            and not self._calls.queue
+                        ):
+                            if chunk.usage is not None:  # vLLM's continuous_usage_stats
+                                self._usage = chunk.usage
+                            piece = ck.string_token(function.arguments)
+                            if piece is not None:
+                                enc.arguments(current, piece)
+                            continue
+                self._on_chunk(chunk)
+                if self._state is _DONE:
+                    break
+            if self._state is not state:
+                state = self._state
+                if state is _REASONING:
+                    plain, kind = True, self._kind
+                else:
+                    plain, kind = state is _TEXT, ck.TEXT
+                template = self._templates[kind]
+                decode_plain = _PLAIN_DECODE[kind]
         if texts:
             enc.texts(texts)
         return enc.drain()
@@ -285,6 +323,10 @@ class Transcoder:
             self._on_finish(choice.finish_reason)
 
     def _on_delta(self, delta: ck.Delta) -> None:
+        if delta.reasoning_content or delta.reasoning:  # (a Raw is falsy when absent)
+            kind, reasoning = delta.reasoning_token()
+            if reasoning is not None:
+                self._on_reasoning(reasoning, kind)
         content = delta.content
         if len(content) > 2:
             token = bytes(content)
@@ -303,6 +345,15 @@ class Transcoder:
         if self._state is not kind:
             self._open_part(kind)
         self._enc.text(token if token.isascii() else ck.valid_utf8(token))
+
+    def _on_reasoning(self, token: bytes, kind: int) -> None:
+        """A non-empty reasoning delta (a JSON string token), in the field ``kind`` names."""
+        if self._state is not State.REASONING:
+            self._close_open(COMPLETED)
+            self._enc.open_reasoning()
+            self._state = State.REASONING
+        self._kind = kind
+        self._enc.text(token)
 
     def _on_tool_call(self, delta: ck.ToolCallDelta) -> None:
         calls = self._calls
@@ -339,6 +390,8 @@ class Transcoder:
     def _open_part(self, kind: State) -> None:
         if self._state is State.CALLS:
             self._close_calls(COMPLETED)
+        elif self._state is State.REASONING:
+            self._close_reasoning(COMPLETED)
         if self._state is State.IDLE:
             self._enc.open_message()
         else:
@@ -347,9 +400,15 @@ class Transcoder:
         self._state = kind
 
     def _enter_calls(self) -> None:
-        if self._state is not State.IDLE:
+        if self._state is State.REASONING:
+            self._close_reasoning(COMPLETED)
+        elif self._state is not State.IDLE:
             self._enc.close_message(COMPLETED)
         self._state = State.CALLS
+
+    def _close_reasoning(self, status: str) -> None:
+        self._enc.close_reasoning(status)
+        self._state = State.IDLE
 
     def _advance(self) -> None:
         """Open queued calls in order while the open one (if any) can give way."""
@@ -379,6 +438,8 @@ class Transcoder:
             self._state = State.IDLE
         elif self._state is State.CALLS:
             self._close_calls(status)
+        elif self._state is State.REASONING:
+            self._close_reasoning(status)
 
     # ---- terminal events -------------------------------------------------------------
 

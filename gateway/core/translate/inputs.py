@@ -1,24 +1,47 @@
 """Pure translation of a Responses ``input`` (and ``instructions``) into chat messages.
 
-Items fold the way chat templates expect: ``function_call`` items join the
-assistant message before them (parallel calls: one message with several
-``tool_calls``), ``function_call_output`` becomes a ``tool`` message, replayed
-``reasoning`` items are dropped, and anything that needs server state or a
-hosted tool is refused with the parameter's path.
+Items fold the way chat templates expect: ``function_call`` and
+``custom_tool_call`` items join the assistant message before them (parallel
+calls: one message with several ``tool_calls``), under the upstream name their
+tool has in this request (``translate.tools``: a namespace's function, a custom
+tool, whose ``input`` becomes the arguments ``{"input": ...}``);
+``function_call_output`` and ``custom_tool_call_output`` become ``tool``
+messages (an output given as parts: its text, and its images as image parts
+where the deployment takes images); replayed ``reasoning`` items go on the
+assistant message they precede (``translate.reasoning``); anything that needs
+server state or a hosted tool is refused with the parameter's path.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from gateway.core.capabilities import Capabilities
+from gateway.core.sealing import Sealer
+from gateway.core.translate.reasoning import Replay
+from gateway.core.translate.tools import NO_NAMES, ToolNames
 from gateway.core.wire.responses import ContentPart, InputItem, ResponsesRequest
 from gateway.errors import InvalidRequest, Unsupported, missing
 
 _ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
+_OUTPUTS = ("function_call_output", "custom_tool_call_output")
+ITEM_REFERENCE = (
+    "Input items of type 'item_reference' point at items of stored responses, which this "
+    "stateless gateway does not keep. Send the items themselves instead: the previous "
+    "response's output items (with the Vercel AI SDK, set store: false, which makes it "
+    "resend them)."
+)
+IMAGE_OMITTED = "[image omitted: this model does not accept image input]"
 
 
-def to_messages(req: ResponsesRequest, caps: Capabilities) -> list[dict]:
+def to_messages(
+    req: ResponsesRequest,
+    caps: Capabilities,
+    names: ToolNames = NO_NAMES,
+    sealer: Sealer | None = None,
+) -> list[dict]:
     messages: list[dict] = []
     if req.instructions:
         messages.append({"role": "system", "content": req.instructions})
@@ -26,31 +49,43 @@ def to_messages(req: ResponsesRequest, caps: Capabilities) -> list[dict]:
     if isinstance(items, str):
         messages.append({"role": "user", "content": items})
     elif items:
+        replay = Replay(caps, sealer)
         for i, item in enumerate(items):
-            _add_item(messages, item, i, caps)
+            if item.type == "reasoning":
+                replay.take(item, i)
+                continue
+            _add_item(messages, item, i, caps, names)
+            replay.settle(messages)
     if not messages:
         raise missing("input", alternative="instructions")
     return messages
 
 
-def _add_item(messages: list[dict], item: InputItem, i: int, caps: Capabilities) -> None:
+def _add_item(
+    messages: list[dict], item: InputItem, i: int, caps: Capabilities, names: ToolNames
+) -> None:
     kind = item.type
     if kind == "message":
         messages.append(_message(item, i, caps))
     elif kind == "function_call":
-        _add_function_call(messages, item, i)
-    elif kind == "function_call_output":
+        if not item.name:
+            raise missing(f"input[{i}].name")
+        name = names.upstream(item.name, item.namespace)
+        _add_call(messages, item, i, name, item.arguments or "{}")
+    elif kind == "custom_tool_call":
+        if not item.name:
+            raise missing(f"input[{i}].name")
+        if item.input is None:
+            raise missing(f"input[{i}].input")
+        name = names.upstream(item.name, item.namespace)
+        _add_call(messages, item, i, name, orjson.dumps({"input": item.input}).decode())
+    elif kind in _OUTPUTS:
         if not item.call_id:
             raise missing(f"input[{i}].call_id")
-        content = _tool_output(item.output, i)
+        content = _tool_output(item.output, i, caps)
         messages.append({"role": "tool", "tool_call_id": item.call_id, "content": content})
-    elif kind == "reasoning":
-        return  # replayed reasoning cannot be used by a chat upstream; clients send it anyway
     elif kind == "item_reference":
-        raise Unsupported(
-            "Item references need stored responses, which this gateway does not offer.",
-            param=f"input[{i}]",
-        )
+        raise Unsupported(ITEM_REFERENCE, param=f"input[{i}]")
     else:
         raise Unsupported(
             f"Input items of type '{kind}' are not supported by this gateway.",
@@ -85,14 +120,13 @@ def _user_parts(parts: list[ContentPart], i: int, caps: Capabilities) -> str | l
     out: list[dict] = []
     for j, part in enumerate(parts):
         if part.type == "input_image":
-            out.append(_image(part, i, j, caps))
+            out.append(_image(part, f"input[{i}].content[{j}]", caps))
         else:
             out.append({"type": "text", "text": _part_text(part, i, j)})
     return out
 
 
-def _image(part: ContentPart, i: int, j: int, caps: Capabilities) -> dict:
-    where = f"input[{i}].content[{j}]"
+def _image(part: ContentPart, where: str, caps: Capabilities) -> dict:
     if part.file_id is not None:
         raise Unsupported(
             "Images given by file_id need the Files API, which this gateway does not offer; "
@@ -129,31 +163,57 @@ def _joined_text(parts: list[ContentPart], i: int) -> str:
     return "".join(_part_text(part, i, j) for j, part in enumerate(parts))
 
 
-def _tool_output(out: str | list[ContentPart] | None, i: int) -> str:
+def _tool_output(
+    out: str | list[ContentPart] | None, i: int, caps: Capabilities
+) -> str | list[dict]:
+    """A tool message's content: the text, or text and image parts (Codex's
+    ``view_image`` answers with an ``input_image``). Where the deployment takes no
+    images, an image becomes a note saying so, not a 400: the call's history stays
+    usable on the next turns."""
     if out is None:
         raise missing(f"input[{i}].output")
     if isinstance(out, str):
         return out
-    texts = []
+    texts: list[str] = []
+    parts: list[dict] = []
     for j, part in enumerate(out):
-        if part.type == "input_image":
-            raise Unsupported(
-                "Images in function call outputs are not supported by this gateway.",
-                param=f"input[{i}].output[{j}]",
-            )
-        texts.append(_part_text(part, i, j))
-    return "".join(texts)
+        if part.type != "input_image":
+            texts.append(_output_text(part, i, j))
+            continue
+        where = f"input[{i}].output[{j}]"
+        if not caps.images:
+            texts.append(IMAGE_OMITTED)
+            continue
+        if texts:
+            parts.append({"type": "text", "text": "".join(texts)})
+            texts = []
+        parts.append(_image(part, where, caps))
+    if not parts:
+        return "".join(texts)
+    if texts:
+        parts.append({"type": "text", "text": "".join(texts)})
+    return parts
 
 
-def _add_function_call(messages: list[dict], item: InputItem, i: int) -> None:
+def _output_text(part: ContentPart, i: int, j: int) -> str:
+    if part.type not in ("input_text", "output_text", "text"):
+        raise Unsupported(
+            f"Parts of type '{part.type}' in a tool call's output are not supported by this "
+            "gateway; text and input_image parts are.",
+            param=f"input[{i}].output[{j}].type",
+        )
+    if part.text is None:
+        raise missing(f"input[{i}].output[{j}].text")
+    return part.text
+
+
+def _add_call(messages: list[dict], item: InputItem, i: int, name: str, arguments: str) -> None:
     if not item.call_id:
         raise missing(f"input[{i}].call_id")
-    if not item.name:
-        raise missing(f"input[{i}].name")
     call = {
         "id": item.call_id,
         "type": "function",
-        "function": {"name": item.name, "arguments": item.arguments or "{}"},
+        "function": {"name": name, "arguments": arguments},
     }
     last = messages[-1] if messages else None
     if last is not None and last["role"] == "assistant":

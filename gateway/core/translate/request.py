@@ -15,23 +15,23 @@ import msgspec
 import orjson
 
 from gateway.core.capabilities import Capabilities
+from gateway.core.sealing import Sealer
+from gateway.core.translate import reasoning
 from gateway.core.translate.inputs import to_messages
+from gateway.core.translate.tools import NO_NAMES, ToolSet, to_tool_set
 from gateway.core.wire.responses import (
     NOT_OFFERED,
     TEXT_DECODER,
     TOOL_CHOICE_DECODER,
     ResponsesRequest,
     TextConfig,
-    Tool,
     ToolChoice,
     is_absent,
 )
 from gateway.errors import InvalidRequest, Unsupported, missing
 
 _CHOICE_STRINGS = ("none", "auto", "required")
-_EMPTY_PARAMETERS = {"type": "object", "properties": {}}
 _TEXT_DEFAULT = {"format": {"type": "text"}}
-_REASONING_ECHO = {"effort": None, "summary": None}
 _PASS_EXTRAS = (
     "seed",
     "stop",
@@ -44,6 +44,9 @@ _PASS_EXTRAS = (
 )
 
 
+NO_TOOLS = ToolSet([], [], NO_NAMES, [])
+
+
 def _fragment(raw: msgspec.Raw) -> orjson.Fragment:
     return orjson.Fragment(bytes(raw))
 
@@ -51,7 +54,7 @@ def _fragment(raw: msgspec.Raw) -> orjson.Fragment:
 def _is_empty(value: Any) -> bool:
     if value is None or value is False or value == [] or value == {}:
         return True
-    # reasoning: {"effort": null, "summary": null} asks for nothing either.
+    # {"id": null, ...} asks for nothing either.
     return isinstance(value, dict) and all(v is None for v in value.values())
 
 
@@ -65,45 +68,7 @@ def check_not_offered(req: ResponsesRequest) -> None:
             )
 
 
-# ---- tools, tool_choice, text.format -------------------------------------------
-
-
-def to_chat_tools(tools: list[Tool]) -> tuple[list[dict], list[dict]]:
-    """(chat tools, echoed flat tools)."""
-    chat: list[dict] = []
-    echo: list[dict] = []
-    for i, tool in enumerate(tools):
-        if tool.type != "function":
-            raise Unsupported(
-                f"Tools of type '{tool.type}' are not supported by this gateway; "
-                "only function tools are (the client runs them).",
-                param=f"tools[{i}].type",
-            )
-        fn = tool.function
-        if fn is not None:  # chat form, accepted as given
-            name, desc, params, strict = fn.name, fn.description, fn.parameters, fn.strict
-        else:
-            if not tool.name:
-                raise missing(f"tools[{i}].name")
-            name, desc, params, strict = tool.name, tool.description, tool.parameters, tool.strict
-        has_params = not is_absent(params)
-        function: dict[str, Any] = {"name": name}
-        if desc is not None:
-            function["description"] = desc
-        function["parameters"] = _fragment(params) if has_params else _EMPTY_PARAMETERS
-        if strict is not msgspec.UNSET and strict is not None:
-            function["strict"] = strict
-        chat.append({"type": "function", "function": function})
-        echo.append(
-            {
-                "type": "function",
-                "name": name,
-                "description": desc,
-                "parameters": _fragment(params) if has_params else None,
-                "strict": True if strict is msgspec.UNSET or strict is None else strict,
-            }
-        )
-    return chat, echo
+# ---- tool_choice, text.format (the tools themselves: translate.tools) --------------
 
 
 def to_chat_tool_choice(raw: msgspec.Raw, chat_tools: list[dict]) -> tuple[Any, Any, list[dict]]:
@@ -130,12 +95,16 @@ def to_chat_tool_choice(raw: msgspec.Raw, chat_tools: list[dict]) -> tuple[Any, 
         if not name:
             raise missing("tool_choice.name")
         return {"type": "function", "function": {"name": name}}, echo, chat_tools
+    if choice.type == "custom":
+        if not choice.name:
+            raise missing("tool_choice.name")
+        return {"type": "function", "function": {"name": choice.name}}, echo, chat_tools
     if choice.type == "allowed_tools":
         mode, kept = _allowed_tools(choice, chat_tools)
         return mode, echo, kept
     raise Unsupported(
         f"tool_choice of type '{choice.type}' is not supported by this gateway; "
-        "only 'none', 'auto', 'required', function and allowed_tools choices are.",
+        "only 'none', 'auto', 'required', function, custom and allowed_tools choices are.",
         param="tool_choice",
     )
 
@@ -150,9 +119,9 @@ def _allowed_tools(choice: ToolChoice, chat_tools: list[dict]) -> tuple[str, lis
         )
     names = set()
     for k, t in enumerate(choice.tools or ()):
-        if t.type != "function" or not t.name:
+        if t.type not in ("function", "custom") or not t.name:
             raise Unsupported(
-                "Only function tools may be listed in allowed_tools.",
+                "Only function and custom tools may be listed in allowed_tools.",
                 param=f"tool_choice.tools[{k}]",
             )
         names.add(t.name)
@@ -207,19 +176,30 @@ def to_response_format(raw: msgspec.Raw, caps: Capabilities) -> tuple[dict | Non
 
 
 def to_chat_request(
-    req: ResponsesRequest, caps: Capabilities, upstream_model: str, *, stream: bool
-) -> tuple[dict, dict]:
-    """(chat body, echo fields for the response object)."""
+    req: ResponsesRequest,
+    caps: Capabilities,
+    upstream_model: str,
+    *,
+    stream: bool,
+    sealer: Sealer | None = None,
+) -> tuple[dict, dict, ToolSet]:
+    """(chat body, echo fields for the response object, the request's tools: their
+    names for the answer's calls, and the hosted tools dropped); ``sealer`` opens
+    replayed reasoning (``encrypted_content``)."""
     check_not_offered(req)
-    messages = to_messages(req, caps)
-    body: dict[str, Any] = {"model": upstream_model, "messages": messages}
-    tools_echo: list[dict] = []
-    tool_choice_echo: Any = "auto"
+    reasoning.wants_encrypted(req.include)
+    effort = reasoning.effort_fields(req.reasoning, caps)
+    tools = NO_TOOLS
     if req.tools:
         if not caps.tools:
             raise Unsupported("This model does not support tools.", param="tools")
-        chat_tools, tools_echo = to_chat_tools(req.tools)
-        choice, tool_choice_echo, chat_tools = to_chat_tool_choice(req.tool_choice, chat_tools)
+        tools = to_tool_set(req.tools, caps)
+    messages = to_messages(req, caps, tools.names, sealer)
+    body: dict[str, Any] = {"model": upstream_model, "messages": messages}
+    body.update(effort)
+    tool_choice_echo: Any = "auto"
+    if tools.chat:
+        choice, tool_choice_echo, chat_tools = to_chat_tool_choice(req.tool_choice, tools.chat)
         body["tools"] = chat_tools
         if choice is not None:
             body["tool_choice"] = choice
@@ -244,7 +224,7 @@ def to_chat_request(
         body["stream"] = True
         if caps.stream_usage:
             body["stream_options"] = {"include_usage": True}
-    return body, _echo(req, tools_echo, tool_choice_echo, text_echo)
+    return body, _echo(req, tools.echo, tool_choice_echo, text_echo), tools
 
 
 def _echo(req: ResponsesRequest, tools: list[dict], tool_choice: Any, text: Any) -> dict:
@@ -255,7 +235,7 @@ def _echo(req: ResponsesRequest, tools: list[dict], tool_choice: Any, text: Any)
         "parallel_tool_calls": True if req.parallel_tool_calls is None else req.parallel_tool_calls,
         "previous_response_id": None,
         "prompt_cache_key": req.prompt_cache_key,
-        "reasoning": _REASONING_ECHO,
+        "reasoning": reasoning.echo(req.reasoning),
         "safety_identifier": req.safety_identifier,
         "service_tier": req.service_tier or "default",
         "store": False,

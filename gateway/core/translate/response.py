@@ -1,11 +1,12 @@
 """A whole chat completion (a non-streamed upstream answer) → Responses output.
 
 ``answer`` is the one reading of a completion: it tells an encoder the answer's
-message, its function calls and its end. With an ``OutputCollector`` that
-builds the JSON answer (``to_response``); with the stream's ``EventEncoder`` it
-replays the answer as events (``Transcoder.complete``, for a stream served by
-an upstream that does not stream). Either way the items come from the same
-builders (``wire.output``), in the same order, with the same statuses.
+reasoning (``reasoning_content`` or ``reasoning``), message, function calls and
+end. With an ``OutputCollector`` that builds the JSON answer (``to_response``);
+with the stream's ``EventEncoder`` it replays the answer as events
+(``Transcoder.complete``, for a stream served by an upstream that does not
+stream). Either way the items come from the same builders (``wire.output``), in
+the same order, with the same statuses.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import time
 from collections.abc import Callable
 
 from gateway.core.ids import IDS, Ids
-from gateway.core.stream.encoder import EventEncoder, OutputCollector
+from gateway.core.stream.encoder import EventEncoder, OutputCollector, Seal
 from gateway.core.stream.toolcalls import ToolCall
+from gateway.core.translate.tools import NO_NAMES, ToolNames
 from gateway.core.wire import chunks as ck
 from gateway.core.wire import output
 from gateway.errors import UpstreamBadResponse
@@ -42,6 +44,9 @@ def answer(completion: ck.Completion, enc: EventEncoder) -> None:
         raise UpstreamBadResponse("upstream returned a choice without a message")
     status, _ = output.finish_status(choice.finish_reason)
     item_status = "completed" if status == "completed" else "incomplete"
+    _, reasoning = message.reasoning_token()
+    if reasoning is not None:
+        enc.whole_reasoning(reasoning, item_status)
     parts: list[tuple[bool, bytes]] = []
     text = ck.string_token(message.content)
     if text is not None:
@@ -65,15 +70,23 @@ def answer(completion: ck.Completion, enc: EventEncoder) -> None:
 
 
 def to_response(
-    completion: bytes, base: dict, *, now: Callable[[], float] = time.time, ids: Ids = IDS
+    completion: bytes,
+    base: dict,
+    *,
+    now: Callable[[], float] = time.time,
+    ids: Ids = IDS,
+    names: ToolNames = NO_NAMES,
+    seal: Seal | None = None,
+    summary: bool = False,
 ) -> dict:
     """The response for the upstream's ``chat.completion`` body; ``base`` is the
-    in-progress response object (``wire.output.response_base``).
+    in-progress response object (``wire.output.response_base``); ``seal`` and
+    ``summary`` as for ``EventEncoder``.
 
     Raises ``UpstreamBadResponse`` (a 502) when the body is not a chat
     completion, holds an in-band error or has no answer.
     """
-    enc = OutputCollector(base, now, ids)
+    enc = OutputCollector(base, now, ids, seal, summary, names)
     answer(decode_completion(completion), enc)
     assert enc.final is not None  # answer() ends with the terminal response
     return enc.final

@@ -1,9 +1,9 @@
 """Minimal "view" Structs for what upstream chat-completions servers send back.
 
 Only the fields the transcoder reads are declared; everything else in a chunk
-(``id``, ``model``, ``logprobs``, ``reasoning_content``, ...) is skipped by the
-decoder. Text fields that are copied into the output (``content``, ``refusal``,
-``arguments``) are ``msgspec.Raw``: the exact JSON bytes of the upstream value,
+(``id``, ``model``, ``logprobs``, ...) is skipped by the decoder. Text fields that
+are copied into the output (``content``, ``refusal``, ``reasoning_content`` /
+``reasoning``, ``arguments``) are ``msgspec.Raw``: the exact JSON bytes of the upstream value,
 escapes included, so they can be spliced into outgoing events without a
 decode/encode round trip. An absent field is an empty Raw (length 0) and an
 explicit ``null`` is the bytes ``null``; both mean "no text". A Raw default is
@@ -12,6 +12,7 @@ used rather than ``Raw | None``, which msgspec does not support.
 Shapes (``stream: true``):
 
     {"choices": [{"index": 0, "delta": {"role"?, "content"?, "refusal"?,
+                  "reasoning_content"? | "reasoning"?,    (newer vLLM: "reasoning")
                   "tool_calls"?: [{"index", "id"?, "function": {"name"?, "arguments"?}}]},
                   "finish_reason": null | "stop" | ...}],
      "usage"?: {...}}
@@ -60,7 +61,20 @@ class ToolCallDelta(Struct, gc=False):
 class Delta(Struct, gc=False):
     content: Raw = EMPTY_RAW
     refusal: Raw = EMPTY_RAW
+    reasoning_content: Raw = EMPTY_RAW
+    reasoning: Raw = EMPTY_RAW  # the name newer vLLM uses
     tool_calls: list[ToolCallDelta] | None = None
+
+    def reasoning_token(self) -> tuple[int, bytes | None]:
+        """(the plain kind of the field it came in, its text token) of the reasoning delta;
+        ``(0, None)`` when there is none. ``reasoning_content`` wins when a server sends both."""
+        token = string_token(self.reasoning_content)
+        if token is not None:
+            return REASONING_CONTENT, token
+        token = string_token(self.reasoning)
+        if token is not None:
+            return REASONING, token
+        return TEXT, None
 
 
 class Choice(Struct, gc=False):
@@ -91,10 +105,15 @@ class Completion(Answer, gc=False):
     choices: list[CompletionChoice] | None = None
 
 
+NoText = Literal[""] | None  # a text field of a plain chunk that is not its kind's
+
+
 class PlainDelta(Struct, gc=False):
     content: Raw
     refusal: None = None
     tool_calls: None = None
+    reasoning_content: NoText = None
+    reasoning: NoText = None
 
 
 class PlainChoice(Struct, gc=False):
@@ -117,9 +136,65 @@ class PlainChunk(Struct, gc=False):
     message: None = None
 
 
+class PlainReasoningContentDelta(Struct, gc=False):
+    """A delta that only brings reasoning, as ``reasoning_content``; read as ``content``
+    so that the transcoder's hot loop and ``ChunkTemplate`` treat it like text."""
+
+    content: Raw = msgspec.field(name="reasoning_content")
+    text: NoText = msgspec.field(default=None, name="content")
+    refusal: None = None
+    tool_calls: None = None
+    reasoning: NoText = None
+
+
+class PlainReasoningDelta(Struct, gc=False):
+    """The same, as ``reasoning`` (newer vLLM)."""
+
+    content: Raw = msgspec.field(name="reasoning")
+    text: NoText = msgspec.field(default=None, name="content")
+    refusal: None = None
+    tool_calls: None = None
+    reasoning_content: NoText = None
+
+
+class PlainReasoningContentChoice(Struct, gc=False):
+    delta: PlainReasoningContentDelta
+    index: Literal[0] = 0
+    finish_reason: None = None
+
+
+class PlainReasoningChoice(Struct, gc=False):
+    delta: PlainReasoningDelta
+    index: Literal[0] = 0
+    finish_reason: None = None
+
+
+class PlainReasoningContentChunk(Struct, gc=False):
+    choices: tuple[PlainReasoningContentChoice]
+    usage: Usage | None = None
+    error: None = None
+    message: None = None
+
+
+class PlainReasoningChunk(Struct, gc=False):
+    choices: tuple[PlainReasoningChoice]
+    usage: Usage | None = None
+    error: None = None
+    message: None = None
+
+
 CHUNK_DECODER = msgspec.json.Decoder(Chunk)
 PLAIN_DECODER = msgspec.json.Decoder(PlainChunk)
 COMPLETION_DECODER = msgspec.json.Decoder(Completion)
+
+# The plain kinds of chunk: one text-like field and nothing else. Their decoders all give
+# ``view.choices[0].delta.content`` (the text) and ``view.usage``.
+TEXT, REASONING_CONTENT, REASONING = 0, 1, 2
+PLAIN_DECODERS = (
+    PLAIN_DECODER,
+    msgspec.json.Decoder(PlainReasoningContentChunk),
+    msgspec.json.Decoder(PlainReasoningChunk),
+)
 
 
 # ---- reading the views -----------------------------------------------------------------

@@ -25,8 +25,16 @@ TEXT_DELTA = prefix("response.output_text.delta")
 TEXT_DONE = prefix("response.output_text.done")
 REFUSAL_DELTA = prefix("response.refusal.delta")
 REFUSAL_DONE = prefix("response.refusal.done")
+REASONING_DELTA = prefix("response.reasoning_text.delta")
+REASONING_DONE = prefix("response.reasoning_text.done")
+SUMMARY_PART_ADDED = prefix("response.reasoning_summary_part.added")
+SUMMARY_PART_DONE = prefix("response.reasoning_summary_part.done")
+SUMMARY_DELTA = prefix("response.reasoning_summary_text.delta")
+SUMMARY_DONE = prefix("response.reasoning_summary_text.done")
 ARGS_DELTA = prefix("response.function_call_arguments.delta")
 ARGS_DONE = prefix("response.function_call_arguments.done")
+CUSTOM_DELTA = prefix("response.custom_tool_call_input.delta")
+CUSTOM_DONE = prefix("response.custom_tool_call_input.done")
 TERMINAL = {
     "completed": prefix("response.completed"),
     "incomplete": prefix("response.incomplete"),
@@ -45,7 +53,8 @@ TEXT_DELTA_END = b',"logprobs":[]}\n\n'  # output_text.delta's last field
 
 
 def text_delta_mid(item_id: bytes, output_index: int, content_index: int) -> bytes:
-    """The fixed middle of an output_text / refusal delta: between seq and the delta value.
+    """The fixed middle of an output_text / refusal / reasoning_text delta: between seq
+    and the delta value.
 
     ``item_id`` is the id already encoded as a JSON string.
     """
@@ -57,5 +66,15 @@ def text_delta_mid(item_id: bytes, output_index: int, content_index: int) -> byt
 
 
 def arguments_delta_mid(item_id: bytes, output_index: int) -> bytes:
-    """The fixed middle of a function_call_arguments.delta (no content_index)."""
+    """The fixed middle of a function_call_arguments.delta, or of a
+    custom_tool_call_input.delta (no content_index)."""
     return b',"item_id":%b,"output_index":%d,"delta":' % (item_id, output_index)
+
+
+def summary_delta_mid(item_id: bytes, output_index: int, summary_index: int) -> bytes:
+    """The fixed middle of a reasoning_summary_text.delta."""
+    return b',"item_id":%b,"output_index":%d,"summary_index":%d,"delta":' % (
+        item_id,
+        output_index,
+        summary_index,
+    )

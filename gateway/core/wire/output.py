@@ -89,8 +89,10 @@ def message_item(item_id: str, status: str, content: list) -> dict:
     }
 
 
-def function_call_item(item_id: str, call_id: str, name: Any, arguments: Any, status: str) -> dict:
-    return {
+def function_call_item(
+    item_id: str, call_id: str, name: Any, arguments: Any, status: str, namespace: str | None = None
+) -> dict:
+    item = {
         "type": "function_call",
         "id": item_id,
         "call_id": call_id,
@@ -98,6 +100,44 @@ def function_call_item(item_id: str, call_id: str, name: Any, arguments: Any, st
         "arguments": arguments,
         "status": status,
     }
+    if namespace is not None:
+        item["namespace"] = namespace
+    return item
+
+
+def custom_tool_call_item(
+    item_id: str, call_id: str, name: str, text: str, namespace: str | None
+) -> dict:
+    """A ``custom_tool_call`` (it has no ``status`` in the Responses types)."""
+    item = {"type": "custom_tool_call", "id": item_id, "call_id": call_id, "name": name}
+    item["input"] = text
+    if namespace is not None:
+        item["namespace"] = namespace
+    return item
+
+
+def reasoning_text_part(text: Any) -> dict:
+    return {"type": "reasoning_text", "text": text}
+
+
+def summary_text_part(text: Any) -> dict:
+    return {"type": "summary_text", "text": text}
+
+
+def reasoning_item(
+    item_id: str, status: str, content: list, summary: list, encrypted: str | None = None
+) -> dict:
+    """A reasoning item; ``encrypted_content`` only when the client asked for it."""
+    item = {
+        "type": "reasoning",
+        "id": item_id,
+        "status": status,
+        "summary": summary,
+        "content": content,
+    }
+    if encrypted is not None:
+        item["encrypted_content"] = encrypted
+    return item
 
 
 def usage_from_chat(usage: Usage | None) -> dict | None:

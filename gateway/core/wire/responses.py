@@ -49,8 +49,15 @@ class InputItem(msgspec.Struct):
     call_id: str | None = None
     name: str | None = None
     arguments: str | None = None
-    # function_call_output
+    # function_call_output, custom_tool_call_output
     output: str | list[ContentPart] | None = None
+    # custom_tool_call
+    input: str | None = None
+    # function_call / custom_tool_call of a namespace's tool
+    namespace: str | None = None
+    # reasoning (its text in ``content``, as reasoning_text parts)
+    summary: list[ContentPart] | None = None
+    encrypted_content: str | None = None
 
 
 class ChatFunction(msgspec.Struct):
@@ -62,6 +69,14 @@ class ChatFunction(msgspec.Struct):
     strict: bool | None | UnsetType = UNSET
 
 
+class CustomFormat(msgspec.Struct):
+    """A custom tool's input format: ``text`` (free text) or a ``grammar``."""
+
+    type: str
+    syntax: str | None = None  # grammar: "lark" or "regex"
+    definition: str | None = None
+
+
 class Tool(msgspec.Struct):
     type: str
     name: str | None = None
@@ -69,6 +84,8 @@ class Tool(msgspec.Struct):
     parameters: Raw = EMPTY
     strict: bool | None | UnsetType = UNSET
     function: ChatFunction | None = None
+    format: CustomFormat | None = None  # custom
+    tools: list[Tool] | None = None  # namespace: its functions and custom tools
 
 
 class NamedTool(msgspec.Struct):
@@ -101,6 +118,15 @@ class TextConfig(msgspec.Struct):
     verbosity: str | None = None
 
 
+class ReasoningConfig(msgspec.Struct):
+    """``reasoning``: the effort goes upstream (``translate.reasoning``); the summary
+    choice is accepted (and echoed)."""
+
+    effort: str | None = None
+    summary: str | None = None
+    generate_summary: str | None = None  # the deprecated name of ``summary``
+
+
 Temperature = Annotated[float, Meta(ge=0, le=2)]
 TopP = Annotated[float, Meta(ge=0, le=1)]
 PositiveInt = Annotated[int, Meta(ge=1)]
@@ -128,6 +154,8 @@ class ResponsesRequest(msgspec.Struct):
     safety_identifier: str | None = None
     prompt_cache_key: str | None = None
     stream_options: dict[str, Any] | None = None
+    reasoning: ReasoningConfig | None = None
+    include: list[str] | None = None
     # Sampling extras that chat-completions servers understand: passed through.
     seed: int | None = None
     stop: str | list[str] | None = None
@@ -138,8 +166,6 @@ class ResponsesRequest(msgspec.Struct):
     repetition_penalty: float | None = None
     # Not offered by a stateless gateway: refused unless null/false/[]/{}.
     previous_response_id: Any = None
-    include: Any = None
-    reasoning: Any = None
     background: Any = None
     conversation: Any = None
     prompt: Any = None
@@ -151,8 +177,6 @@ class ResponsesRequest(msgspec.Struct):
 
 NOT_OFFERED = (
     "previous_response_id",
-    "include",
-    "reasoning",
     "background",
     "conversation",
     "prompt",
