@@ -213,14 +213,6 @@ class Deployment(_Base, frozen=True):
         """The base URLs of the deployment's replicas."""
         return (self.upstream,) if isinstance(self.upstream, str) else self.upstream
 
-    @property
-    def overload(self) -> Overload:
-        return Overload(
-            max_in_flight=self.max_in_flight,
-            max_queued=self.max_queued,
-            queue_timeout=self.queue_timeout,
-        )
-
 
 class Stream(_Base, frozen=True):
     # Seconds of upstream silence before an SSE comment (a ping) goes to the

