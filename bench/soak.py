@@ -16,11 +16,14 @@ killed (SIGKILL), at ``--restart-at`` s it starts again on its port. Printed:
   that id (``gateway.demo.faults``); each leaver is found there: ``cut`` (the replica
   saw the disconnect), ``completed before`` (the replica had written its last byte
   before the client left: nothing to disconnect; the gateway runs behind at this
-  load), ``completed after`` (written to the end after the client left, with the
-  largest delay: the gateway took that long to notice the leaver and close its
-  upstream), or ``died with the kill`` (in flight on the killed replica, whose
-  record is read just before the kill, new requests refused with 503 from that
-  moment so the record is whole);
+  load), ``completed after`` (written to the end after the client left, before the
+  gateway got round to closing its upstream), or ``died with the kill`` (in flight
+  on the killed replica, whose record is read just before the kill, new requests
+  refused with 503 from that moment so the record is whole); for cut and completed
+  after, the median and largest delay from the client leaving to the upstream's cut
+  or last byte;
+* the staying clients' streams against the record (``response.completed`` should
+  be a stream completed upstream, ``response.failed`` one that died with the kill);
 * lost: a staying client without a full stream or exactly one terminal failure (no
   terminal event, two, a broken body, a non-envelope error), or a leaver whose
   upstream stream was neither cut nor completed nor on the killed replica (no
@@ -59,6 +62,7 @@ class Tally:
         self.reasons: dict[str, int] = {}
         self.leavers: dict[str, float] = {}  # request id -> wall time the client left
         self.sent = 0
+        self.stayed: dict[str, str] = {}  # request id -> "completed" / "failed" stream
         self.refused: dict[int, int] = {}  # failed before the stream, by HTTP status
 
     def next_id(self) -> str:
@@ -99,8 +103,10 @@ async def one_stream(s: aiohttp.ClientSession, url: str, leave: bool, t: Tally) 
                 t.lose(f"{terminals} terminal events")
             elif last == b"response.completed":
                 t.completed += 1
+                t.stayed[rid] = "completed"
             else:
                 t.failed += 1
+                t.stayed[rid] = "failed"
     except (aiohttp.ClientError, ValueError, KeyError) as exc:
         t.lose(type(exc).__name__)
 
@@ -129,12 +135,12 @@ def refuse_new_streams(port: int) -> None:
 
 def classify(
     leavers: dict[str, float], live: list[dict[str, list[Any]]], dead: dict[str, list[Any]]
-) -> tuple[dict[str, int], float, dict[str, int]]:
-    """How each leaver's stream ended upstream: (kinds, the largest delay of a
-    completion after its client left, lost leavers by reason)."""
+) -> tuple[dict[str, int], dict[str, list[float]], dict[str, int]]:
+    """How each leaver's stream ended upstream: (kinds, the seconds from the client
+    leaving to the upstream's cut or completion by kind, lost leavers by reason)."""
     kinds = {"cut": 0, "completed before": 0, "completed after": 0, "died with the kill": 0}
     lost: dict[str, int] = {}
-    late = 0.0
+    delays: dict[str, list[float]] = {"cut": [], "completed after": []}
     for rid, left_at in leavers.items():
         seen = [(how, when) for rec in live if rid in rec for how, when in [rec[rid]]]
         if rid in dead:
@@ -142,7 +148,6 @@ def classify(
             seen.append(("died with the kill" if how == "open" else how, when))
         if len(seen) == 1 and seen[0][0] == "completed":
             how = "completed before" if seen[0][1] <= left_at else "completed after"
-            late = max(late, seen[0][1] - left_at)
         elif len(seen) == 1:
             how = seen[0][0]
             if how == "open":  # on a live replica at the end: never cut, it ran on
@@ -151,9 +156,35 @@ def classify(
             how = "on two replicas" if seen else "no upstream record"
         if how in kinds:
             kinds[how] += 1
+            if how in delays:
+                delays[how].append(seen[0][1] - left_at)
         else:
             lost[f"leaver: {how}"] = lost.get(f"leaver: {how}", 0) + 1
-    return kinds, late, lost
+    return kinds, delays, lost
+
+
+def spread(delays: list[float]) -> str:
+    """`` (median M ms, max N ms after the client left)``, or nothing."""
+    if not delays:
+        return ""
+    ms = sorted(d * 1000 for d in delays)
+    return f" ({ms[len(ms) // 2]:.0f} ms median, {ms[-1]:.0f} ms max after it left)"
+
+
+def cross_check(
+    stayed: dict[str, str], live: list[dict[str, list[Any]]], dead: dict[str, list[Any]]
+) -> dict[str, int]:
+    """The staying clients' whole streams against the upstream record: a client's
+    ``response.completed`` should be a stream completed upstream, its
+    ``response.failed`` one that died with the killed replica."""
+    out: dict[str, int] = {}
+    for rid, got in stayed.items():
+        ends = [rec[rid][0] for rec in live if rid in rec]
+        if rid in dead:
+            ends.append("died with the kill" if dead[rid][0] == "open" else dead[rid][0])
+        key = f"{got}: {' + '.join(ends) or 'no upstream record'}"
+        out[key] = out.get(key, 0) + 1
+    return out
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -226,14 +257,14 @@ async def run(args: argparse.Namespace, log_dir: Path) -> int:
         stats = [demo_stats(p) for p in ports]
         opened = sum(x["accepted"] for x in stats) + dead["accepted"]
         live = [x["streams"] for x in stats]
-        kinds, late, lost = classify(t.leavers, live, dead["streams"])
+        kinds, delays, lost = classify(t.leavers, live, dead["streams"])
         for why, n in lost.items():
             t.lost += n
             t.reasons[why] = t.reasons.get(why, 0) + n
+        checked = cross_check(t.stayed, live, dead["streams"])
         in_flight = sum(1 for how, _ in dead["streams"].values() if how == "open")
         total = t.completed + t.failed + t.left
         refused = sum(t.refused.values())
-        after = f" (at most {late * 1000:.0f} ms late)" if kinds["completed after"] else ""
         print(
             f"\nsoak: {args.streams} concurrent clients, {total} streams in {elapsed:.1f} s\n"
             f"  completed {t.completed}\n"
@@ -243,10 +274,12 @@ async def run(args: argparse.Namespace, log_dir: Path) -> int:
             f"    (in flight on replica 2 at its kill: {in_flight} streams,"
             f" {kinds['died with the kill']} of them leavers)\n"
             f"  left      {t.left}, found by request id upstream:\n"
-            f"    cut (the disconnect seen)    {kinds['cut']}\n"
+            f"    cut (the disconnect seen)    {kinds['cut']}{spread(delays['cut'])}\n"
             f"    completed before it left     {kinds['completed before']}\n"
-            f"    completed after it left      {kinds['completed after']}{after}\n"
+            f"    completed after it left      {kinds['completed after']}"
+            f"{spread(delays['completed after'])}\n"
             f"    died with the killed replica {kinds['died with the kill']}\n"
+            f"  staying streams by client / upstream end {checked}\n"
             f"  lost      {t.lost} {t.reasons or ''}\n"
             f"  gateway peak RSS {peak_rss_mib(gateway.pid):.1f} MiB "
             f"(sampled max {max(rss_samples or [0.0]):.1f} MiB)\n"
