@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import harness as h
@@ -239,23 +237,10 @@ class CodexRow:
 
     def cpu_per_request(self, pid: int, port: int, payload: bytes, rate: float) -> float:
         b = self.bench
-        cmd = [*b.pin_load, sys.executable, str(Path(__file__).parent / "rate_client.py")]
-        cmd += ["--port", str(port), "--path", self.path, "--body", payload.decode()]
-        cmd += ["--rate", str(rate), "--duration", str(b.args.cpu_duration)]
-        with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as p:
-            assert p.stdout is not None
-            lines = iter(p.stdout.readline, "")
-            if next(lines, "").strip() != "START":
-                raise RuntimeError("rate_client did not start")
-            cpu0 = h.cpu_seconds(pid)
-            if next(lines, "").strip() != "END":
-                raise RuntimeError("rate_client did not finish")
-            cpu = h.cpu_seconds(pid) - cpu0
-            result = json.loads(next(lines, "{}"))
-        if result["failed"] or result["dropped"] or not result["ok"]:
+        seconds = b.args.cpu_duration
+        cpu, result = h.fixed_rate(b.pin_load, pid, port, self.path, payload, rate, seconds)
+        if result["failed"] or result["dropped"]:
             b.res.notes.append(f"codex {len(payload)} B at {rate}/s: {result}")
-        if not result["ok"]:
-            raise RuntimeError(f"no successful Codex-sized requests: {result}")
         return cpu * 1e6 / result["ok"]
 
 

@@ -15,10 +15,12 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 HOST = "127.0.0.1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -250,6 +252,36 @@ def run_wrk(
         "errors": errors,
         "non2xx": raw["status"],
     }
+
+
+def fixed_rate(
+    taskset: list[str],
+    pid: int,
+    port: int,
+    path: str,
+    body: bytes,
+    rate: float,
+    seconds: float,
+) -> tuple[float, dict[str, Any]]:
+    """``rate_client.py`` at a fixed rate against port: the CPU seconds process ``pid``
+    (and its tree) spent during the run, and the client's counts (ok, failed, dropped,
+    events). Raises when the client fails or not one request succeeded."""
+    client = Path(__file__).resolve().parent / "rate_client.py"
+    cmd = [*taskset, sys.executable, str(client), "--port", str(port), "--path", path]
+    cmd += ["--body", body.decode(), "--rate", str(rate), "--duration", str(seconds)]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as p:
+        assert p.stdout is not None
+        lines = iter(p.stdout.readline, "")
+        if next(lines, "").strip() != "START":
+            raise RuntimeError("rate_client did not start")
+        cpu0 = cpu_seconds(pid)
+        if next(lines, "").strip() != "END":
+            raise RuntimeError("rate_client did not finish")
+        cpu = cpu_seconds(pid) - cpu0
+        out: dict[str, Any] = json.loads(next(lines, "{}"))
+    if not out.get("ok"):
+        raise RuntimeError(f"no successful requests at {rate}/s on {path}: {out}")
+    return cpu, out
 
 
 def machine() -> dict[str, object]:

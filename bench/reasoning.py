@@ -77,24 +77,12 @@ class ReasoningRow:
 
     def measure(self, name: str) -> dict[str, float]:
         b, a = self.bench, self.bench.args
-        cmd = [*b.pin_load, sys.executable, str(BENCH / "rate_client.py")]
-        cmd += ["--port", str(self.ports[name]), "--path", "/v1/responses", "--body", BODY]
-        cmd += ["--rate", str(a.stream_rate), "--duration", str(a.cpu_duration)]
-        pid = self.pids[name]
-        with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as p:
-            assert p.stdout is not None
-            lines = iter(p.stdout.readline, "")
-            if next(lines, "").strip() != "START":
-                raise RuntimeError("rate_client did not start")
-            cpu0 = h.cpu_seconds(pid)
-            if next(lines, "").strip() != "END":
-                raise RuntimeError("rate_client did not finish")
-            cpu = h.cpu_seconds(pid) - cpu0
-            out = json.loads(next(lines, "{}"))
-        if out["failed"] or out["dropped"] or not out["ok"]:
+        port, pid = self.ports[name], self.pids[name]
+        cpu, out = h.fixed_rate(
+            b.pin_load, pid, port, "/v1/responses", BODY.encode(), a.stream_rate, a.cpu_duration
+        )
+        if out["failed"] or out["dropped"]:
             b.res.notes.append(f"reasoning {name}: {out}")
-        if not out["ok"]:
-            raise RuntimeError(f"no successful streams at fixed rate: {out}")
         return {
             "us_per_answer": cpu * 1e6 / out["ok"],
             "us_per_event": cpu * 1e6 / max(1, out["events"]),

@@ -195,29 +195,12 @@ class Bench:
         pid = self.pid(series.split()[0])
         metrics: dict[str, float] = {}
         for stream, rate in ((False, self.args.rate), (True, self.args.stream_rate)):
-            cmd = [
-                *self.pin_load,
-                sys.executable,
-                str(BENCH / "rate_client.py"),
-                "--port",
-                str(port),
-            ]
-            cmd += ["--path", PATHS[api], "--body", body(api, stream).decode()]
-            cmd += ["--rate", str(rate), "--duration", str(self.args.cpu_duration)]
-            with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as p:
-                assert p.stdout is not None
-                lines = iter(p.stdout.readline, "")
-                if next(lines, "").strip() != "START":
-                    raise RuntimeError("rate_client did not start")
-                cpu0 = h.cpu_seconds(pid)
-                if next(lines, "").strip() != "END":
-                    raise RuntimeError("rate_client did not finish")
-                cpu = h.cpu_seconds(pid) - cpu0
-                out = json.loads(next(lines, "{}"))
-            if out["failed"] or out["dropped"] or not out["ok"]:
+            payload = body(api, stream)
+            cpu, out = h.fixed_rate(
+                self.pin_load, pid, port, PATHS[api], payload, rate, self.args.cpu_duration
+            )
+            if out["failed"] or out["dropped"]:
                 self.res.notes.append(f"cpu {series} stream={stream}: {out}")
-            if not out["ok"]:
-                raise RuntimeError(f"no successful requests at fixed rate: {out}")
             if stream:
                 metrics["us_per_answer"] = cpu * 1e6 / out["ok"]
                 metrics["us_per_event"] = cpu * 1e6 / max(1, out["events"])

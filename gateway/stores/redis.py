@@ -2,7 +2,7 @@
 Redis (the ``redis`` package's asyncio client).
 
 Keys (``{scope}`` is ``core.idempotency.scope``: the tenant's short hash and the
-SHA-256 of the Idempotency-Key)::
+BLAKE2b of the Idempotency-Key)::
 
     gw:idem:{scope}          one record, ``core.idempotency.encode``d (msgpack); its
                              Redis expiry is the record's own (the lock's end while in
