@@ -19,12 +19,20 @@ A mid-stream fault streams its own answer (a role chunk, then one word per
 chunk, ``chunk_delay`` seconds apart), so the demo's answer rules stay as they are.
 Stats: ``chat`` (chat requests seen), ``faulted`` (those a fault took), ``cut``
 (faulted streams whose client went away before their end).
+
+The demo's own streams are also recorded by their ``X-Request-Id`` (``GET /demo/stats``
+shows them under ``streams``): ``[how, when]``, how being ``"open"`` (still being
+written), ``"completed"`` (its last byte written) or ``"cut"`` (the peer went away
+before), when the wall-clock time (``time.time()``) it got so. At most
+``MAX_RECORDED`` ids are kept, the oldest go first; the soak (``bench/soak.py``)
+finds there how the stream of each client that left ended upstream.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import time
 from typing import Any
 
 import orjson
@@ -33,6 +41,7 @@ from aiohttp import web
 MODES = ("status", "reset", "garbage", "stall-headers", "stall-chunks", "die")
 JSON_HEADERS = {"Content-Type": "application/json"}
 GARBAGE = b"\x00\xffthis is not HTTP\r\n\r\n"
+MAX_RECORDED = 100_000  # stream endings kept by request id (a few MB at most)
 
 
 def _chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
@@ -44,7 +53,7 @@ def _chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
 class Faults:
     """The fault of the next chat requests, and what was served."""
 
-    __slots__ = ("fault", "left", "chat", "faulted", "cut")
+    __slots__ = ("fault", "left", "chat", "faulted", "cut", "streams")
 
     def __init__(self) -> None:
         self.fault: dict[str, Any] | None = None
@@ -52,6 +61,23 @@ class Faults:
         self.chat = 0
         self.faulted = 0
         self.cut = 0
+        self.streams: dict[str, list[Any]] = {}  # request id -> [how, when]
+
+    def began(self, request: web.BaseRequest) -> str | None:
+        """Record a demo stream as open under its request id (returned), if it has one."""
+        rid = request.headers.get("X-Request-Id")
+        if not rid:
+            return None
+        self.streams.pop(rid, None)  # a reused id counts as the newest
+        self.streams[rid] = ["open", time.time()]
+        if len(self.streams) > MAX_RECORDED:
+            del self.streams[next(iter(self.streams))]
+        return rid
+
+    def ended(self, rid: str | None, how: str) -> None:
+        """``how`` the stream of ``rid`` ended: ``"completed"`` or ``"cut"``."""
+        if rid is not None and rid in self.streams:
+            self.streams[rid] = [how, time.time()]
 
     async def intercept(self, request: web.BaseRequest) -> web.StreamResponse | None:
         """The answer of a faulted request, or None: the demo answers as usual."""

@@ -12,7 +12,8 @@ without a GPU:
   "connections_open": N, "streams_cut": N}``, the TCP connections accepted since
   start and open now, when served by ``make_server`` (``python -m gateway.demo``;
   0 under ``make_handler``, which cannot see them), and the streams whose client
-  went away before their end.
+  went away before their end; with ``--faults`` also ``streams``, how each stream
+  ended by its ``X-Request-Id`` (``gateway.demo.faults``).
 * ``--faults``: fault switches at ``/demo/fault`` (``gateway.demo.faults``).
 
 Answer rules, first match wins:
@@ -368,11 +369,13 @@ class _Demo:
         if path == "/v1/models" and request.method == "GET":
             return web.Response(body=self.models_body, headers=JSON_HEADERS)
         if path == "/demo/stats" and request.method == "GET":
-            stats = {
+            stats: Json = {
                 "connections_accepted": self.accepted,
                 "connections_open": self.accepted - self.lost,
                 "streams_cut": self.cut,
             }
+            if self.faults is not None:
+                stats["streams"] = self.faults.streams
             return web.Response(body=orjson.dumps(stats), headers=JSON_HEADERS)
         return error_response(404, f"No route for {request.method} {path}", None, None)
 
@@ -433,6 +436,7 @@ class _Demo:
 
     async def stream(self, request: web.BaseRequest, frames: list[bytes]) -> web.StreamResponse:
         resp = web.StreamResponse(headers=SSE_HEADERS)
+        rid = self.faults.began(request) if self.faults is not None else None
         try:
             await resp.prepare(request)
             if self.delay <= 0:
@@ -445,6 +449,15 @@ class _Demo:
             await resp.write_eof()
         except ConnectionError:
             self.cut += 1  # the client went away; nothing left to do
+            if self.faults is not None:
+                self.faults.ended(rid, "cut")
+        except asyncio.CancelledError:
+            if self.faults is not None:
+                self.faults.ended(rid, "cut")
+            raise
+        else:
+            if self.faults is not None:
+                self.faults.ended(rid, "completed")
         return resp
 
 

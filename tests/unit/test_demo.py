@@ -313,3 +313,47 @@ def test_sample_json_edge_cases() -> None:
     assert sample_json({"type": "object", "required": ["a"]}, None) == {"a": "demo"}
     recursive = {"$ref": "#"}
     assert sample_json(recursive, recursive) == "demo"  # depth-bounded, no recursion error
+
+
+async def test_faults_record_how_each_stream_ended_by_request_id(
+    aiohttp_raw_server: Any, aiohttp_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+    import time
+
+    from gateway.demo import faults
+
+    opts = DemoOptions(deltas=20, delay_ms=20, faults=True)
+    client = await aiohttp_client(await aiohttp_raw_server(make_handler(opts)))
+    body = {**HELLO, "stream": True}
+    before = time.time()
+    whole = await client.post(CHAT, json=body, headers={"X-Request-Id": "whole"})
+    assert parse_sse(await whole.read())[-1] == "[DONE]"
+    left = await client.post(CHAT, json=body, headers={"X-Request-Id": "left"})
+    await left.content.readuntil(b"\n\n")
+    streams = (await (await client.get("/demo/stats")).json())["streams"]
+    assert streams["left"][0] == "open"
+    left.close()  # the peer goes away mid-stream
+    for _ in range(100):
+        streams = (await (await client.get("/demo/stats")).json())["streams"]
+        if streams["left"][0] != "open":
+            break
+        await asyncio.sleep(0.02)
+    anonymous = await client.post(CHAT, json=body)
+    await anonymous.read()
+    streams = (await (await client.get("/demo/stats")).json())["streams"]
+    assert set(streams) == {"whole", "left"}  # a stream without an id is not recorded
+    assert streams["whole"][0] == "completed" and streams["left"][0] == "cut"
+    assert before < streams["whole"][1] < streams["left"][1] <= time.time()
+
+    monkeypatch.setattr(faults, "MAX_RECORDED", 2)  # bounded: the oldest id goes first
+    again = await client.post(CHAT, json=body, headers={"X-Request-Id": "third"})
+    await again.read()
+    streams = (await (await client.get("/demo/stats")).json())["streams"]
+    assert list(streams) == ["left", "third"] and streams["third"][0] == "completed"
+
+
+async def test_stats_without_faults_record_no_streams(client: Any) -> None:
+    await stream(client, HELLO)
+    stats = await (await client.get("/demo/stats")).json()
+    assert "streams" not in stats and stats["streams_cut"] == 0
