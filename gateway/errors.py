@@ -58,6 +58,7 @@ class GatewayError(Exception):
     type = "server_error"
     code: str | None = "server_error"
     headers: dict[str, str] | None = None  # extra headers of the error answer
+    replica = ""  # an upstream's failure: the base URL of the replica (logs, metrics)
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
         super().__init__(message)

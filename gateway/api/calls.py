@@ -34,7 +34,7 @@ CLIENT_GONE = "client_gone"
 class Call:
     __slots__ = (
         "rid", "headers", "tenant", "started", "endpoint", "model", "route", "status",
-        "outcome", "ttft", "events", "usage", "error", "replayed",
+        "outcome", "ttft", "events", "usage", "error", "replayed", "replica",
     )  # fmt: skip
 
     def __init__(self, rid: str | None) -> None:
@@ -54,3 +54,4 @@ class Call:
         self.usage: dict | None = None  # the Responses usage object, from upstream usage
         self.error: Exception | None = None  # the error that ended it, if one did
         self.replayed = False  # answered from the idempotency store
+        self.replica = ""  # the base URL of the replica that answered or failed it

@@ -194,6 +194,7 @@ class Gateway:
             return await route(request, call)
         except GatewayError as exc:
             call.error = exc
+            call.replica = call.replica or exc.replica
             return error_reply(exc, call)
         except (ConnectionError, asyncio.CancelledError):
             raise
@@ -285,6 +286,7 @@ class Gateway:
             key = view.prompt_cache_key or view.user or view.safety_identifier
             key = key or self._affinity_header(request, route)
         resp = await route.replicas.chat(body, call.rid, key)
+        call.replica = resp.replica
         del body  # not needed while the answer streams
         try:
             ctype = resp.content_type.decode("latin-1") or JSON
@@ -365,6 +367,7 @@ class Gateway:
         # This frame lives as long as the stream: keep only what the stream needs.
         del body, req, chat, echo, tools
         upstream = await route.replicas.chat(payload, call.rid, key)
+        call.replica = upstream.replica
         del payload
         try:
             if stream:

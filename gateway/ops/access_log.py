@@ -102,8 +102,8 @@ def setup(level: str, fmt: str, stream: IO[str] | None = None) -> str:
 def replica_name(route: Any) -> tuple[str, str]:
     """(deployment, replica) labels of a route, both from the config (bounded): the
     deployment's name (its first model id, or its first URL), and its replica's base
-    URL when it has one replica ("" when it has several: which one served a request
-    is the replica set's to know)."""
+    URL when it has one replica ("" when it has several: then the call's own
+    ``replica``, set when a replica answered or failed it, names it)."""
     if route is None:
         return "", ""
     replicas: list[Any] = list(getattr(getattr(route, "replicas", None), "replicas", None) or ())
@@ -123,6 +123,7 @@ def fields(call: Call, now: float) -> dict[str, Any]:
     """What the access log says of a finished request (the text lines; the JSON
     ones, ``AccessLog._json``, say the same, formatted faster)."""
     dep, replica = replica_name(call.route)
+    replica = call.replica or replica
     ttft = call.ttft
     doc: dict[str, Any] = {
         "request_id": call.rid,
@@ -182,6 +183,11 @@ class AccessLog:
         if names is None:  # (once per route: a route lives as long as its router)
             dep, replica = replica_name(route)
             names = self.names[route] = (_json_or_null(dep), _json_or_null(replica))
+        if call.replica:  # (one of several: which one is the call's)
+            replica_json = self.models.get(call.replica)
+            if replica_json is None:
+                replica_json = self.models[call.replica] = _json_or_null(call.replica)
+            names = (names[0], replica_json)
         model = call.model
         model_json = self.models.get(model)
         if model_json is None:

@@ -190,7 +190,9 @@ class Metrics:
             if details:
                 tally.reasoning += details.get("reasoning_tokens") or 0
         if call.error is not None or call.replayed or call.outcome == "client_gone":
-            self.rare.append((call.endpoint, call.outcome, call.error, call.route, call.replayed))
+            self.rare.append(
+                (call.endpoint, call.outcome, call.error, call.route, call.replica, call.replayed)
+            )
         if self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(METRICS_FLUSH, self.flush)
 
@@ -217,11 +219,12 @@ class Metrics:
             ):
                 if amount:
                     child(self.tokens, endpoint, model, kind).inc(amount)
-        for endpoint, outcome, error, route, replayed in rare:
+        for endpoint, outcome, error, route, served_by, replayed in rare:
             if outcome == "client_gone":
                 child(self.disconnects, endpoint).inc()
             if isinstance(error, UpstreamError):
                 dep, replica = replica_name(route)
+                replica = served_by or replica
                 child(self.upstream_errors, upstream_kind(error), dep, replica).inc()
             elif isinstance(error, RateLimited):
                 child(self.rate_limited, endpoint).inc()

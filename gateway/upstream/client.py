@@ -94,6 +94,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     __slots__ = (
         "pool",
+        "replica",
         "transport",
         "parser",
         "status",
@@ -132,6 +133,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.deadline = NO_DEADLINE  # the loop time by which the whole request must end
         # Called once at the first release (the replica's accounting of its load).
         self.done: Callable[[], object] | None = None
+        self.replica = ""  # the base URL of the replica that answers (set by its set)
         self._reset()
 
     def _reset(self) -> None:

@@ -102,6 +102,7 @@ class ReplicaSet:
                 conn = await replica.chat(body, request_id, deadline)
             except GatewayError as exc:
                 replica.in_flight -= 1
+                exc.replica = replica.base  # (which replica failed: logs and metrics)
                 now = loop.time()
                 self._outcome(replica, exc, now)
                 tried.append(replica)
@@ -121,6 +122,7 @@ class ReplicaSet:
             if replica.health.failures:
                 replica.succeeded()
             conn.done = partial(self._release, replica)
+            conn.replica = replica.base
             return conn
 
     def _release(self, replica: Replica) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+from typing import Any
 
 import msgspec
 import openai
@@ -281,3 +282,34 @@ async def test_readyz_is_503_while_draining_and_healthz_stays_200(upstream: Fake
             assert status == 503
             assert orjson.loads(body)["reasons"] == ["a deployment has no healthy replica"]
         assert gw.process.listening == 0
+
+
+async def test_upstream_errors_and_log_lines_name_the_replica_of_several(
+    upstream: FakeUpstream, aiohttp_raw_server: Any, start_gateway: object
+) -> None:
+    # Two replicas: each 500 (never retried) is counted under the replica that gave it,
+    # and each access-log line names the replica that answered, not "" for "several".
+    other = FakeUpstream()
+    other.url = str((await aiohttp_raw_server(other.handle)).make_url("/v1"))
+    urls = {upstream.url.rstrip("/"), other.url.rstrip("/")}
+    out = io.BytesIO()
+    cfg = make_config(upstream.url)
+    two = msgspec.structs.replace(cfg.deployment[0], upstream=[upstream.url, other.url])
+    cfg = msgspec.structs.replace(cfg, deployment=(two,), ops=Ops(log_format="json"))
+    url = await start_gateway(cfg, access_out=out)  # type: ignore[operator]
+    before = await scrape(url)
+    for fake in (upstream, other):
+        fake.reply = fake.json_reply({"error": {"message": "boom"}}, status=500)
+    async with sdk(url) as client:
+        for _ in range(6):
+            with pytest.raises(openai.APIStatusError):
+                await client.responses.create(model="m1", input="Hi")
+    await asyncio.sleep(0.15)  # (lines leave within limits.ACCESS_LOG_FLUSH)
+    after = await scrape(url)
+    up = "gateway_upstream_errors_total"
+    hits = {u: delta(after, before, up, replica=u) for u in urls}
+    assert sum(hits.values()) == 6 == delta(after, before, up)
+    assert hits[upstream.url.rstrip("/")] == len(upstream.received)
+    assert hits[other.url.rstrip("/")] == len(other.received)
+    lines = [orjson.loads(line) for line in out.getvalue().splitlines()]
+    assert len(lines) == 6 and all(line["replica"] in urls for line in lines)
