@@ -14,6 +14,7 @@ from collections import deque
 from contextlib import suppress
 
 from gateway.errors import Overloaded
+from gateway.upstream.waiters import hand_to_first
 
 
 class Gate:
@@ -63,10 +64,5 @@ class Gate:
 
     def leave(self) -> None:
         """A slot's holder is done: the slot goes to the first waiter, or is free."""
-        waiters = self.waiters
-        while waiters:
-            fut = waiters.popleft()
-            if not fut.done():
-                fut.set_result(None)
-                return
-        self.active -= 1
+        if not hand_to_first(self.waiters, None):
+            self.active -= 1

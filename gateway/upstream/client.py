@@ -63,6 +63,7 @@ from gateway.limits import (
     UPSTREAM_MAX_CONNECTIONS,
     UPSTREAM_POOL_TIMEOUT,
 )
+from gateway.upstream.waiters import hand_to_first
 
 # uvloop counts time in milliseconds: a timer may fire a little before its time.
 TIMER_SLACK = 0.002
@@ -562,13 +563,8 @@ class Pool:
 
     def _slot_freed(self) -> None:
         """A slot's holder is done with it: it goes to the first waiter, or is free."""
-        waiters = self.waiters
-        while waiters:
-            fut = waiters.popleft()
-            if not fut.done():
-                fut.set_result(None)
-                return
-        self.open -= 1
+        if not hand_to_first(self.waiters, None):
+            self.open -= 1
 
     async def _connect(self, deadline: float = NO_DEADLINE) -> UpstreamConnection:
         """A new connection, in the slot the caller took (given back if it fails)."""
@@ -634,12 +630,8 @@ class Pool:
         """A connection ready for its next request: to the first waiter, or pooled."""
         if conn.transport is None:
             return  # lost meanwhile (its slot went with it)
-        waiters = self.waiters
-        while waiters:
-            fut = waiters.popleft()
-            if not fut.done():
-                fut.set_result(conn)
-                return
+        if hand_to_first(self.waiters, conn):
+            return
         if self.closed:
             conn._close()
             return
