@@ -186,11 +186,14 @@ class Gateway:
 
     async def _answer(self, request: Incoming, call: Call) -> Reply:
         try:
-            if self.guard is not None:
-                return await self._guarded(request, call, self.guard)
+            guard = self.guard
+            if guard is not None:
+                call.tenant = guard.tenant(request)  # (the key first, even on a wrong path)
             route = self._routes.get((request.method, request.path))
             if route is None:
                 route = self._not_routed(request)
+            if guard is not None and guard.limited:
+                return await self._limited(route, request, call, guard)
             return await route(request, call)
         except GatewayError as exc:
             call.error = exc
@@ -204,14 +207,9 @@ class Gateway:
             )
             return error_reply(InternalError("The gateway failed unexpectedly."), call)
 
-    async def _guarded(self, request: Incoming, call: Call, guard: Guard) -> Reply:
-        """The route behind the client's key and its limits."""
-        call.tenant = guard.tenant(request)
-        route = self._routes.get((request.method, request.path))
-        if route is None:
-            route = self._not_routed(request)
-        if not guard.limited:
-            return await route(request, call)
+    @staticmethod
+    async def _limited(route: Route_, request: Incoming, call: Call, guard: Guard) -> Reply:
+        """The route within the client key's limits."""
         token = IDS.new("slot_")
         if not await guard.admit(call.tenant, token):
             return await route(request, call)

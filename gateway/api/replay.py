@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -26,6 +27,7 @@ from gateway.core.ids import IDS
 from gateway.errors import GatewayError, StoreUnavailable
 from gateway.http.messages import Incoming, Reply, Response
 from gateway.stores.base import Store
+from gateway.stores.memory import MemoryStore
 
 log = logging.getLogger("gateway")
 
@@ -65,7 +67,13 @@ class Replays:
 
     def __init__(self, store: Store, lock_ttl: float) -> None:
         self.store = store
+        # The in-process store's transitions are plain calls (no coroutine each).
+        self.local = store if isinstance(store, MemoryStore) else None
         self.beat = lock_ttl / 3
+        # A run's token names its holder: unique among the store's processes (a random
+        # prefix per process: this object is made in each worker) and cheaper than an id.
+        self._prefix = IDS.new("idem_")[:21] + "."
+        self._count = itertools.count()
         self._running: set[asyncio.Future[Reply]] = set()
         self._held: dict[str, str] = {}  # scope -> token: the keys this process runs
         self._renewer: asyncio.Task[None] | None = None
@@ -77,14 +85,31 @@ class Replays:
         request: Incoming,
         body: bytes,
         answer: Callable[[], Awaitable[Reply]],
+        *,
+        shielded: bool = False,
     ) -> Reply:
-        """``answer()`` at most once per key and body (among the store's processes)."""
-        scope = idem.scope(call.tenant, idem.check_key(key))
+        """``answer()`` at most once per key and body (among the store's processes).
+
+        The run goes on if the client goes away (a timeout): its retry waits for it and
+        gets its answer, instead of finding the key free and generating again. The lean
+        server lets the handler run on (``detach``); on aiohttp's, this runs again as a
+        task of its own (``shielded``)."""
+        if not shielded and not request.detach():
+            task = asyncio.ensure_future(self.run(call, key, request, body, answer, shielded=True))
+            self._running.add(task)
+            task.add_done_callback(self._ended)
+            return await asyncio.shield(task)
+        store, local = self.store, self.local
+        scope = store.scope(call.tenant, idem.check_key(key))
         fp = idem.fingerprint(request.path, body)
-        token = IDS.new("idem_")
-        store = self.store
+        token = self._prefix + str(next(self._count))
         while True:
-            decision = await store.claim(scope, fp, token)
+            if local is not None:
+                decision = local.claim_now(scope, fp, token)
+            else:
+                decision = await store.claim(scope, fp, token)
+            if isinstance(decision, idem.Run):
+                break
             if isinstance(decision, idem.Replay):
                 rec = decision.record
                 headers = {**call.headers, REPLAYED: "true"}
@@ -92,25 +117,10 @@ class Replays:
                 return Response(
                     status=rec.status, body=rec.body, content_type=ctype, headers=headers
                 )
-            if isinstance(decision, idem.Run):
-                break
             await store.wait(scope, decision.until)
-        # The run goes on if the client goes away (a timeout): its retry waits for it and
-        # gets its answer, instead of finding the key free and generating again. The lean
-        # server lets the handler run on; on aiohttp's, the run gets a task of its own.
-        if request.detach():
-            return await self._hold(call, scope, token, answer)
-        task = asyncio.ensure_future(self._hold(call, scope, token, answer))
-        self._running.add(task)
-        task.add_done_callback(self._ended)
-        return await asyncio.shield(task)
-
-    async def _hold(
-        self, call: Call, scope: str, token: str, answer: Callable[[], Awaitable[Reply]]
-    ) -> Reply:
-        """Run ``answer()`` holding the key; then keep its answer, or free the key."""
-        store = self.store
-        self._held[scope] = token
+        # Held: run the request, then keep its answer, or free the key.
+        held = self._held
+        held[scope] = token
         if self._renewer is None:
             self._renewer = asyncio.create_task(self._renew())
         try:
@@ -119,11 +129,14 @@ class Replays:
             except GatewayError as exc:
                 reply = error_reply(exc, call)
         except BaseException:
-            self._held.pop(scope, None)
+            held.pop(scope, None)
             with contextlib.suppress(StoreUnavailable):
                 await store.release(scope, token)
             raise
-        self._held.pop(scope, None)
+        held.pop(scope, None)
+        if type(reply) is Response and local is not None:
+            local.finish_now(scope, token, reply.status, reply.body, reply.content_type or "")
+            return reply
         try:
             if isinstance(reply, Response):
                 await store.finish(scope, token, reply.status, reply.body, reply.content_type or "")

@@ -1,8 +1,9 @@
 """The life of one idempotency record, as a pure state machine (no I/O, no clock
 but the ``now`` handed in).
 
-A record is stored under a *scope*: the client's API key (its short hash) and the
-hash of its ``Idempotency-Key``, so one tenant never reaches another's records::
+A record is stored under a *scope*: the client's API key (its short hash) and its
+``Idempotency-Key`` (hashed in a store outside the process: ``scope``), so one
+tenant never reaches another's records::
 
     absent ──claim──▶ in flight ──finish (status < 500)──▶ done ──retention over──▶ absent
                          │  ▲                                 │
@@ -14,7 +15,7 @@ hash of its ``Idempotency-Key``, so one tenant never reaches another's records::
 Every transition is a function from the stored record (``None``: absent) to a
 decision and the record to store; the stores (``gateway.stores``) only make
 each one atomic: the memory store because one event loop runs it, the Redis
-store with an optimistic transaction (WATCH / MULTI) around the same functions.
+store with a compare-and-set around the same functions.
 A transition that is not the holder's to make (its lock expired and another
 request claimed the key) returns ``KEEP``: the store leaves the record alone.
 """
@@ -22,7 +23,7 @@ request claimed the key) returns ``KEEP``: the store leaves the record alone.
 from __future__ import annotations
 
 import hashlib
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 
@@ -98,10 +99,18 @@ def scope(tenant: str, key: str) -> str:
 
 def fingerprint(path: str, body: bytes) -> bytes:
     """What makes two requests with one key "the same": the route and the body's bytes."""
-    h = hashlib.blake2b(path.encode("latin-1"), digest_size=32)
-    h.update(b"\0")
+    prefix = _PREFIXES.get(path)
+    if prefix is None:
+        prefix = hashlib.blake2b(path.encode("latin-1"), digest_size=32)
+        prefix.update(b"\0")
+        if len(_PREFIXES) < 16:  # (the routes: a few)
+            _PREFIXES[path] = prefix
+    h = prefix.copy()
     h.update(body)
     return h.digest()
+
+
+_PREFIXES: dict[str, Any] = {}  # path -> a hash of the path and its separator
 
 
 def live(record: Record | None, now: float) -> Record | None:
@@ -114,18 +123,17 @@ def live(record: Record | None, now: float) -> Record | None:
 def claim(record: Record | None, fp: bytes, token: str, now: float, lock_ttl: float) -> Decision:
     """A request with this scope arrives. Raises ``IdempotencyKeyReused`` when the
     key was used for another request."""
-    current = live(record, now)
-    if current is None:
+    if record is None or record.expires <= now:  # (``live``, inline: once per request)
         return Run(Record(fp, token, now + lock_ttl))
-    if current.fingerprint != fp:
+    if record.fingerprint != fp:
         raise IdempotencyKeyReused(
             "This Idempotency-Key was already used with a different request body; "
             "use a new key for a new request.",
             param="Idempotency-Key",
         )
-    if current.done:
-        return Replay(current)
-    return Wait(current.expires)
+    if record.status:  # done
+        return Replay(record)
+    return Wait(record.expires)
 
 
 def refresh(record: Record | None, token: str, now: float, lock_ttl: float) -> Change:
@@ -147,10 +155,9 @@ def finish(
 ) -> Change:
     """The holder has its answer: kept for ``retention`` seconds unless it is a
     server-side failure (5xx: a retry must run for real), which frees the key."""
-    if not _held(record, token, now):
-        return KEEP
-    assert record is not None
-    if not storable(status):
+    if record is None or record.token != token or record.status or record.expires <= now:
+        return KEEP  # (``_held``, inline: once per request)
+    if not 100 <= status < 500:  # (``storable``)
         return None
     return Record(record.fingerprint, token, now + retention, status, body, content_type)
 

@@ -8,9 +8,13 @@ from gateway.core.idempotency import Decision
 
 
 class Store(Protocol):
-    """Idempotency records by scope (``core.idempotency.scope``), and per-tenant
-    counters for the request limits. Every method may raise ``StoreUnavailable``,
-    except ``leave`` and ``close``."""
+    """Idempotency records by scope (``scope``), and per-tenant counters for the
+    request limits. Every coroutine may raise ``StoreUnavailable``, except ``leave``
+    and ``close``."""
+
+    def scope(self, tenant: str, key: str) -> str:
+        """Where the records of ``tenant``'s Idempotency-Key ``key`` are kept."""
+        ...
 
     async def claim(self, scope: str, fingerprint: bytes, token: str) -> Decision:
         """``Run`` (the caller holds the key), ``Wait`` or ``Replay``; raises

@@ -54,7 +54,7 @@ class MemoryStore:
 
     # ---- records ---------------------------------------------------------------------
 
-    def _put(self, scope: str, change: idem.Change) -> None:
+    def _put(self, scope: str, change: idem.Change, now: float) -> None:
         if change is idem.KEEP:
             return
         records = self.records
@@ -66,7 +66,6 @@ class MemoryStore:
         if isinstance(change, idem.Record):
             records[scope] = change
             self.bytes += len(change.body)
-            now = self.clock()
             if now >= self._sweep_at:
                 self._sweep_at = now + SWEEP_EVERY
                 self._drop_expired(now)
@@ -109,17 +108,29 @@ class MemoryStore:
         for scope in victims:
             self.bytes -= len(records.pop(scope).body)
 
-    async def claim(self, scope: str, fingerprint: bytes, token: str) -> idem.Decision:
-        decision = idem.claim(
-            self.records.get(scope), fingerprint, token, self.clock(), self.lock_ttl
-        )
-        if isinstance(decision, idem.Run):
-            if scope not in self.records and len(self.records) >= self.max_entries:
+    # The transitions that every request with a key makes (``claim_now`` and
+    # ``finish_now``) are also plain methods: ``api.replay`` calls them without a
+    # coroutine each, which cost more than the transitions themselves.
+
+    def scope(self, tenant: str, key: str) -> str:
+        """The record key of ``key`` for ``tenant``. The key itself, not its hash: this
+        memory is the process's own, and a key is at most ``idempotency.MAX_KEY``
+        characters (a tenant is ``""`` or 12 hex digits, so the prefix is unambiguous)."""
+        return tenant + ":" + key
+
+    def claim_now(self, scope: str, fingerprint: bytes, token: str) -> idem.Decision:
+        records, now = self.records, self.clock()
+        decision = idem.claim(records.get(scope), fingerprint, token, now, self.lock_ttl)
+        if type(decision) is idem.Run:
+            if len(records) >= self.max_entries and scope not in records:
                 self._evict(room=1)
-                if len(self.records) >= self.max_entries:
+                if len(records) >= self.max_entries:
                     raise Overloaded(FULL)
-            self._put(scope, decision.record)
+            self._put(scope, decision.record, now)
         return decision
+
+    async def claim(self, scope: str, fingerprint: bytes, token: str) -> idem.Decision:
+        return self.claim_now(scope, fingerprint, token)
 
     async def refresh(self, scope: str, token: str) -> None:
         record = self.records.get(scope)
@@ -127,19 +138,25 @@ class MemoryStore:
         if isinstance(change, idem.Record):
             self.records[scope] = change  # (same size; kept in place)
 
-    async def finish(
+    def finish_now(
         self, scope: str, token: str, status: int, body: bytes, content_type: str
     ) -> None:
         now = self.clock()
         change = idem.finish(
             self.records.get(scope), token, status, body, content_type, now, self.retention
         )
-        if isinstance(change, idem.Record) and len(body) > self.max_bytes:
+        if len(body) > self.max_bytes and isinstance(change, idem.Record):
             change = None  # larger than the whole store: not kept
-        self._put(scope, change)
+        self._put(scope, change, now)
+
+    async def finish(
+        self, scope: str, token: str, status: int, body: bytes, content_type: str
+    ) -> None:
+        self.finish_now(scope, token, status, body, content_type)
 
     async def release(self, scope: str, token: str) -> None:
-        self._put(scope, idem.release(self.records.get(scope), token, self.clock()))
+        now = self.clock()
+        self._put(scope, idem.release(self.records.get(scope), token, now), now)
 
     async def wait(self, scope: str, until: float) -> None:
         event = self._waiters.get(scope)

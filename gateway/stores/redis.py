@@ -172,6 +172,9 @@ class RedisStore:
 
     # ---- records ---------------------------------------------------------------------
 
+    def scope(self, tenant: str, key: str) -> str:
+        return idem.scope(tenant, key)  # (hashed: a Redis key of fixed length)
+
     async def claim(self, scope: str, fingerprint: bytes, token: str) -> idem.Decision:
         def step(record: idem.Record | None, now: float) -> tuple[idem.Change, idem.Decision]:
             decision = idem.claim(record, fingerprint, token, now, self.lock_ttl)
