@@ -42,6 +42,28 @@ METRICS = [
     ("redis_us_per_req", "redis-server CPU us/request"),
     ("p99_ms", "p99 ms"),
 ]
+STORE = ("memory store, empty", "memory store, full")
+
+
+def store_cost(full: bool, n: int = 20_000) -> float:
+    """CPU us per claim + finish of a new key in the in-process store (in this process),
+    empty or full (100,000 records: every new one evicts the oldest)."""
+    from gateway.core import idempotency as idem
+    from gateway.stores.memory import MemoryStore
+
+    store = MemoryStore()
+    fp = idem.fingerprint("/v1/responses", b"{}")
+    answer = b"x" * 1200
+    if full:
+        for i in range(store.max_entries):
+            store.claim_now(f"fill-{i}", fp, "t")
+            store.finish_now(f"fill-{i}", "t", 200, answer, "application/json")
+    keys = [f"bench-{i}" for i in range(n)]
+    t0 = time.process_time()
+    for key in keys:
+        store.claim_now(key, fp, key)
+        store.finish_now(key, key, 200, answer, "application/json")
+    return (time.process_time() - t0) * 1e6 / n
 
 
 def identity_script(body: bytes, directory: Path, key: str | None) -> Path:
@@ -151,6 +173,8 @@ class IdentityRow:
             if name.endswith("redis"):
                 metrics["redis_us_per_req"] = redis * 1e6 / n
             b.res.add("identity", name, metrics)
+        for name, full in zip(STORE, (False, True), strict=True):
+            b.res.add("identity", name, {"store_us": store_cost(full)})
 
     def redis_cpu(self) -> float:
         return h.cpu_seconds(self.redis_pid) if self.redis_pid else 0.0
@@ -202,4 +226,10 @@ def table(summary: dict[str, dict[str, dict[str, dict[str, float]]]]) -> list[st
         rows.append(cells)
     widths = [max(len(r[i]) for r in rows) for i in range(len(heads))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    cost = [row.get(name, {}).get("store_us", {}).get("median") for name in STORE]
+    if cost[0] and cost[1]:
+        lines.append(
+            f"memory store, claim + finish of a new key (in-process CPU): {cost[0]:.2f} us "
+            f"empty, {cost[1]:.2f} us full (evicting the oldest): {cost[1] / cost[0]:.2f}x"
+        )
     return lines

@@ -12,7 +12,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from functools import partial
 from typing import Any, Protocol
 
 import msgspec
@@ -253,20 +252,15 @@ class Gateway:
         name = route.dep.affinity_header
         return request.headers.get(name) if name else None
 
-    def _key(self, request: Incoming) -> str | None:
-        """The request's Idempotency-Key, if the gateway replays."""
-        return None if self.replays is None else request.headers.get("idempotency-key")
-
     # ---- /v1/chat/completions: pass-through -------------------------------------------
 
     async def chat(self, request: Incoming, call: Call) -> Reply:
         body = await read_body(request, self.max_body)
         view = decode(PASS_THROUGH_DECODER, body)
-        key = self._key(request)
-        if key is not None and self.replays is not None and not streamed(body):
-            return await self.replays.run(
-                call, key, request, body, partial(self._chat, request, call, [body, view])
-            )
+        replays = self.replays  # (None: Idempotency-Key is ignored)
+        key = None if replays is None else request.headers.get("idempotency-key")
+        if key is not None and replays is not None and not streamed(body):
+            return await replays.run(call, key, request, body, self._chat, [body, view])
         held = [body, view]
         del body, view  # (only the list holds them: _chat lets go while the answer streams)
         return await self._chat(request, call, held)
@@ -327,11 +321,10 @@ class Gateway:
     async def responses(self, request: Incoming, call: Call) -> Reply:
         body = await read_body(request, self.max_body)
         req = decode(REQUEST_DECODER, body)
-        key = self._key(request)
-        if key is not None and self.replays is not None and not req.stream:
-            return await self.replays.run(
-                call, key, request, body, partial(self._responses, request, call, [body, req])
-            )
+        replays = self.replays  # (None: Idempotency-Key is ignored)
+        key = None if replays is None else request.headers.get("idempotency-key")
+        if key is not None and replays is not None and not req.stream:
+            return await replays.run(call, key, request, body, self._responses, [body, req])
         held = [body, req]
         del body, req  # (only the list holds them: _responses lets go while a stream runs)
         return await self._responses(request, call, held)

@@ -84,18 +84,23 @@ class Replays:
         key: str,
         request: Incoming,
         body: bytes,
-        answer: Callable[[], Awaitable[Reply]],
+        answer: Callable[[Incoming, Call, list[Any]], Awaitable[Reply]],
+        held: list[Any],
         *,
         shielded: bool = False,
     ) -> Reply:
-        """``answer()`` at most once per key and body (among the store's processes).
+        """``answer(request, call, held)`` at most once per key and body (among the
+        store's processes); ``held``: what the answer needs of the request, which it
+        takes out of the list (so that a long answer lets go of it).
 
         The run goes on if the client goes away (a timeout): its retry waits for it and
         gets its answer, instead of finding the key free and generating again. The lean
         server lets the handler run on (``detach``); on aiohttp's, this runs again as a
         task of its own (``shielded``)."""
         if not shielded and not request.detach():
-            task = asyncio.ensure_future(self.run(call, key, request, body, answer, shielded=True))
+            task = asyncio.ensure_future(
+                self.run(call, key, request, body, answer, held, shielded=True)
+            )
             self._running.add(task)
             task.add_done_callback(self._ended)
             return await asyncio.shield(task)
@@ -119,21 +124,21 @@ class Replays:
                 )
             await store.wait(scope, decision.until)
         # Held: run the request, then keep its answer, or free the key.
-        held = self._held
-        held[scope] = token
+        holding = self._held
+        holding[scope] = token
         if self._renewer is None:
             self._renewer = asyncio.create_task(self._renew())
         try:
             try:
-                reply = await answer()
+                reply = await answer(request, call, held)
             except GatewayError as exc:
                 reply = error_reply(exc, call)
         except BaseException:
-            held.pop(scope, None)
+            holding.pop(scope, None)
             with contextlib.suppress(StoreUnavailable):
                 await store.release(scope, token)
             raise
-        held.pop(scope, None)
+        holding.pop(scope, None)
         if type(reply) is Response and local is not None:
             local.finish_now(scope, token, reply.status, reply.body, reply.content_type or "")
             return reply

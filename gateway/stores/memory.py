@@ -3,10 +3,15 @@
 One event loop runs every transition to its end without an ``await`` inside, so
 each is atomic. Records are kept in the order they were last written; expired ones
 are dropped from the front at most once a second (a replay never sees one: a
-transition checks the record's expiry); a full store drops the oldest first
-(expired ones before any other), and an in-flight record is never dropped for
-room (a full store of in-flight keys refuses the new one as ``Overloaded``).
+transition checks the record's expiry); a full store drops the oldest written
+first, done or expired (the expired ones at the front before any other), a hundredth
+of its bounds at a time, and a live in-flight record is never dropped for room (a
+full store of in-flight keys refuses the new one as ``Overloaded``).
 Waiters for a key are woken at once when its holder ends.
+
+A kept answer is a copy of its bytes: the bytes an answer is made of may sit in a
+larger buffer (orjson's output keeps the capacity it grew to: 4 KB for a 500-byte
+answer), and this store keeps them for hours, bounded by their length.
 """
 
 from __future__ import annotations
@@ -89,19 +94,29 @@ class MemoryStore:
             self.bytes -= len(first.body)
 
     def _evict(self, room: int = 0) -> None:
-        """Drop expired records from the front, then the oldest done ones while over a
-        bound (or without ``room`` entries free)."""
+        """Drop expired records from the front, then the oldest that are done or expired
+        (an in-flight record whose lock ran out: its holder is gone) while over a bound
+        (or without ``room`` entries free), down to a hundredth of each bound below it.
+        A live record in flight is never dropped.
+
+        (A hundredth at a time: a dict whose oldest entries are deleted one by one is
+        slow to reach its front, since its deleted slots stay until it is resized. One
+        record an eviction cost 8.6 us a new key in a full store of 100,000, against
+        1.8 us in an empty one; an OrderedDict costs 0.7 us more on every write.)"""
         records = self.records
-        self._drop_expired(self.clock())
+        now = self.clock()
+        self._drop_expired(now)
         most = self.max_entries - room
         entries, size = len(records), self.bytes
         if entries <= most and size <= self.max_bytes:
             return
+        most = most - self.max_entries // 100 if entries > most else entries
+        least = self.max_bytes - self.max_bytes // 100 if size > self.max_bytes else size
         victims = []
         for scope, record in records.items():
-            if entries <= most and size <= self.max_bytes:
+            if entries <= most and size <= least:
                 break
-            if record.done:
+            if record.done or record.expires <= now:
                 victims.append(scope)
                 entries -= 1
                 size -= len(record.body)
@@ -120,8 +135,15 @@ class MemoryStore:
 
     def claim_now(self, scope: str, fingerprint: bytes, token: str) -> idem.Decision:
         records, now = self.records, self.clock()
-        decision = idem.claim(records.get(scope), fingerprint, token, now, self.lock_ttl)
+        held = records.get(scope)
+        decision = idem.claim(held, fingerprint, token, now, self.lock_ttl)
         if type(decision) is idem.Run:
+            fresh = held is None and now < self._sweep_at and not self._waiters
+            if fresh and len(records) < self.max_entries:
+                # (most claims: a new key, room, no sweep due, nobody waiting; a record
+                # in flight holds no bytes): what _put would do, without its checks
+                records[scope] = decision.record
+                return decision
             if len(records) >= self.max_entries and scope not in records:
                 self._evict(room=1)
                 if len(records) >= self.max_entries:
@@ -141,10 +163,19 @@ class MemoryStore:
     def finish_now(
         self, scope: str, token: str, status: int, body: bytes, content_type: str
     ) -> None:
-        now = self.clock()
+        records, now = self.records, self.clock()
+        if len(body) <= self.max_bytes:
+            body = memoryview(body).tobytes()  # (a copy of its own size: see above)
         change = idem.finish(
-            self.records.get(scope), token, status, body, content_type, now, self.retention
+            records.get(scope), token, status, body, content_type, now, self.retention
         )
+        if type(change) is idem.Record and now < self._sweep_at and not self._waiters:
+            size = self.bytes + len(body)
+            if size <= self.max_bytes:  # (most answers): what _put would do, without checks
+                del records[scope]  # (the holder's record, in flight: no bytes; the answer
+                records[scope] = change  # goes last, as the newest write)
+                self.bytes = size
+                return
         if len(body) > self.max_bytes and isinstance(change, idem.Record):
             change = None  # larger than the whole store: not kept
         self._put(scope, change, now)
