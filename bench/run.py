@@ -4,7 +4,8 @@ Both targets run behind the same fake upstream (``gateway.demo --fixed``) under
 the same pinning: the target on ``--proxy-cpus``, wrk, the clients and the
 upstream on ``--load-cpus``. Rows (``--only``): nonstream, stream, cpu,
 latency, memory, workers, identity (bench/identity.py), replicas, reasoning
-(bench/reasoning.py), codex (bench/codex.py), micro. See
+(bench/reasoning.py), codex (bench/codex.py), micro, instructions
+(bench/instructions.py: callgrind counts of the identity variants). See
 bench/README.md for what each measures.
 Usage: .venv/bin/python bench/run.py [--quick] [--only nonstream,stream]
 """
@@ -33,8 +34,9 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 ROWS = (
     *("nonstream", "stream", "cpu", "latency", "memory", "workers", "ops"),
-    *("identity", "replicas", "reasoning", "codex", "micro"),
+    *("identity", "replicas", "reasoning", "codex", "micro", "instructions"),
 )
+SOLO = ("micro", "instructions")  # rows that start what they need themselves
 # The ops row's second instance of each gateway target: metrics and access log off.
 OPS_OFF = ["--no-metrics", "--no-access-log"]
 PATHS = {"chat": "/v1/chat/completions", "responses": "/v1/responses"}
@@ -450,11 +452,23 @@ class Bench:
         print("\n== micro_transcoder ==\n" + out.stdout + out.stderr[-2000:], flush=True)
         self.res.extra["micro"] = {"returncode": out.returncode, "output": out.stdout[-20000:]}
 
+    def run_instructions(self) -> None:
+        cmd = [sys.executable, str(BENCH / "instructions.py")]
+        if self.args.quick:
+            cmd += ["--requests", "100"]
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        except subprocess.TimeoutExpired:
+            self.res.notes.append("instructions: timed out after 900s")
+            return
+        print("\n== instructions ==\n" + out.stdout + out.stderr[-2000:], flush=True)
+        self.res.extra["instructions"] = {"returncode": out.returncode, "output": out.stdout}
+
     # -- the run ---------------------------------------------------------------
 
     def run(self) -> None:
         rows = self.args.only
-        load_rows = [r for r in rows if r != "micro"]
+        load_rows = [r for r in rows if r not in SOLO]
         if load_rows:
             self.setup()
         if "memory" in rows:
@@ -480,6 +494,8 @@ class Bench:
             self.halt(proc)
         if "micro" in rows:
             self.run_micro()
+        if "instructions" in rows:
+            self.run_instructions()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
