@@ -38,6 +38,7 @@ from gateway.api.seal import Sealer
 from gateway.config import Config, Http, client_keys, seal_keys, upstream_key
 from gateway.http.server import Server
 from gateway.limits import LISTEN_BACKLOG, SHUTDOWN_GRACE
+from gateway.ops import collector
 from gateway.ops.access_log import AccessLog, access_enabled, resolve_format
 from gateway.ops.health import Health, Observer
 from gateway.ops.metrics import Metrics, multiprocess_dir
@@ -293,6 +294,7 @@ async def serve(
         def status() -> str:
             return f"{gateway.in_flight} requests in flight"
 
+        collector.settle()  # (startup's objects: frozen; collections: rare)
         notifier.ready(status())
         notifier.start(watchdog_interval(env, os.getpid()), status)
         stop = asyncio.Event()

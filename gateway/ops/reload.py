@@ -23,6 +23,7 @@ from typing import Any
 from gateway.api.endpoints import Gateway
 from gateway.config import Config, ConfigError
 from gateway.errors import GatewayError
+from gateway.ops import collector
 
 log = logging.getLogger("gateway")
 
@@ -121,6 +122,7 @@ class Reloads:
             await asyncio.sleep(RETIRE_POLL)
         self.retiring.remove(router)
         await router.close()
+        collector.settle()  # (the old config's objects go; the new one's are frozen)
 
     async def close(self) -> None:
         """After the drain: stop reloading, close the old routers still open."""
