@@ -15,9 +15,15 @@ requests. Variants (as in bench/identity.py):
 - ``ids+auth+idem, full store``: the same with ``[idempotency] max-entries`` small
   enough that the warm-up fills it, so every measured request evicts.
 
+With ``--conns N`` (N > 1) the load is ``wrk -cN`` instead, for ``--seconds`` after
+as long a warm-up, and the figure is the dump's total over wrk's count: what
+concurrency adds (requests in flight together: the garbage collector's work, more
+than one answer a read).
+
 What memory does beyond instructions (caches, page faults while a store grows) is
 not in these figures: the identity row's wall-clock ratios hold it.
 Usage: .venv/bin/python bench/instructions.py [--requests N] [--warm N] [--jobs J]
+       [--conns N --seconds S]
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # (harness, identity)
 
 HOST = "127.0.0.1"
 KEY = "sk-bench-instructions-0123456789"
@@ -107,7 +115,31 @@ class Client:
         return chunk
 
 
-def measure(name: str, upstream: str, work: Path, warm: int, requests: int) -> float:
+def wrk_load(port: int, name: str, work: Path, conns: int, seconds: float) -> float:
+    """One wrk run of the variant's requests (each with its own keys); requests done."""
+    import harness
+    from identity import identity_script
+
+    ids, auth, idem, _ = VARIANTS[name]
+    if ids:
+        script = identity_script(BODY, work, KEY if auth else None)
+        if not idem:
+            script.write_text(script.read_text().replace('headers["Idempotency-Key"]', "--"))
+    else:
+        script = work / "plain.lua"
+        script.write_text(
+            f'wrk.method = "POST"\nwrk.body = [==[{BODY.decode()}]==]\n'
+            'wrk.headers["Content-Type"] = "application/json"\n' + harness.WRK_DONE
+        )
+    m = harness.run_wrk([], port, "/v1/responses", script, conns, seconds)
+    if m["errors"]:
+        raise RuntimeError(f"{name}: {m['errors']:.0f} wrk errors or non-2xx answers")
+    return float(m["requests"])
+
+
+def measure(
+    name: str, upstream: str, work: Path, warm: int, requests: int, conns: int, seconds: float
+) -> float:
     """Instructions per request of one variant (its own gateway under callgrind)."""
     flags = VARIANTS[name]
     tag = re.sub(r"[^a-z]+", "-", name)
@@ -135,14 +167,20 @@ def measure(name: str, upstream: str, work: Path, warm: int, requests: int) -> f
     )
     try:
         wait_port(port, proc)
-        client = Client(port, flags)
-        for n in range(warm):
-            client.send(n)
-        control(proc.pid, "-z")
-        for n in range(warm, warm + requests):
-            client.send(n)
-        control(proc.pid, "-d", "measured")
-        client.sock.close()
+        if conns > 1:
+            wrk_load(port, name, work, conns, seconds)
+            control(proc.pid, "-z")
+            requests = int(wrk_load(port, name, work, conns, seconds))
+            control(proc.pid, "-d", "measured")
+        else:
+            client = Client(port, flags)
+            for n in range(warm):
+                client.send(n)
+            control(proc.pid, "-z")
+            for n in range(warm, warm + requests):
+                client.send(n)
+            control(proc.pid, "-d", "measured")
+            client.sock.close()
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -176,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=300, help="measured requests per variant")
     p.add_argument("--warm", type=int, default=100, help="requests before the count starts")
     p.add_argument("--jobs", type=int, default=2, help="variants measured at once")
+    p.add_argument("--conns", type=int, default=1, help="1: sequential; more: wrk -cN")
+    p.add_argument("--seconds", type=float, default=20.0, help="wrk run (with --conns)")
     a = p.parse_args(argv)
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print("instructions: valgrind not found (apt-get install valgrind); skipped")
@@ -193,7 +233,9 @@ def main(argv: list[str] | None = None) -> int:
             upstream = f"http://{HOST}:{up}/v1"
             with ThreadPoolExecutor(max(1, a.jobs)) as pool:
                 futures = {
-                    name: pool.submit(measure, name, upstream, work, a.warm, a.requests)
+                    name: pool.submit(
+                        measure, name, upstream, work, a.warm, a.requests, a.conns, a.seconds
+                    )
                     for name in VARIANTS
                 }
                 figures = {name: f.result() for name, f in futures.items()}
@@ -201,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
             demo.terminate()
             demo.wait()
     plain = figures["plain"]
-    print(f"instructions per non-streaming POST /v1/responses ({a.requests} measured, callgrind)")
+    how = f"wrk -c{a.conns}, {a.seconds:.0f} s" if a.conns > 1 else f"{a.requests} sequential"
+    print(f"instructions per non-streaming POST /v1/responses ({how}, callgrind)")
     for name, value in figures.items():
         print(f"  {name:27s} {value / 1000:8.1f}k   {value / plain:5.3f}x of plain")
     return 0
