@@ -71,7 +71,7 @@ def _name_prefix(name: str) -> bytes:
 
 
 def header_line(name: str, value: str) -> bytes:
-    """``name: value\r\n``, checked: the name a token, the value free of control
+    """``name: value\\r\\n``, checked: the name a token, the value free of control
     characters (no CR, LF or NUL can inject a header or split the answer). A name is
     checked once; a value of visible ASCII and spaces (nearly all: request ids, types,
     counts) needs no more than two C calls, other values a byte-wise check."""
