@@ -23,7 +23,7 @@ than one answer a read).
 What memory does beyond instructions (caches, page faults while a store grows) is
 not in these figures: the identity row's wall-clock ratios hold it.
 Usage: .venv/bin/python bench/instructions.py [--requests N] [--warm N] [--jobs J]
-       [--conns N --seconds S]
+       [--conns N --seconds S] [--only VARIANT,...]
 """
 
 from __future__ import annotations
@@ -216,7 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=2, help="variants measured at once")
     p.add_argument("--conns", type=int, default=1, help="1: sequential; more: wrk -cN")
     p.add_argument("--seconds", type=float, default=20.0, help="wrk run (with --conns)")
+    p.add_argument("--only", default="", help="comma-separated variants (plain is always in)")
     a = p.parse_args(argv)
+    only = {"plain", *filter(None, a.only.split(","))} if a.only else set(VARIANTS)
+    if unknown := only - set(VARIANTS):
+        p.error(f"unknown variants: {', '.join(sorted(unknown))} (of: {', '.join(VARIANTS)})")
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print("instructions: valgrind not found (apt-get install valgrind); skipped")
         return 0
@@ -237,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
                         measure, name, upstream, work, a.warm, a.requests, a.conns, a.seconds
                     )
                     for name in VARIANTS
+                    if name in only
                 }
                 figures = {name: f.result() for name, f in futures.items()}
         finally:

@@ -106,7 +106,7 @@ class Replays:
             return await asyncio.shield(task)
         store, local = self.store, self.local
         scope = store.scope(call.tenant, idem.check_key(key))
-        fp = idem.fingerprint(request.path, body)
+        fp = store.fingerprint(request.path, body)
         token = self._prefix + str(next(self._count))
         while True:
             if local is not None:

@@ -31,12 +31,16 @@ from gateway.errors import IdempotencyKeyReused, InvalidRequest
 
 MAX_KEY = 255  # characters of an Idempotency-Key (Stripe's bound; longer: 400)
 
+# A store's digest of a request: ``fingerprint`` (bytes) where processes share the
+# records; the in-process store's own, cheaper one is an int (``MemoryStore``).
+Fingerprint = bytes | int
+
 
 class Record(msgspec.Struct, frozen=True, array_like=True):
     """What a store holds for one scope. ``status == 0``: in flight, held by
     ``token`` until ``expires``; otherwise done, replayable until ``expires``."""
 
-    fingerprint: bytes
+    fingerprint: Fingerprint
     token: str
     expires: float
     status: int = 0
@@ -120,7 +124,9 @@ def live(record: Record | None, now: float) -> Record | None:
     return record
 
 
-def claim(record: Record | None, fp: bytes, token: str, now: float, lock_ttl: float) -> Decision:
+def claim(
+    record: Record | None, fp: Fingerprint, token: str, now: float, lock_ttl: float
+) -> Decision:
     """A request with this scope arrives. Raises ``IdempotencyKeyReused`` when the
     key was used for another request."""
     if record is None or record.expires <= now:  # (``live``, inline: once per request)

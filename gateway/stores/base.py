@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from gateway.core.idempotency import Decision
+from gateway.core.idempotency import Decision, Fingerprint
 
 
 class Store(Protocol):
@@ -16,7 +16,12 @@ class Store(Protocol):
         """Where the records of ``tenant``'s Idempotency-Key ``key`` are kept."""
         ...
 
-    async def claim(self, scope: str, fingerprint: bytes, token: str) -> Decision:
+    def fingerprint(self, path: str, body: bytes) -> Fingerprint:
+        """What makes two requests with one key "the same" here: the route and the
+        body's bytes."""
+        ...
+
+    async def claim(self, scope: str, fingerprint: Fingerprint, token: str) -> Decision:
         """``Run`` (the caller holds the key), ``Wait`` or ``Replay``; raises
         ``IdempotencyKeyReused`` for another body under the same key."""
         ...

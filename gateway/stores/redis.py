@@ -175,7 +175,10 @@ class RedisStore:
     def scope(self, tenant: str, key: str) -> str:
         return idem.scope(tenant, key)  # (hashed: a Redis key of fixed length)
 
-    async def claim(self, scope: str, fingerprint: bytes, token: str) -> idem.Decision:
+    def fingerprint(self, path: str, body: bytes) -> bytes:
+        return idem.fingerprint(path, body)  # (the same in every process that shares it)
+
+    async def claim(self, scope: str, fingerprint: idem.Fingerprint, token: str) -> idem.Decision:
         def step(record: idem.Record | None, now: float) -> tuple[idem.Change, idem.Decision]:
             decision = idem.claim(record, fingerprint, token, now, self.lock_ttl)
             return (decision.record if isinstance(decision, idem.Run) else idem.KEEP), decision

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from gateway.core import idempotency as idem
-from gateway.errors import Overloaded
+from gateway.errors import IdempotencyKeyReused, Overloaded
 from gateway.stores.memory import MemoryStore
 
 FP = idem.fingerprint("/v1/responses", b"{}")
@@ -249,3 +249,25 @@ async def test_a_kept_answer_holds_only_its_own_bytes() -> None:
         tracemalloc.stop()
     assert store.bytes == 200 * size
     assert grown / 200 < size + 400, (grown / 200, size)  # the bytes, the record, its keys
+
+
+async def test_its_own_fingerprint_tells_requests_apart_by_route_and_body() -> None:
+    """The in-process store's digest (Python's keyed hash): the same route and bytes
+    give the same one, another body or route another; a retry with a changed body is
+    refused as with the shared stores' BLAKE2b."""
+    store = MemoryStore(clock=Clock())
+    body = b'{"model":"m1","input":"Hi"}'
+    fp = store.fingerprint("/v1/responses", body)
+    assert fp == store.fingerprint("/v1/responses", bytes(bytearray(body)))  # (equal bytes)
+    others = {
+        store.fingerprint("/v1/responses", b'{"model":"m1","input":"Ho"}'),
+        store.fingerprint("/v1/chat/completions", body),
+        store.fingerprint("/v1/responses", body + b" "),
+    }
+    assert fp not in others and len(others) == 3
+    assert isinstance(store.claim_now("s", fp, "t"), idem.Run)
+    store.finish_now("s", "t", 200, b"answer", "application/json")
+    replay = store.claim_now("s", store.fingerprint("/v1/responses", body), "u")
+    assert isinstance(replay, idem.Replay) and replay.record.body == b"answer"
+    with pytest.raises(IdempotencyKeyReused):
+        store.claim_now("s", store.fingerprint("/v1/chat/completions", body), "u")
