@@ -105,12 +105,16 @@ class Replays:
             task.add_done_callback(self._ended)
             return await asyncio.shield(task)
         store, local = self.store, self.local
-        scope = store.scope(call.tenant, idem.check_key(key))
+        if not key or len(key) > idem.MAX_KEY:
+            idem.check_key(key)  # (raises: its 400)
+        scope = store.scope(call.tenant, key)
         fp = store.fingerprint(request.path, body)
         token = self._prefix + str(next(self._count))
         while True:
             if local is not None:
-                decision = local.claim_now(scope, fp, token)
+                decision: idem.Decision | None = local.claim_now(scope, fp, token)
+                if decision is None:
+                    break  # (held: the local store makes no Run for it)
             else:
                 decision = await store.claim(scope, fp, token)
             if isinstance(decision, idem.Run):

@@ -146,7 +146,11 @@ class MemoryStore:
         shared between processes needs (their hashes are keyed apart)."""
         return hash((path, body))
 
-    def claim_now(self, scope: str, fingerprint: idem.Fingerprint, token: str) -> idem.Decision:
+    def claim_now(
+        self, scope: str, fingerprint: idem.Fingerprint, token: str
+    ) -> idem.Wait | idem.Replay | None:
+        """``claim`` as a plain call; ``None`` for ``Run``: the caller holds the key
+        (its record in flight is stored), without a ``Run`` made for it."""
         records, now = self.records, self.clock()
         held = records.get(scope)
         fresh = held is None and now < self._sweep_at and not self._waiters
@@ -154,20 +158,21 @@ class MemoryStore:
             # (most claims: a new key, room, no sweep due, nobody waiting; a record in
             # flight holds no bytes): idem.claim's first case and what _put does then,
             # without their checks
-            record = idem.Record(fingerprint, token, now + self.lock_ttl)
-            records[scope] = record
-            return idem.Run(record)
+            records[scope] = idem.Record(fingerprint, token, now + self.lock_ttl)
+            return None
         decision = idem.claim(held, fingerprint, token, now, self.lock_ttl)
-        if type(decision) is idem.Run:
-            if len(records) >= self.max_entries and scope not in records:
-                self._evict(room=1)
-                if len(records) >= self.max_entries:
-                    raise Overloaded(FULL)
-            self._put(scope, decision.record, now)
-        return decision
+        if not isinstance(decision, idem.Run):
+            return decision
+        if len(records) >= self.max_entries and scope not in records:
+            self._evict(room=1)
+            if len(records) >= self.max_entries:
+                raise Overloaded(FULL)
+        self._put(scope, decision.record, now)
+        return None
 
     async def claim(self, scope: str, fingerprint: idem.Fingerprint, token: str) -> idem.Decision:
-        return self.claim_now(scope, fingerprint, token)
+        decision = self.claim_now(scope, fingerprint, token)
+        return idem.Run(self.records[scope]) if decision is None else decision
 
     async def refresh(self, scope: str, token: str) -> None:
         record = self.records.get(scope)
