@@ -134,6 +134,31 @@ async def test_the_same_key_with_another_body_is_422(
     assert len(upstream.received) == 1
 
 
+async def test_megabyte_bodies_both_ways_replay_and_a_changed_byte_is_422(
+    gw: openai.AsyncOpenAI, upstream: FakeUpstream
+) -> None:
+    """At vision sizes: a 1.5 MB image in the request and a 1 MB answer. The retry is
+    replayed byte for byte; the same request with one byte of the image changed, at
+    its very end, is another request (422), for both stores' fingerprints."""
+    image = "data:image/png;base64," + "A" * 1_500_000
+    upstream.reply = slow(completion("x" * 1_000_000), 0.0)
+
+    def message(url: str) -> list[dict]:
+        parts = [{"type": "input_text", "text": "What is this?"}]
+        return [{"role": "user", "content": [*parts, {"type": "input_image", "image_url": url}]}]
+
+    first = await create(gw, input=message(image))
+    again = await create(gw, input=message(image))
+    assert len(upstream.received) == 1
+    assert len(first.http_response.content) > 1_000_000
+    assert again.http_response.content == first.http_response.content
+    assert again.headers["idempotent-replayed"] == "true"
+    with pytest.raises(openai.UnprocessableEntityError) as info:
+        await create(gw, input=message(image[:-1] + "B"))
+    assert info.value.code == "idempotency_key_reused"
+    assert len(upstream.received) == 1
+
+
 async def test_a_duplicate_in_flight_with_another_body_is_422(
     gw: openai.AsyncOpenAI, upstream: FakeUpstream
 ) -> None:
