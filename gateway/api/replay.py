@@ -105,9 +105,7 @@ class Replays:
             task.add_done_callback(self._ended)
             return await asyncio.shield(task)
         store, local = self.store, self.local
-        if not key or len(key) > idem.MAX_KEY:
-            idem.check_key(key)  # (raises: its 400)
-        scope = store.scope(call.tenant, key)
+        scope = store.scope(call.tenant, idem.check_key(key))
         fp = store.fingerprint(request.path, body)
         token = self._prefix + str(next(self._count))
         while True:
