@@ -14,7 +14,15 @@ In each repetition, back to back under the same pinning and the same wrk load
   between them, so the ratio of their request rates is the inverse ratio of their cost
   per request, and whatever else slows the machine meanwhile slows both alike: on this
   shared host the back-to-back ratio swung between 0.72x and 1.07x from run to run at
-  one commit, the paired one by a few hundredths.
+  one commit, the paired one by up to 0.05 among a run's repetitions. Two more pairs
+  the same way:
+- ``floor`` against ``plain``: ``floor`` is ``ids+auth+idem`` with the store cut down
+  to what every store that replays answers must do, keep a copy of each answer under
+  its key (bench/floor_gateway.py; not a store: nothing is ever replayed). No store
+  can cost less, so this pair is the least the three can cost on this machine;
+- ``ids+auth+idem`` against the same with a store of 200 records (it stays in the
+  core's cache, and evicts a hundredth of itself every other request): what it costs
+  that a store keeps its answers for hours, in memory the next request finds cold.
 
 The issue's bar: the ids+auth+idem ratio to the baseline at least 0.9x of the plain
 one (``vs plain`` column; the paired ratio is the steadier figure of the same). Each
@@ -43,6 +51,7 @@ if TYPE_CHECKING:
     from run import Bench
 
 KEY = "sk-bench-identity-0123456789"
+FLOOR = Path(__file__).resolve().parent / "floor_gateway.py"
 VARIANTS = ("plain", "ids+auth+idem", "ids+auth+idem redis")
 METRICS = [
     ("rps", "req/s (64 conns)"),
@@ -51,7 +60,21 @@ METRICS = [
     ("p99_ms", "p99 ms"),
 ]
 STORE = ("memory store, empty", "memory store, full")
-PAIRED = ("plain", "ids+auth+idem")
+CACHED = "ids+auth+idem, store in cache"
+CACHED_ENTRIES = 200  # records of about 1.5 KB: 300 KB, within a core's L2
+# Paired runs (a, b): b's req/s over a's. The first is the bar's; the floor's is the least
+# any store can cost here; the third, what keeping the answers in memory that is cold
+# by the time it is read again costs, against a store so small that it stays cached.
+PAIRS = (
+    ("plain", "ids+auth+idem"),
+    ("plain", "floor"),
+    (CACHED, "ids+auth+idem"),
+)
+PAIR_LABELS = {
+    PAIRS[0]: "ids+auth+idem vs plain",
+    PAIRS[1]: "floor vs plain",
+    PAIRS[2]: f"ids+auth+idem vs the same with a {CACHED_ENTRIES}-record store",
+}
 
 
 def store_cost(full: bool, n: int = 20_000) -> float:
@@ -131,9 +154,23 @@ class IdentityRow:
             self.redis_pid = proc.pid
             wait_redis(port)
             extra["ids+auth+idem redis"] = [*auth, "--redis", f"redis://{h.HOST}:{port}/0"]
+        extra["floor"] = auth
+        extra[CACHED] = auth
         for name, args in extra.items():
             port = h.free_port()
-            cmd = [*b.pin_proxy, *gateway_cmd(port, b.fast, args)]
+            if name == CACHED:
+                conf = b.log_dir / "identity-cached.toml"
+                conf.write_text(
+                    f'[listen]\nhost = "{h.HOST}"\nport = {port}\n'
+                    f"[idempotency]\nmax-entries = {CACHED_ENTRIES}\n"
+                    f'[[deployment]]\nmodels = ["demo"]\nupstream = "{b.fast}"\n'
+                )
+                cmd = [*b.pin_proxy, sys.executable, "-m", "gateway", "serve"]
+                cmd += ["--config", str(conf), *args]
+            elif name == "floor":
+                cmd = [*b.pin_proxy, *gateway_cmd(port, b.fast, args, FLOOR)]
+            else:
+                cmd = [*b.pin_proxy, *gateway_cmd(port, b.fast, args)]
             auth_header = {"Authorization": f"Bearer {KEY}"} if args else None
             proc = b.launch(
                 f"identity-{name.replace(' ', '-').replace('+', '-')}", cmd, port, auth_header
@@ -182,19 +219,24 @@ class IdentityRow:
             if name.endswith("redis"):
                 metrics["redis_us_per_req"] = redis * 1e6 / n
             b.res.add("identity", name, metrics)
-        if all(name in self.ports for name in PAIRED):
-            self.paired()
+        for pair in PAIRS:
+            if all(name in self.ports for name in pair):
+                self.paired(pair)
         for name, full in zip(STORE, (False, True), strict=True):
             b.res.add("identity", name, {"store_us": store_cost(full)})
 
-    def paired(self) -> None:
-        """Both PAIRED gateways under load at once (see the module's docstring)."""
+    def paired(self, pair: tuple[str, str]) -> None:
+        """Both gateways of ``pair`` under load at once (see the module's docstring)."""
         b, a = self.bench, self.bench.args
-        plain, ident = PAIRED
-        scripts = {plain: b.scripts["responses", False]}
-        scripts[ident] = identity_script(self.payload, b.log_dir, KEY)
-        self.scripts.append(scripts[ident])
-        cpu0 = {name: h.cpu_seconds(self.pids[name]) for name in PAIRED}
+        first, second = pair
+        scripts = {
+            name: b.scripts["responses", False]
+            if name == "plain"
+            else identity_script(self.payload, b.log_dir, KEY)
+            for name in pair
+        }
+        self.scripts += [s for s in scripts.values() if s not in b.scripts.values()]
+        cpu0 = {name: h.cpu_seconds(self.pids[name]) for name in pair}
         found: dict[str, dict[str, float]] = {}
 
         def load(name: str) -> None:
@@ -207,24 +249,26 @@ class IdentityRow:
                 a.duration,
             )
 
-        threads = [threading.Thread(target=load, args=(name,)) for name in PAIRED]
+        threads = [threading.Thread(target=load, args=(name,)) for name in pair]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
-        if set(found) != set(PAIRED):
-            b.res.notes.append("identity paired: a wrk run failed")
+        label = PAIR_LABELS[pair]
+        if set(found) != set(pair):
+            b.res.notes.append(f"identity paired {label}: a wrk run failed")
             return
         metrics = {}
-        for name in PAIRED:
+        for name in pair:
             m = found[name]
             if m["errors"]:
                 b.res.notes.append(f"identity paired {name}: {m['errors']:.0f} wrk errors/non-2xx")
             cpu = h.cpu_seconds(self.pids[name]) - cpu0[name]
             metrics[name] = {"rps": m["rps"], "us_per_req": cpu * 1e6 / max(1.0, m["requests"])}
-        metrics[ident]["vs_plain"] = metrics[ident]["rps"] / max(1.0, metrics[plain]["rps"])
-        for name in PAIRED:
-            b.res.add("identity", f"paired {name}", metrics[name])
+        ratio = metrics[second]["rps"] / max(1.0, metrics[first]["rps"])
+        b.res.add("identity", f"paired {label}", {"ratio": ratio})
+        for name in pair:
+            b.res.add("identity", f"paired {label}: {name}", metrics[name])
 
     def redis_cpu(self) -> float:
         return h.cpu_seconds(self.redis_pid) if self.redis_pid else 0.0
@@ -234,9 +278,13 @@ class IdentityRow:
             script.unlink(missing_ok=True)
 
 
-def gateway_cmd(port: int, upstream: str, extra: list[str]) -> list[str]:
+def gateway_cmd(
+    port: int, upstream: str, extra: list[str], program: Path | None = None
+) -> list[str]:
+    """``python -m gateway serve`` (or ``program serve``, the floor's) with these flags."""
     common = ["--host", h.HOST, "--port", str(port), "--upstream", upstream, "--model", "demo"]
-    return [sys.executable, "-m", "gateway", "serve", *common, *extra]
+    run = [str(program)] if program is not None else ["-m", "gateway"]
+    return [sys.executable, *run, "serve", *common, *extra]
 
 
 def wait_redis(port: int, timeout: float = 10.0) -> None:
@@ -276,15 +324,17 @@ def table(summary: dict[str, dict[str, dict[str, dict[str, float]]]]) -> list[st
         rows.append(cells)
     widths = [max(len(r[i]) for r in rows) for i in range(len(heads))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    pair = [row.get(f"paired {name}", {}) for name in PAIRED]
-    if all(pair) and "vs_plain" in pair[1]:
-        rps = [p["rps"]["median"] for p in pair]
-        cpu = [p["us_per_req"]["median"] for p in pair]
+    for pair in PAIRS:
+        label = PAIR_LABELS[pair]
+        ratio = row.get(f"paired {label}", {}).get("ratio")
+        sides = [row.get(f"paired {label}: {name}", {}) for name in pair]
+        if not ratio or not all(sides):
+            continue
+        rps = [s["rps"]["median"] for s in sides]
+        cpu = [s["us_per_req"]["median"] for s in sides]
         lines.append(
-            "paired (both at once on the same CPU, each with half the connections): "
-            f"ids+auth+idem vs plain req/s {pair[1]['vs_plain']['median']:.2f}x "
-            f"(median of the runs' ratios, {pair[1]['vs_plain']['min']:.2f}-"
-            f"{pair[1]['vs_plain']['max']:.2f}; {rps[1]:,.0f} vs {rps[0]:,.0f} req/s, "
+            f"paired: {label} req/s {ratio['median']:.2f}x (median of the runs' ratios, "
+            f"{ratio['min']:.2f}-{ratio['max']:.2f}; {rps[1]:,.0f} vs {rps[0]:,.0f} req/s, "
             f"{cpu[1]:.0f} vs {cpu[0]:.0f} us CPU a request)"
         )
     cost = [row.get(name, {}).get("store_us", {}).get("median") for name in STORE]
