@@ -160,13 +160,8 @@ class IdentityRow:
             port = h.free_port()
             if name == CACHED:
                 conf = b.log_dir / "identity-cached.toml"
-                conf.write_text(
-                    f'[listen]\nhost = "{h.HOST}"\nport = {port}\n'
-                    f"[idempotency]\nmax-entries = {CACHED_ENTRIES}\n"
-                    f'[[deployment]]\nmodels = ["demo"]\nupstream = "{b.fast}"\n'
-                )
-                cmd = [*b.pin_proxy, sys.executable, "-m", "gateway", "serve"]
-                cmd += ["--config", str(conf), *args]
+                bounded = bounded_store(conf, port, b.fast, CACHED_ENTRIES)
+                cmd = [*b.pin_proxy, sys.executable, "-m", "gateway", "serve", *bounded, *args]
             elif name == "floor":
                 cmd = [*b.pin_proxy, *gateway_cmd(port, b.fast, args, FLOOR)]
             else:
@@ -198,14 +193,7 @@ class IdentityRow:
         for name in VARIANTS:
             if name not in self.ports:
                 continue
-            key = None if name == "plain" else KEY
-            script = (
-                b.scripts["responses", False]
-                if name == "plain"
-                else identity_script(self.payload, b.log_dir, key)
-            )
-            if script not in b.scripts.values():
-                self.scripts.append(script)
+            script = self.script(name)
             pid = self.pids[name]
             cpu0, redis0 = h.cpu_seconds(pid), self.redis_cpu()
             m = h.run_wrk(
@@ -225,17 +213,20 @@ class IdentityRow:
         for name, full in zip(STORE, (False, True), strict=True):
             b.res.add("identity", name, {"store_us": store_cost(full)})
 
+    def script(self, name: str) -> Path:
+        """The wrk script for a run of ``name``: plain requests for ``plain``; for the
+        others, a new one whose keys no earlier run used (removed by ``close``)."""
+        if name == "plain":
+            return self.bench.scripts["responses", False]
+        script = identity_script(self.payload, self.bench.log_dir, KEY)
+        self.scripts.append(script)
+        return script
+
     def paired(self, pair: tuple[str, str]) -> None:
         """Both gateways of ``pair`` under load at once (see the module's docstring)."""
         b, a = self.bench, self.bench.args
         first, second = pair
-        scripts = {
-            name: b.scripts["responses", False]
-            if name == "plain"
-            else identity_script(self.payload, b.log_dir, KEY)
-            for name in pair
-        }
-        self.scripts += [s for s in scripts.values() if s not in b.scripts.values()]
+        scripts = {name: self.script(name) for name in pair}
         cpu0 = {name: h.cpu_seconds(self.pids[name]) for name in pair}
         found: dict[str, dict[str, float]] = {}
 
@@ -285,6 +276,18 @@ def gateway_cmd(
     common = ["--host", h.HOST, "--port", str(port), "--upstream", upstream, "--model", "demo"]
     run = [str(program)] if program is not None else ["-m", "gateway"]
     return [sys.executable, *run, "serve", *common, *extra]
+
+
+def bounded_store(conf: Path, port: int, upstream: str, entries: int) -> list[str]:
+    """Flags for a gateway on ``port`` in front of ``upstream`` whose memory store holds
+    at most ``entries`` records: a config file written to ``conf`` (the bound has no
+    flag of its own, and ``--config`` goes without ``--upstream``/``--model``)."""
+    conf.write_text(
+        f'[listen]\nhost = "{h.HOST}"\nport = {port}\n'
+        f"[idempotency]\nmax-entries = {entries}\n"
+        f'[[deployment]]\nmodels = ["demo"]\nupstream = "{upstream}"\n'
+    )
+    return ["--config", str(conf)]
 
 
 def wait_redis(port: int, timeout: float = 10.0) -> None:

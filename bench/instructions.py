@@ -146,13 +146,9 @@ def measure(
     port = free_port()
     args = ["--host", HOST, "--port", str(port), "--upstream", upstream, "--model", "demo"]
     if flags[3]:  # the same, from a config file that bounds the store
-        conf = work / f"{tag}.toml"
-        conf.write_text(
-            f'[listen]\nhost = "{HOST}"\nport = {port}\n'
-            f"[idempotency]\nmax-entries = {FULL_ENTRIES}\n"
-            f'[[deployment]]\nmodels = ["demo"]\nupstream = "{upstream}"\n'
-        )
-        args = ["--config", str(conf)]
+        from identity import bounded_store
+
+        args = bounded_store(work / f"{tag}.toml", port, upstream, FULL_ENTRIES)
         warm = max(warm, FULL_ENTRIES + 50)
     if flags[1]:
         keys = work / "keys.txt"

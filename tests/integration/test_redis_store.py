@@ -50,12 +50,10 @@ async def answers(port: int) -> bool:
 
 
 @asynccontextmanager
-async def gateway_process(*args: str, program: str | None = None) -> AsyncIterator[str]:
-    """A real gateway process: ``python -m gateway serve ARGS --port P`` (or ``python
-    PROGRAM serve ...``); its base URL."""
+async def gateway_process(*args: str) -> AsyncIterator[str]:
+    """A real gateway process: ``python -m gateway serve ARGS --port P``; its base URL."""
     port = free_port()
-    run = [program] if program is not None else ["-m", "gateway"]
-    cmd = [sys.executable, *run, "serve", "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--port", str(port)]
     cmd += [*args, "--log-level", "WARNING"]
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
