@@ -285,7 +285,7 @@ def supervise(cfg: Config, keys_text: str | None, hup: object) -> int:
     if cfg.ops.metrics:
         metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-    from gateway.ops.lifecycle import with_seal_key
+    from gateway.ops.build import with_seal_key
     from gateway.ops.supervisor import Supervisor
 
     try:

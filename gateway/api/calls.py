@@ -17,10 +17,10 @@ count already.
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from gateway.core.ids import IDS
 from gateway.limits import MAX_REQUEST_ID
+from gateway.upstream.routing import Route
 
 REQUEST = "req_"
 
@@ -46,7 +46,7 @@ class Call:
         self.started = time.monotonic()
         self.endpoint = "other"  # the route's short name: bounded, never the raw path
         self.model = ""  # the model id the client asked for, once a deployment serves it
-        self.route: Any = None  # the upstream.routing.Route that served it
+        self.route: Route | None = None  # the route that served it
         self.status = 0  # the HTTP status (200 for a stream, whatever its end)
         self.outcome = COMPLETED
         self.ttft: float | None = None  # seconds to the first streamed output

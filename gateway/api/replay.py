@@ -27,7 +27,6 @@ from gateway.core.ids import IDS
 from gateway.errors import GatewayError, StoreUnavailable
 from gateway.http.messages import Incoming, Reply, Response
 from gateway.stores.base import Store
-from gateway.stores.memory import MemoryStore
 
 log = logging.getLogger("gateway")
 
@@ -68,7 +67,7 @@ class Replays:
     def __init__(self, store: Store, lock_ttl: float) -> None:
         self.store = store
         # The in-process store's transitions are plain calls (no coroutine each).
-        self.local = store if isinstance(store, MemoryStore) else None
+        self.local = store.immediate
         self.beat = lock_ttl / 3
         # A run's token names its holder: unique among the store's processes (a random
         # prefix per process: this object is made in each worker) and cheaper than an id.

@@ -25,7 +25,9 @@ from typing import IO, Any
 import orjson
 
 from gateway.api.calls import Call
+from gateway.config import Deployment
 from gateway.limits import ACCESS_LOG_FLUSH
+from gateway.upstream.routing import Route
 
 ACCESS = "gateway.access"
 HEAD_JSON = f'"level":"info","logger":"{ACCESS}","msg":"request"'
@@ -35,8 +37,6 @@ NULL_NAMES = ("null", "null")
 def _json_or_null(text: str) -> str:
     return orjson.dumps(text).decode() if text else "null"
 
-
-FORMATS = ("auto", "json", "text")
 
 _stamp_second = -1
 _stamp_prefix = ""
@@ -99,24 +99,20 @@ def setup(level: str, fmt: str, stream: IO[str] | None = None) -> str:
     return resolved
 
 
-def replica_name(route: Any) -> tuple[str, str]:
+def replica_name(route: Route | None) -> tuple[str, str]:
     """(deployment, replica) labels of a route, both from the config (bounded): the
     deployment's name (its first model id, or its first URL), and its replica's base
     URL when it has one replica ("" when it has several: then the call's own
     ``replica``, set when a replica answered or failed it, names it)."""
     if route is None:
         return "", ""
-    replicas: list[Any] = list(getattr(getattr(route, "replicas", None), "replicas", None) or ())
-    one = str(replicas[0].base) if len(replicas) == 1 else ""
+    replicas = route.replicas.replicas
+    one = replicas[0].base if len(replicas) == 1 else ""
     return deployment_name(route.dep), one
 
 
-def deployment_name(dep: Any) -> str:
-    name = getattr(dep, "name", None)
-    if name:
-        return str(name)
-    models = getattr(dep, "models", ())
-    return str(models[0]) if models else str(dep.urls[0])
+def deployment_name(dep: Deployment) -> str:
+    return dep.models[0] if dep.models else dep.urls[0]
 
 
 def error_code(error: Exception) -> str:
@@ -166,7 +162,7 @@ class AccessLog:
         self.json = fmt == "json"
         self.pending: list[bytes] = []
         self.scheduled = False
-        self.names: dict[Any, tuple[str, str]] = {}  # route -> deployment, replica (JSON)
+        self.names: dict[Route, tuple[str, str]] = {}  # route -> deployment, replica (JSON)
         self.models: dict[str, str] = {}  # model id -> JSON
 
     def write(self, call: Call, now: float) -> None:
@@ -183,8 +179,11 @@ class AccessLog:
         constants, or the request id (printable ASCII: quoted as it is unless it
         holds a quote or a backslash)."""
         route = call.route
-        names = self.names.get(route) if route is not None else NULL_NAMES
-        if names is None:  # (once per route: a route lives as long as its router)
+        if route is None:
+            names = NULL_NAMES
+        elif (known := self.names.get(route)) is not None:
+            names = known
+        else:  # (once per route: a route lives as long as its router)
             dep, replica = replica_name(route)
             names = self.names[route] = (_json_or_null(dep), _json_or_null(replica))
         if call.replica:  # (one of several: which one is the call's)

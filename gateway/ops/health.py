@@ -23,23 +23,15 @@ from gateway.api.endpoints import Gateway
 from gateway.http.messages import Incoming, Reply, Response
 from gateway.ops.access_log import AccessLog, deployment_name
 from gateway.ops.metrics import CONTENT_TYPE, Metrics
+from gateway.upstream.routing import Router
 
 JSON = "application/json"
 NO_STORE = {"Cache-Control": "no-store"}
 
 
-def router_ready(router: Any) -> bool:
-    ready = getattr(router, "ready", None)
-    return True if ready is None else bool(ready())
-
-
-def router_replicas(router: Any) -> list[tuple[str, str, bool]]:
+def router_replicas(router: Router) -> list[tuple[str, str, bool]]:
     """(deployment, replica, healthy) for each replica the router knows."""
-    out = []
-    for dep, replica_set in getattr(router, "_deployments", ()):
-        for one in getattr(replica_set, "replicas", ()):
-            out.append((deployment_name(dep), str(one.base), bool(one.healthy)))
-    return out
+    return [(deployment_name(dep), one.base, one.healthy) for dep, one in router.replicas()]
 
 
 class Observer:
@@ -60,17 +52,12 @@ class Observer:
             self.access.write(call, now)
 
 
-class Health:
-    """The state readiness is made of, and the three routes."""
+class OpsRoutes:
+    """The process's three routes, on ``gateway.ops``; ``close`` at the gateway's end."""
 
     def __init__(self, gateway: Gateway, metrics: Metrics | None) -> None:
         self.gateway = gateway
         self.metrics = metrics
-        self.listening = 0  # listeners open
-        self.draining = False
-        self.servers: list[Any] = []  # the HTTP servers serving it (a reload sets max_body)
-        self.store: Any = None  # the idempotency and limits store (a reload keeps it)
-        self.overload: Any = None  # the [overload] gate (a reload keeps it)
         gateway.ops[("GET", "/healthz")] = self.healthz
         gateway.ops[("GET", "/readyz")] = self.readyz
         if metrics is not None:
@@ -88,11 +75,12 @@ class Health:
 
     def reasons(self) -> list[str]:
         why = []
-        if not self.listening:
+        process = self.gateway.process
+        if not process.listening:
             why.append("not listening")
-        if self.draining:
+        if process.draining:
             why.append("draining")
-        if not router_ready(self.gateway.router):
+        if not self.gateway.router.ready():
             why.append("a deployment has no healthy replica")
         return why
 

@@ -21,7 +21,6 @@ connections close, and the process exits 0.
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import os
 import signal
@@ -31,16 +30,16 @@ from contextlib import asynccontextmanager
 from typing import IO, TYPE_CHECKING, Any
 
 from gateway.api.endpoints import Gateway
-from gateway.api.guard import Guard
 from gateway.api.pings import SsePings
+from gateway.api.process import ProcessState
 from gateway.api.replay import Replays
-from gateway.api.seal import Sealer
-from gateway.config import Config, Http, client_keys, seal_keys, upstream_key
+from gateway.config import Config, Http
 from gateway.http.server import Server
 from gateway.limits import LISTEN_BACKLOG, SHUTDOWN_GRACE
 from gateway.ops import collector
 from gateway.ops.access_log import AccessLog, access_enabled, resolve_format
-from gateway.ops.health import Health, Observer
+from gateway.ops.build import make_guard, make_overload, make_router, open_sealer, open_store
+from gateway.ops.health import Observer, OpsRoutes
 from gateway.ops.metrics import Metrics, multiprocess_dir
 from gateway.ops.notify import (
     Notifier,
@@ -50,11 +49,6 @@ from gateway.ops.notify import (
     watchdog_interval,
 )
 from gateway.ops.reload import Reloads
-from gateway.stores.base import Store
-from gateway.stores.memory import MemoryStore
-from gateway.upstream.admission import Gate
-from gateway.upstream.replicas import ReplicaSet
-from gateway.upstream.routing import Router
 
 if TYPE_CHECKING:
     from gateway.http.aiohttp_server import AiohttpServer
@@ -65,72 +59,9 @@ NO_ENV: Mapping[str, str] = {}
 DEFAULT_HTTP = Http()
 
 
-def open_store(cfg: Config) -> Store:
-    """The store of idempotency records and request counters that ``cfg`` names."""
-    idem = cfg.idempotency
-    if idem.store == "redis" and idem.redis_url:
-        from gateway.stores.redis import RedisStore  # (only then: the client costs startup)
-
-        return RedisStore(idem.redis_url, retention=idem.retention, lock_ttl=idem.lock_ttl)
-    return MemoryStore(
-        retention=idem.retention,
-        lock_ttl=idem.lock_ttl,
-        max_entries=idem.max_entries,
-        max_bytes=idem.max_bytes,
-    )
-
-
-def open_sealer(cfg: Config, env: Mapping[str, str]) -> Sealer:
-    """The sealer of reasoning, with the keys of ``[seal] key-env`` in ``env``; without
-    any, a random key of this process (and a warning: what it seals opens nowhere else,
-    nor after a restart)."""
-    keys = seal_keys(cfg.seal, env)
-    if keys:
-        return Sealer(keys)
-    log.warning(
-        "%s is not set: reasoning is sealed with a random key of this process, so "
-        "encrypted_content opens only here and only until it restarts (set it to the "
-        "base64 of 32 random bytes, the same for every gateway process)",
-        cfg.seal.key_env,
-    )
-    return Sealer.random()
-
-
-def with_seal_key(cfg: Config, env: Mapping[str, str]) -> Mapping[str, str]:
-    """``env``, with a random seal key when it has none: given to every worker, so that
-    what one worker seals the others open."""
-    if seal_keys(cfg.seal, env):
-        return env
-    open_sealer(cfg, env)  # (the warning, once)
-    return {**env, cfg.seal.key_env: base64.b64encode(os.urandom(32)).decode()}
-
-
-def make_guard(
-    cfg: Config, env: Mapping[str, str], keys_text: str | None, store: Store
-) -> Guard | None:
-    """The client keys and limits of ``cfg``; None when it has neither."""
-    keys = client_keys(cfg.auth, env, keys_text) if cfg.auth is not None else ()
-    limits = cfg.limits
-    if not (keys or limits.requests_per_minute or limits.max_in_flight):
-        return None
-    return Guard(keys, store, per_minute=limits.requests_per_minute, in_flight=limits.max_in_flight)
-
-
-def make_overload(cfg: Config) -> Gate | None:
-    """The gateway-wide bound of upstream requests (``[overload]``), if any."""
-    load = cfg.overload
-    if not load.max_in_flight:
-        return None
-    return Gate("gateway", load.max_in_flight, load.max_queued, load.queue_timeout)
-
-
-def make_router(cfg: Config, env: Mapping[str, str], overload: Gate | None) -> Router:
-    """A router over new replicas of ``cfg``'s deployments (``start`` and ``discover``
-    it, then use it); ``overload`` is the process's one gate, kept across reloads."""
-    return Router([(d, ReplicaSet(d, upstream_key(d, env), overload)) for d in cfg.deployment])
-
-
-def observe(gateway: Gateway, cfg: Config, env: Mapping[str, str], out: IO[bytes] | None) -> Health:
+def observe(
+    gateway: Gateway, cfg: Config, env: Mapping[str, str], out: IO[bytes] | None
+) -> OpsRoutes:
     """Plug ``[ops]`` in: metrics and the access log as the observer, the health routes."""
     ops = cfg.ops
     metrics = Metrics(multiprocess_dir(env)) if ops.metrics else None
@@ -140,7 +71,7 @@ def observe(gateway: Gateway, cfg: Config, env: Mapping[str, str], out: IO[bytes
         access = AccessLog(out if out is not None else sys.stderr.buffer, fmt)
     if metrics is not None or access is not None:
         gateway.observer = Observer(metrics, access)
-    return Health(gateway, metrics)
+    return OpsRoutes(gateway, metrics)
 
 
 @asynccontextmanager
@@ -162,21 +93,23 @@ async def open_gateway(
     guard = make_guard(cfg, env, keys_text, store)
     replays = Replays(store, cfg.idempotency.lock_ttl) if cfg.idempotency.enabled else None
     gateway: Gateway | None = None
+    routes: OpsRoutes | None = None
     router = make_router(cfg, env, overload)
     try:
         router.start()
         await router.discover()
         max_body = max(d.max_body_bytes for d in cfg.deployment)
         pings.start()
-        gateway = Gateway(router, pings, max_body, guard=guard, replays=replays, sealer=sealer)
-        gateway.process = observe(gateway, cfg, env, access_out)
-        gateway.process.store = store
-        gateway.process.overload = overload
+        process = ProcessState(store, overload)
+        gateway = Gateway(
+            router, pings, max_body, guard=guard, replays=replays, sealer=sealer, process=process
+        )
+        routes = observe(gateway, cfg, env, access_out)
         yield gateway
     finally:
         pings.stop()
-        if gateway is not None:
-            gateway.process.close()
+        if routes is not None:
+            routes.close()
         await router.close()
         if gateway is not None and gateway.router is not router:
             await gateway.router.close()  # (a reload swapped it)
@@ -213,17 +146,15 @@ async def listen(
         sock_server = await loop.create_server(
             server, host, port, reuse_port=reuse_port or None, backlog=LISTEN_BACKLOG
         )
-    health: Health | None = gateway.process
-    if health is not None:
-        health.listening += 1
-        health.servers.append(server)
+    process = gateway.process
+    process.listening += 1
+    process.servers.append(server)
     try:
         yield sock_server
     finally:
-        if health is not None:
-            health.draining = True
-            health.listening -= 1
-            health.servers.remove(server)
+        process.draining = True
+        process.listening -= 1
+        process.servers.remove(server)
         sock_server.close()
         server.begin_drain()
         if not await gateway.idle(drain_timeout):

@@ -21,7 +21,6 @@ never a request id, a raw path or a client key.
 from __future__ import annotations
 
 import asyncio
-import os
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -286,10 +285,3 @@ def add_observed(child: Any, per_bucket: list[int], total: float) -> None:
 def worker_gone(pid: int, multiproc_dir: str) -> None:
     """A worker exited: drop its live gauges (in flight, replica health)."""
     multiprocess.mark_process_dead(pid, multiproc_dir)
-
-
-def clear_dir(multiproc_dir: str) -> None:
-    """Empty the multiprocess directory at the supervisor's start (old workers' files)."""
-    for name in os.listdir(multiproc_dir):
-        if name.endswith(".db"):
-            os.unlink(os.path.join(multiproc_dir, name))

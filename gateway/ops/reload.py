@@ -24,19 +24,13 @@ from gateway.api.endpoints import Gateway
 from gateway.config import Config, ConfigError
 from gateway.errors import GatewayError
 from gateway.ops import collector
+from gateway.ops.build import make_guard, make_router
+from gateway.upstream.routing import Router
 
 log = logging.getLogger("gateway")
 
 RETIRE_POLL = 1.0  # seconds between two looks at whether old replicas are still in use
 RESTART_ONLY = ("listen", "http", "workers", "idempotency", "ops", "stream")
-
-
-def in_use(router: Any) -> bool:
-    """Whether a request still holds one of ``router``'s replicas."""
-    for _, replica_set in getattr(router, "_deployments", ()):
-        if any(one.in_flight for one in getattr(replica_set, "replicas", ())):
-            return True
-    return False
 
 
 class Reloads:
@@ -53,7 +47,7 @@ class Reloads:
         self.reread = reread
         self.tasks: set[asyncio.Task[Any]] = set()
         self._running: asyncio.Task[bool] | None = None
-        self.retiring: list[Any] = []
+        self.retiring: list[Router] = []
         self.done = 0  # reloads applied (tests wait on it)
 
     def request(self) -> None:
@@ -75,8 +69,6 @@ class Reloads:
 
     async def reload(self) -> bool:
         """Re-read and apply the config; False (and the old one kept) if it is refused."""
-        from gateway.ops.lifecycle import make_guard, make_router
-
         assert self.reread is not None
         try:
             cfg, keys_text = self.reread()
@@ -116,9 +108,9 @@ class Reloads:
         self._spawn(self._retire(old))
         return True
 
-    async def _retire(self, router: Any) -> None:
+    async def _retire(self, router: Router) -> None:
         self.retiring.append(router)
-        while in_use(router):
+        while router.in_use():
             await asyncio.sleep(RETIRE_POLL)
         self.retiring.remove(router)
         await router.close()

@@ -4,13 +4,32 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from gateway.core.idempotency import Decision, Fingerprint
+from gateway.core.idempotency import Decision, Fingerprint, Replay, Wait
+
+
+class ImmediateStore(Protocol):
+    """``claim`` and ``finish`` as plain calls, for a store whose transitions need no
+    I/O (in this process): no coroutine each."""
+
+    def claim_now(self, scope: str, fingerprint: Fingerprint, token: str) -> Wait | Replay | None:
+        """``claim``; ``None`` for ``Run``: the caller holds the key."""
+        ...
+
+    def finish_now(
+        self, scope: str, token: str, status: int, body: bytes, content_type: str
+    ) -> None:
+        """``finish``."""
+        ...
 
 
 class Store(Protocol):
     """Idempotency records by scope (``scope``), and per-tenant counters for the
     request limits. Every coroutine may raise ``StoreUnavailable``, except ``leave``
-    and ``close``."""
+    and ``close``. ``immediate`` is the store's plain-call side, if it has one (the
+    in-process store), else None."""
+
+    @property
+    def immediate(self) -> ImmediateStore | None: ...
 
     def scope(self, tenant: str, key: str) -> str:
         """Where the records of ``tenant``'s Idempotency-Key ``key`` are kept."""

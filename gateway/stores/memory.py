@@ -130,6 +130,11 @@ class MemoryStore:
     # ``finish_now``) are also plain methods: ``api.replay`` calls them without a
     # coroutine each, which cost more than the transitions themselves.
 
+    @property
+    def immediate(self) -> MemoryStore:
+        """Every transition here is a plain call (``claim_now``, ``finish_now``)."""
+        return self
+
     def scope(self, tenant: str, key: str) -> str:
         """The record key of ``key`` for ``tenant``. The key itself, not its hash: this
         memory is the process's own, and a key is at most ``idempotency.MAX_KEY``

@@ -172,6 +172,8 @@ class RedisStore:
 
     # ---- records ---------------------------------------------------------------------
 
+    immediate = None  # every transition is a round trip to Redis
+
     def scope(self, tenant: str, key: str) -> str:
         return idem.scope(tenant, key)  # (hashed: a Redis key of fixed length)
 

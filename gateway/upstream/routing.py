@@ -20,6 +20,7 @@ from gateway.config import Deployment
 from gateway.core.capabilities import Capabilities
 from gateway.errors import GatewayError, ModelNotFound
 from gateway.limits import MODELS_REFRESH
+from gateway.upstream.replica import Replica
 from gateway.upstream.replicas import ReplicaSet
 
 log = logging.getLogger("gateway")
@@ -101,6 +102,14 @@ class Router:
     def ready(self) -> bool:
         """Every deployment has at least one healthy replica."""
         return all(replicas.healthy for _, replicas in self._deployments)
+
+    def replicas(self) -> list[tuple[Deployment, Replica]]:
+        """Every replica of every deployment, with its deployment."""
+        return [(dep, one) for dep, replicas in self._deployments for one in replicas.replicas]
+
+    def in_use(self) -> bool:
+        """Whether a request still holds one of its replicas."""
+        return any(one.in_flight for _, one in self.replicas())
 
     async def close(self) -> None:
         """Stop the probes and close every upstream connection (in use ones too)."""

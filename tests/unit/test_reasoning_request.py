@@ -291,7 +291,7 @@ def test_malformed_seal_keys_fail_at_start(value: str) -> None:
 
 
 def test_workers_get_one_random_key_when_none_is_set(caplog: pytest.LogCaptureFixture) -> None:
-    from gateway.ops.lifecycle import with_seal_key
+    from gateway.ops.build import with_seal_key
 
     cfg = parse(b'[[deployment]]\nupstream = "http://h/v1"\n', "t.toml")
     given = {"GATEWAY_SEAL_KEY": b64(KEY_A), "OTHER": "x"}
