@@ -12,6 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, Protocol
 
 import msgspec
@@ -21,6 +22,7 @@ from gateway.api.body import decode, read_body
 from gateway.api.calls import CLIENT_GONE, FAILED, Call
 from gateway.api.guard import Guard
 from gateway.api.pings import SsePings
+from gateway.api.process import ProcessState
 from gateway.api.replay import REPLAYED, Replays, error_reply, streamed
 from gateway.api.seal import Sealer
 from gateway.core.ids import IDS, RESPONSE
@@ -70,7 +72,10 @@ SSE_HEADERS = {
     "Cache-Control": "no-cache",
     "X-Accel-Buffering": "no",
 }
-Route_ = Callable[[Incoming, Call], Awaitable[Any]]
+ApiRoute = Callable[[Incoming, Call], Awaitable[Reply]]
+# An endpoint's answer to a request whose body was read and decoded: ``held`` is
+# [body, decoded], which it empties (so that a long answer lets go of them).
+Answer = Callable[[Incoming, Call, list[Any]], Awaitable[Reply]]
 OpsRoute = Callable[[Incoming], Awaitable[Reply]]
 # The endpoint label of a path (metrics, access log): bounded, never the raw path.
 ENDPOINTS = {
@@ -83,6 +88,17 @@ NO_STORED = (
     "Stored responses are not offered: this gateway is stateless, so responses cannot be "
     "retrieved, deleted or cancelled after they were returned."
 )
+
+
+def _asks_stream(req: Any, body: bytes) -> bool:
+    """Whether a decoded Responses request asks for a stream."""
+    return bool(req.stream)
+
+
+def _chat_streams(view: Any, body: bytes) -> bool:
+    """Whether a pass-through chat body asks for a stream (read only for a request
+    with an Idempotency-Key: the view decodes no more than routing needs)."""
+    return streamed(body)
 
 
 class Observer(Protocol):
@@ -112,6 +128,7 @@ class Gateway:
         guard: Guard | None = None,
         replays: Replays | None = None,
         sealer: Sealer | None = None,
+        process: ProcessState,
     ) -> None:
         self.router = router
         self.pings = pings
@@ -125,13 +142,17 @@ class Gateway:
         self.created = int(time.time())
         self.ops: dict[tuple[str, str], OpsRoute] = {}
         self.observer: Observer | None = None
-        self.process: Any = None  # the process side's state (ops.health.Health)
+        self.process = process  # the process it is served in (gateway.ops keeps it)
         self.in_flight = 0  # API requests being answered (streams until their end)
         self.streams: set[UpstreamConnection] = set()  # upstream reads of open streams
         self._idle: asyncio.Future[None] | None = None
-        self._routes: dict[tuple[str, str], Route_] = {
-            ("POST", "/v1/responses"): self.responses,
-            ("POST", "/v1/chat/completions"): self.chat,
+        self._routes: dict[tuple[str, str], ApiRoute] = {
+            ("POST", "/v1/responses"): partial(
+                self._decoded, REQUEST_DECODER, _asks_stream, self.responses
+            ),
+            ("POST", "/v1/chat/completions"): partial(
+                self._decoded, PASS_THROUGH_DECODER, _chat_streams, self.chat
+            ),
             ("GET", "/v1/models"): self.models,
         }
 
@@ -207,7 +228,7 @@ class Gateway:
             return error_reply(InternalError("The gateway failed unexpectedly."), call)
 
     @staticmethod
-    async def _limited(route: Route_, request: Incoming, call: Call, guard: Guard) -> Reply:
+    async def _limited(route: ApiRoute, request: Incoming, call: Call, guard: Guard) -> Reply:
         """The route within the client key's limits."""
         token = IDS.new("slot_")
         if not await guard.admit(call.tenant, token):
@@ -217,7 +238,7 @@ class Gateway:
         finally:
             await guard.leave(call.tenant, token)
 
-    def _not_routed(self, request: Incoming) -> Route_:
+    def _not_routed(self, request: Incoming) -> ApiRoute:
         path = request.path
         if path.startswith("/v1/responses/"):
             raise NotFound(NO_STORED)
@@ -247,25 +268,41 @@ class Gateway:
         return route
 
     @staticmethod
-    def _affinity_header(request: Incoming, route: Route) -> str | None:
-        """The deployment's affinity header, for a request whose body names no key."""
+    def _affinity(request: Incoming, route: Route, doc: Any) -> str | None:
+        """The request's affinity key, when its deployment has several replicas: the
+        body's ``prompt_cache_key``, ``user`` or ``safety_identifier``, else the
+        deployment's affinity header (None: the least loaded replica)."""
+        if not route.replicas.many:
+            return None
+        key: str | None = doc.prompt_cache_key or doc.user or doc.safety_identifier
+        if key:
+            return key
         name = route.dep.affinity_header
         return request.headers.get(name) if name else None
 
-    # ---- /v1/chat/completions: pass-through -------------------------------------------
-
-    async def chat(self, request: Incoming, call: Call) -> Reply:
+    async def _decoded(
+        self,
+        decoder: Any,
+        streams: Callable[[Any, bytes], bool],
+        answer: Answer,
+        request: Incoming,
+        call: Call,
+    ) -> Reply:
+        """Read and decode the body, then ``answer`` it: once per Idempotency-Key
+        (``replays``) unless it asks for a stream (a stream is never replayed)."""
         body = await read_body(request, self.max_body)
-        view = decode(PASS_THROUGH_DECODER, body)
+        doc = decode(decoder, body)
         replays = self.replays  # (None: Idempotency-Key is ignored)
         key = None if replays is None else request.headers.get("idempotency-key")
-        if key is not None and replays is not None and not streamed(body):
-            return await replays.run(call, key, request, body, self._chat, [body, view])
-        held = [body, view]
-        del body, view  # (only the list holds them: _chat lets go while the answer streams)
-        return await self._chat(request, call, held)
+        if key is not None and replays is not None and not streams(doc, body):
+            return await replays.run(call, key, request, body, answer, [body, doc])
+        held = [body, doc]
+        del body, doc  # (only the list holds them: the answer lets go while it streams)
+        return await answer(request, call, held)
 
-    async def _chat(self, request: Incoming, call: Call, held: list[Any]) -> Reply:
+    # ---- /v1/chat/completions: pass-through -------------------------------------------
+
+    async def chat(self, request: Incoming, call: Call, held: list[Any]) -> Reply:
         body, view = held
         held.clear()
         route = await self._route(call, body, view.model)
@@ -273,10 +310,7 @@ class Gateway:
             doc = orjson.loads(body)
             doc["model"] = route.upstream_model
             body = orjson.dumps(doc)
-        key = None
-        if route.replicas.many:
-            key = view.prompt_cache_key or view.user or view.safety_identifier
-            key = key or self._affinity_header(request, route)
+        key = self._affinity(request, route, view)
         resp = await route.replicas.chat(body, call.rid, key)
         call.replica = resp.replica
         del body  # not needed while the answer streams
@@ -318,18 +352,7 @@ class Gateway:
 
     # ---- /v1/responses ----------------------------------------------------------------
 
-    async def responses(self, request: Incoming, call: Call) -> Reply:
-        body = await read_body(request, self.max_body)
-        req = decode(REQUEST_DECODER, body)
-        replays = self.replays  # (None: Idempotency-Key is ignored)
-        key = None if replays is None else request.headers.get("idempotency-key")
-        if key is not None and replays is not None and not req.stream:
-            return await replays.run(call, key, request, body, self._responses, [body, req])
-        held = [body, req]
-        del body, req  # (only the list holds them: _responses lets go while a stream runs)
-        return await self._responses(request, call, held)
-
-    async def _responses(self, request: Incoming, call: Call, held: list[Any]) -> Reply:
+    async def responses(self, request: Incoming, call: Call, held: list[Any]) -> Reply:
         body, req = held
         held.clear()
         route = await self._route(call, body, req.model)
@@ -347,10 +370,7 @@ class Gateway:
                 ", ".join(tools.dropped),
             )
         names = tools.names
-        key = None
-        if route.replicas.many:
-            key = req.prompt_cache_key or req.user or req.safety_identifier
-            key = key or self._affinity_header(request, route)
+        key = self._affinity(request, route, req)
         base = output.response_base(IDS.new(RESPONSE), int(time.time()), req.model, echo)
         seal = self.sealer.seal if reasoning.wants_encrypted(req.include) else None
         summary = caps.summary_text and reasoning.summary_asked(req.reasoning)
@@ -418,7 +438,7 @@ class Gateway:
         tx: Transcoder,
         upstream: UpstreamConnection,
         frames: bytes,
-        call: Call | None = None,
+        call: Call,
     ) -> bytes:
         """Upstream bytes → transcoder → client.
 
@@ -434,7 +454,7 @@ class Gateway:
         (until then one local test per read; after it, none).
         """
         watch = self.pings.watch(out)
-        first = call is not None
+        first = True
         try:
             while True:
                 if frames and (not upstream.ready() or len(frames) > STREAM_WRITE_AHEAD):
@@ -449,7 +469,7 @@ class Gateway:
                 except Exception:
                     await out.write(frames)  # owed to the client before the failure event
                     raise
-                if first and tx.events > OPENING_EVENTS and call is not None:
+                if first and tx.events > OPENING_EVENTS:
                     first = False
                     call.ttft = time.monotonic() - call.started
                 if tx.done:

@@ -1,8 +1,8 @@
 """Sealed reasoning: ``encrypted_content`` that any gateway holding the key can open.
 
 A stateless gateway gives its model's reasoning to the client sealed, and opens
-it when the client replays it (``core.translate.reasoning.Replay``). AES-256-GCM
-(``cryptography``): authenticated, so a changed blob does not open.
+it when the client sends it back (``core.translate.reasoning.ReturnedReasoning``).
+AES-256-GCM (``cryptography``): authenticated, so a changed blob does not open.
 
 Blob: URL-safe base64 (no padding) of
 

@@ -353,51 +353,43 @@ async def test_slow_reader_back_pressure(gateway_url: str, upstream: FakeUpstrea
     assert stalled < 1_000_000, stalled
 
 
-class _Recorder:
-    """The client side of ``Gateway._pump``: what the gateway writes, in order."""
-
-    def __init__(self) -> None:
-        self.writes: list[bytes] = []
-
-    async def write(self, data: bytes) -> None:
-        self.writes.append(data)
-
-
-async def test_events_held_back_are_written_before_an_upstream_failure() -> None:
+async def test_events_held_back_are_written_before_an_upstream_failure(
+    start_gateway: Any,
+) -> None:
     """Deltas and the upstream's drop arrive together: the deltas still go out first.
 
-    The upstream connection (the real ``UpstreamConnection`` protocol, fed raw bytes)
-    receives three chunks and then loses its connection before the gateway reads
-    any of it; the frames the pump holds back for the next read must be written
-    before that read raises, or the client would see a gap before
+    A raw upstream sends the head and three chunks and closes its connection in the
+    same write, so the gateway's upstream connection may hold the three chunks and
+    the loss at once; the frames the stream holds back for the next read must be
+    written before that read raises, or the client would see a gap before
     ``response.failed``.
     """
-    from gateway.api.endpoints import Gateway
-    from gateway.api.pings import SsePings
-    from gateway.core.stream.transcoder import Transcoder
-    from gateway.core.wire import output
-    from gateway.errors import GatewayError
-    from gateway.upstream.client import Pool, UpstreamConnection
-
-    class Transport:
-        def close(self) -> None: ...
-
-    resp = UpstreamConnection(Pool("http://127.0.0.1:9/v1", connect_timeout=1.0, read_timeout=5.0))
-    resp.connection_made(Transport())  # type: ignore[arg-type]
     body = b"".join(chunk({"content": t}) for t in ("a", "b", "c"))
-    resp.data_received(
+    answer = (
         b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
         b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n" % (len(body), body)
     )
-    resp.connection_lost(None)  # mid-body: the upstream went away
-    await resp.read_headers()
-    gateway = Gateway(router=None, pings=SsePings(0), max_body=1 << 20)  # type: ignore[arg-type]
-    tx = Transcoder(output.response_base("resp_x", 1, "m1", {}))
-    out = _Recorder()
-    with pytest.raises(GatewayError):
-        await gateway._pump(out, tx, resp, tx.start())  # type: ignore[arg-type]
-    raw = b"".join(out.writes) + tx.fail("upstream went away")
-    events = parse_sse(raw)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        await reader.readexactly(length)
+        writer.write(answer)  # mid-body: the upstream goes away
+        writer.close()
+
+    raw = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        port = raw.sockets[0].getsockname()[1]
+        url = await start_gateway(make_config(f"http://127.0.0.1:{port}/v1"))
+        status, data = await post_stream(url, {"model": "m1", "input": "x", "stream": True})
+    finally:
+        raw.close()
+    assert status == 200
+    events = parse_sse(data)
     check_stream(events)
     assert [d["delta"] for n, d in events if n == "response.output_text.delta"] == ["a", "b", "c"]
-    assert events[-1][0] == "response.failed"
+    assert [n for n, _ in events][-1] == "response.failed"

@@ -50,12 +50,15 @@ def _decoded(token: bytes) -> str:
 Seal = Callable[[bytes], str]  # a JSON string token -> encrypted_content (core.sealing)
 
 
-class EventEncoder:
-    __slots__ = (
-        "base", "now", "ids", "seq", "out", "output", "next_index", "final",
-        "msg_id", "msg_index", "parts", "pieces", "refusal", "mid", "head", "tail",
-        "seal", "summary", "names",
-    )  # fmt: skip
+class AnswerBuilder:
+    """What both ends of an answer share: the response it belongs to (``base``, the
+    clock, ids, the request's tool names, sealing), its finished items (``output``)
+    and, at its end, the final response (``final``). ``translate.response.answer``
+    tells one a whole answer (``whole_reasoning``, ``whole_message``, ``whole_call``,
+    ``terminal``): ``EventEncoder`` streams it as events, ``OutputCollector`` only
+    collects it."""
+
+    __slots__ = ("base", "now", "ids", "names", "seal", "summary", "output", "final")
 
     def __init__(
         self,
@@ -72,10 +75,64 @@ class EventEncoder:
         self.names = names  # the request's custom and namespaced tools (translate.tools)
         self.seal = seal  # set: reasoning items carry encrypted_content
         self.summary = summary  # reasoning text also given (and streamed) as the summary
+        self.output: list[dict] = []  # finished items, in output_index order
         self.final: dict | None = None  # the completed / incomplete response, once there is one
+
+    def whole_message(self, parts: list[tuple[bool, bytes]], status: str) -> None:
+        """A message whose parts ((is refusal, text token), in order) are all known."""
+        raise NotImplementedError
+
+    def whole_call(self, call: ToolCall, status: str) -> None:
+        """A function or custom tool call whose arguments are all known (``call.pieces``)."""
+        raise NotImplementedError
+
+    def whole_reasoning(self, token: bytes, status: str) -> None:
+        """A reasoning item whose text (one JSON string token) is all known."""
+        raise NotImplementedError
+
+    def terminal(self, finish_reason: str | None, usage: Usage | None) -> None:
+        """The end: ``final`` is the completed / incomplete response."""
+        raise NotImplementedError
+
+    def _reasoning_item(self, item_id: str, token: bytes, status: str) -> dict:
+        text = orjson.Fragment(token)
+        summary = [output.summary_text_part(text)] if self.summary else []
+        sealed = self.seal(token) if self.seal is not None else None
+        return output.reasoning_item(
+            item_id, status, [output.reasoning_text_part(text)], summary, sealed
+        )
+
+    def final_response(self, finish_reason: str | None, usage: Usage | None) -> dict:
+        """The completed / incomplete response object, with every finished item."""
+        status, reason = output.finish_status(finish_reason)
+        return output.response_final(
+            self.base,
+            status,
+            self.output,
+            output.usage_from_chat(usage),
+            incomplete_reason=reason,
+            completed_at=int(self.now()) if status == "completed" else None,
+        )
+
+
+class EventEncoder(AnswerBuilder):
+    __slots__ = (
+        "seq", "out", "next_index", "msg_id", "msg_index", "parts", "pieces", "refusal",
+        "mid", "head", "tail",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        base: dict,
+        now: Callable[[], float],
+        ids: Ids,
+        seal: Seal | None = None,
+        summary: bool = False,
+        names: ToolNames = NO_NAMES,
+    ) -> None:
+        super().__init__(base, now, ids, seal, summary, names)
         self.seq = 0
         self.out: list[Any] = []  # pieces of the frames not yet drained
-        self.output: list[dict] = []  # finished items, in output_index order
         self.next_index = 0
         self.msg_id = ""
         self.msg_index = -1
@@ -226,14 +283,6 @@ class EventEncoder:
         self.emit(ev.ITEM_DONE, {"output_index": self.msg_index, "item": item})
         self.output.append(item)
 
-    def _reasoning_item(self, item_id: str, token: bytes, status: str) -> dict:
-        text = orjson.Fragment(token)
-        summary = [output.summary_text_part(text)] if self.summary else []
-        sealed = self.seal(token) if self.seal is not None else None
-        return output.reasoning_item(
-            item_id, status, [output.reasoning_text_part(text)], summary, sealed
-        )
-
     # ---- function_call and custom_tool_call items -----------------------------------------
 
     def open_call(self, call: ToolCall) -> None:
@@ -341,18 +390,6 @@ class EventEncoder:
         final = self.final = self.final_response(finish_reason, usage)
         self.emit(ev.TERMINAL[final["status"]], {"response": final})
 
-    def final_response(self, finish_reason: str | None, usage: Usage | None) -> dict:
-        """The completed / incomplete response object, with every finished item."""
-        status, reason = output.finish_status(finish_reason)
-        return output.response_final(
-            self.base,
-            status,
-            self.output,
-            output.usage_from_chat(usage),
-            incomplete_reason=reason,
-            completed_at=int(self.now()) if status == "completed" else None,
-        )
-
     def failed(self, message: str, code: str) -> None:
         error = {"code": code, "message": message}
         final = self.final = output.response_final(
@@ -361,31 +398,13 @@ class EventEncoder:
         self.emit(ev.TERMINAL["failed"], {"response": final})
 
 
-class OutputCollector(EventEncoder):
+class OutputCollector(AnswerBuilder):
     """The items and the terminal response of a whole answer, without events: what
     ``translate.response`` builds a non-streamed answer with. The items are the
-    ones ``whole_message`` / ``whole_call`` would stream, built directly."""
+    ones ``EventEncoder``'s ``whole_message`` / ``whole_call`` would stream, built
+    directly."""
 
     __slots__ = ()
-
-    def __init__(
-        self,
-        base: dict,
-        now: Callable[[], float],
-        ids: Ids,
-        seal: Seal | None = None,
-        summary: bool = False,
-        names: ToolNames = NO_NAMES,
-    ) -> None:
-        # Only what whole items and the end use: this runs once per JSON answer.
-        self.base = base
-        self.now = now
-        self.ids = ids
-        self.names = names
-        self.seal = seal
-        self.summary = summary
-        self.output = []
-        self.final = None
 
     def terminal(self, finish_reason: str | None, usage: Usage | None) -> None:
         self.final = self.final_response(finish_reason, usage)

@@ -7,7 +7,7 @@ tool has in this request (``translate.tools``: a namespace's function, a custom
 tool, whose ``input`` becomes the arguments ``{"input": ...}``);
 ``function_call_output`` and ``custom_tool_call_output`` become ``tool``
 messages (an output given as parts: its text, and its images as image parts
-where the deployment takes images); replayed ``reasoning`` items go on the
+where the deployment takes images); returned ``reasoning`` items go on the
 assistant message they precede (``translate.reasoning``); anything that needs
 server state or a hosted tool is refused with the parameter's path.
 """
@@ -20,7 +20,7 @@ import orjson
 
 from gateway.core.capabilities import Capabilities
 from gateway.core.sealing import Sealer
-from gateway.core.translate.reasoning import Replay
+from gateway.core.translate.reasoning import ReturnedReasoning
 from gateway.core.translate.tools import NO_NAMES, ToolNames
 from gateway.core.wire.responses import ContentPart, InputItem, ResponsesRequest
 from gateway.errors import InvalidRequest, Unsupported, missing
@@ -49,13 +49,13 @@ def to_messages(
     if isinstance(items, str):
         messages.append({"role": "user", "content": items})
     elif items:
-        replay = Replay(caps, sealer)
+        returned = ReturnedReasoning(caps, sealer)
         for i, item in enumerate(items):
             if item.type == "reasoning":
-                replay.take(item, i)
+                returned.take(item, i)
                 continue
             _add_item(messages, item, i, caps, names)
-            replay.settle(messages)
+            returned.settle(messages)
     if not messages:
         raise missing("input", alternative="instructions")
     return messages

@@ -1,4 +1,4 @@
-"""Reasoning on the request side: ``reasoning``, ``include`` and replayed reasoning items.
+"""Reasoning on the request side: ``reasoning``, ``include`` and returned reasoning items.
 
 - ``effort_fields``: ``reasoning.effort`` → what goes in the chat body, as the
   deployment says (``Capabilities``: the field, a map for values the server does
@@ -6,10 +6,11 @@
   reason refuses an effort other than ``none``.
 - ``wants_encrypted``: the ``include`` values this gateway serves (only
   ``reasoning.encrypted_content``; the rest stay refused, naming ``include``).
-- ``Replay``: replayed reasoning items → the text on the assistant message they
-  preceded (``Capabilities.replay_field``), opened from ``encrypted_content``
-  with the gateway's sealer, or taken from ``content`` when there is no blob; a
-  blob that does not open is a 400 naming it, and nothing goes upstream.
+- ``ReturnedReasoning``: reasoning items the client sends back → the text on the
+  assistant message they preceded (``Capabilities.replay_field``), opened from
+  ``encrypted_content`` with the gateway's sealer, or taken from ``content`` when
+  there is no blob; a blob that does not open is a 400 naming it, and nothing
+  goes upstream. (Not ``core.idempotency.Replay``, an answer served again.)
 """
 
 from __future__ import annotations
@@ -72,8 +73,9 @@ def wants_encrypted(include: list[str] | None) -> bool:
     return True
 
 
-class Replay:
-    """Replayed reasoning, on its way to the assistant message it preceded.
+class ReturnedReasoning:
+    """Reasoning items the client sends back (earlier turns' output), on their way to
+    the assistant message each preceded.
 
     ``take`` a reasoning item (at ``input[i]``); after each other item has become
     messages, ``settle``: the pending text goes on the last message if that is an

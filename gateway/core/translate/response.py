@@ -1,8 +1,8 @@
 """A whole chat completion (a non-streamed upstream answer) → Responses output.
 
-``answer`` is the one reading of a completion: it tells an encoder the answer's
-reasoning (``reasoning_content`` or ``reasoning``), message, function calls and
-end. With an ``OutputCollector`` that builds the JSON answer (``to_response``);
+``answer`` is the one reading of a completion: it tells an ``AnswerBuilder`` the
+answer's reasoning (``reasoning_content`` or ``reasoning``), message, function
+calls and end. With an ``OutputCollector`` that builds the JSON answer (``to_response``);
 with the stream's ``EventEncoder`` it replays the answer as events
 (``Transcoder.complete``, for a stream served by an upstream that does not
 stream). Either way the items come from the same builders (``wire.output``), in
@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 
 from gateway.core.ids import IDS, Ids
-from gateway.core.stream.encoder import EventEncoder, OutputCollector, Seal
+from gateway.core.stream.encoder import AnswerBuilder, OutputCollector, Seal
 from gateway.core.stream.toolcalls import ToolCall
 from gateway.core.translate.tools import NO_NAMES, ToolNames
 from gateway.core.wire import chunks as ck
@@ -31,7 +31,7 @@ def decode_completion(data: bytes) -> ck.Completion:
         raise UpstreamBadResponse(f"upstream sent a malformed completion: {exc}") from exc
 
 
-def answer(completion: ck.Completion, enc: EventEncoder) -> None:
+def answer(completion: ck.Completion, enc: AnswerBuilder) -> None:
     """Tell ``enc`` the whole answer; ``UpstreamBadResponse`` (before anything is
     told) when it holds an in-band error or no answer."""
     if ck.is_error(completion):
