@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import deque
 from urllib.parse import unquote
 
@@ -50,6 +49,7 @@ from gateway.errors import (
     body_too_large,
 )
 from gateway.http.messages import Handler, Headers, Request, Response, StreamResponse, unreadable
+from gateway.http.refusals import RefusalLog
 from gateway.limits import MAX_HEADER_NAME, MAX_QUEUED_REQUESTS, UNREAD_BODY_LINGER
 
 log = logging.getLogger("gateway")
@@ -62,24 +62,6 @@ MALFORMED = "Malformed HTTP request"
 
 class _Refused(Exception):
     """Raised in a parser callback to stop parsing (the reason is ``Connection.refusal``)."""
-
-
-class RefusalLog:
-    """One warning per kind of refusal per ``every`` seconds, with the count since the
-    last one: a flood of bad requests must not become a flood of log lines."""
-
-    def __init__(self, every: float = 10.0) -> None:
-        self.every = every
-        self.last: dict[str, float] = {}
-        self.count: dict[str, int] = {}
-
-    def note(self, kind: str, message: str) -> None:
-        now = time.monotonic()
-        self.count[kind] = self.count.get(kind, 0) + 1
-        if now - self.last.get(kind, -self.every) >= self.every:
-            self.last[kind] = now
-            log.warning("refused: %s (%d since the last such line)", message, self.count[kind])
-            self.count[kind] = 0
 
 
 class Server:
