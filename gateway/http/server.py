@@ -48,8 +48,9 @@ from gateway.errors import (
     RequestTimeout,
     body_too_large,
 )
-from gateway.http.messages import Handler, Headers, Request, Response, StreamResponse, unreadable
+from gateway.http.messages import Handler, Headers, Response, StreamResponse, unreadable
 from gateway.http.refusals import RefusalLog
+from gateway.http.request import Request
 from gateway.limits import MAX_HEADER_NAME, MAX_QUEUED_REQUESTS, UNREAD_BODY_LINGER
 
 log = logging.getLogger("gateway")
