@@ -10,7 +10,7 @@ and ``LeanStream`` writes a ``StreamResponse`` to the connection.
 * Writes go straight to the transport; only a paused transport (the peer reads
   slowly) makes ``write`` wait.
 
-These classes reach their connection (``server.Connection``, which builds
+These classes reach their connection (``connection.Connection``, which builds
 them) only through what ``Link`` lists, so this module imports nothing of it.
 """
 
