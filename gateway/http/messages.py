@@ -1,7 +1,7 @@
 """What a handler sees, whichever HTTP server runs it: a request (``Incoming``: method,
 path, ``headers``, ``content``) and the two kinds of answer, ``Response`` (one write)
-and ``StreamResponse`` (written piece by piece); and the checked status and header
-lines the servers write an answer's head with.
+and ``StreamResponse`` (written piece by piece); and the pieces an answer's head is
+written with (the status line, checked header lines, ``Date``).
 
 The lean server's request is ``gateway.http.request.Request``;
 ``gateway.http.aiohttp_server`` gives one with the same attributes on aiohttp's
