@@ -37,7 +37,7 @@ names the phase that ran out: ``upstream_connect_timeout``,
 (the gap between two chunks) or ``upstream_request_timeout`` (the whole request).
 
 Foreign exceptions are translated at their boundary (HTTP parsing in
-``http.server``, request decoding in ``api.body``, the upstream client in
+``http.connection``, request decoding in ``api.body``, the upstream client in
 ``upstream``); everything that reaches the
 wire is a ``GatewayError``. ``GatewayError.body`` is the answer's body for an
 HTTP error before a stream starts (``api.endpoints`` sends it); after that, the

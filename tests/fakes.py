@@ -1,5 +1,5 @@
 """A fake transport for driving the gateway's asyncio protocols without sockets: the
-client-facing ``http.server.Connection`` and the upstream ``UpstreamConnection`` alike."""
+client-facing ``http.connection.Connection`` and the upstream ``UpstreamConnection`` alike."""
 
 from __future__ import annotations
 

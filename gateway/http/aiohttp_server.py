@@ -33,7 +33,7 @@ from gateway.errors import (
     body_too_large,
 )
 from gateway.http.messages import CONTINUE, Handler, Headers, Response, StreamResponse, unreadable
-from gateway.http.server import RefusalLog
+from gateway.http.refusals import RefusalLog
 from gateway.limits import UNREAD_BODY_LINGER
 
 

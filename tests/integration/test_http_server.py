@@ -11,7 +11,8 @@ import orjson
 import pytest
 
 from gateway.config import Http
-from gateway.http.messages import Reply, Request, Response, StreamResponse
+from gateway.http.messages import Reply, Response, StreamResponse
+from gateway.http.request import Request
 from gateway.http.server import Server
 
 MAX_BODY = 1000

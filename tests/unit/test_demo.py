@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from gateway.demo.upstream import DemoOptions, make_handler, sample_json, split_pieces
+from gateway.demo.answers import sample_json, split_pieces
+from gateway.demo.upstream import DemoOptions, make_handler
 
 CHAT = "/v1/chat/completions"
 HELLO = {"model": "demo", "messages": [{"role": "user", "content": "Say hello"}]}
