@@ -1,5 +1,7 @@
-"""Imports point downward only (CONTRIBUTING.md): the pure core imports no I/O, and
-the shared leaves and the core import nothing of the I/O shell.
+"""Imports point downward only (CONTRIBUTING.md): the pure core imports no I/O, the
+shared leaves and the core import nothing of the I/O shell, each part of the package
+imports only the parts its row of CONTRIBUTING's table names, and no two modules
+import each other (directly or through others).
 
 Every module under ``gateway/core/`` is found by walking the folder, so a new
 module there is checked without editing this test.
@@ -7,7 +9,6 @@ module there is checked without editing this test.
 
 from __future__ import annotations
 
-import ast
 import pkgutil
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 import gateway.core
+from tests import imports
 
 CORE = sorted(m.name for m in pkgutil.walk_packages(gateway.core.__path__, prefix="gateway.core."))
 LEAVES = ["gateway.config", "gateway.errors", "gateway.limits"]
@@ -108,18 +110,10 @@ def is_in(module: str, package: str) -> bool:
 
 
 def gateway_imports(path: Path) -> set[str]:
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module == "gateway":
-            names = [f"gateway.{a.name}" for a in node.names]  # from gateway import limits
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module]
-        elif isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        else:
-            continue
-        found |= {n for n in names if is_in(n, "gateway")}
-    return found
+    """The modules of the package that ``path`` imports (and, for a ``from`` import,
+    the names it takes: ``gateway.limits`` for ``from gateway import limits``)."""
+    found = imports.imported_names(path)
+    return {n for n, _ in found if is_in(n, "gateway") and n != "gateway"}
 
 
 def modules() -> list[tuple[str, Path]]:
@@ -153,3 +147,26 @@ def test_the_direction_check_can_fail() -> None:
     assert not any(is_in("gateway.api.pings", a) for a in MAY_IMPORT["gateway.core"])
     assert "gateway.api" not in MAY_IMPORT["gateway.stores"]
     assert part_of("gateway.stores.redis") == "gateway.stores"
+
+
+def test_no_import_cycle_in_the_package() -> None:
+    """No two modules of ``gateway/`` import each other, directly or through others,
+    counting imports inside functions and under TYPE_CHECKING."""
+    graph = imports.edges(imports.module_names(ROOT / "gateway", "gateway"))
+    assert imports.cycles(graph) == []
+
+
+def test_the_cycle_check_can_fail(tmp_path: Path) -> None:
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from pkg.sub import b\n")
+    (pkg / "sub" / "b.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg import a\n"
+    )
+    (pkg / "c.py").write_text("def late():\n    from . import d\n")
+    (pkg / "d.py").write_text("from .c import late\n")
+    (pkg / "e.py").write_text("import pkg.a\n")  # imports into a cycle: not part of it
+    graph = imports.edges(imports.module_names(pkg, "pkg"))
+    assert imports.cycles(graph) == [["pkg.a", "pkg.sub.b"], ["pkg.c", "pkg.d"]]
