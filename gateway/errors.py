@@ -15,7 +15,7 @@
     │   ├── RateLimited               429     requests               rate_limit_exceeded
     │   └── HeadersTooLarge           431     invalid_request_error  request_header_fields_too_large
     ├── Overloaded                    503     server_error           server_overloaded
-├── ShuttingDown                  503     server_error           server_shutting_down
+    ├── ShuttingDown                  503     server_error           server_shutting_down
     ├── StoreUnavailable              503     server_error           idempotency_store_unavailable
     ├── UpstreamError
     │   ├── UpstreamRejected          4xx     (the upstream's)       (the upstream's)
@@ -38,12 +38,12 @@ names the phase that ran out: ``upstream_connect_timeout``,
 
 Foreign exceptions are translated at their boundary (HTTP parsing in
 ``http.connection``, request decoding in ``api.body``, the upstream client in
-``upstream``); everything that reaches the
-wire is a ``GatewayError``. ``GatewayError.body`` is the answer's body for an
-HTTP error before a stream starts (``api.endpoints`` sends it); after that, the
-transcoder's ``fail`` reports in-band; ``headers`` are extra headers of that
-answer (``RateLimited``'s Retry-After and x-ratelimit-*). ``missing`` and ``body_too_large`` build
-the two errors that several layers raise, in one wording.
+``upstream``); everything that reaches the wire is a ``GatewayError``.
+``GatewayError.body`` is the answer's body for an HTTP error before a stream starts
+(``api.endpoints`` sends it); after that, the transcoder's ``fail`` reports
+in-band; ``headers`` are extra headers of that answer (``RateLimited``'s
+Retry-After and x-ratelimit-*). ``missing`` and ``body_too_large`` build the two
+errors that several layers raise, in one wording.
 """
 
 from __future__ import annotations

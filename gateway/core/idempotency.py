@@ -78,6 +78,9 @@ class _Keep:
 
 
 KEEP: Final = _Keep()  # a transition that changes nothing
+# The statuses of answers kept for replay: 2xx-4xx (the same request would get the
+# same answer again); a 5xx frees the key. (A range: ``in`` is one C call.)
+STORABLE: Final = range(100, 500)
 Decision = Run | Wait | Replay
 Change = Record | None | _Keep  # the record to store; None: delete it; KEEP: leave it
 
@@ -163,7 +166,7 @@ def finish(
     server-side failure (5xx: a retry must run for real), which frees the key."""
     if record is None or record.token != token or record.status or record.expires <= now:
         return KEEP  # (``_held``, inline: once per request)
-    if not 100 <= status < 500:  # (``storable``)
+    if status not in STORABLE:
         return None
     return Record(record.fingerprint, token, now + retention, status, body, content_type)
 
@@ -171,11 +174,6 @@ def finish(
 def release(record: Record | None, token: str, now: float) -> Change:
     """The holder stops without an answer to keep (failure, cancellation, a stream)."""
     return None if _held(record, token, now) else KEEP
-
-
-def storable(status: int) -> bool:
-    """2xx-4xx answers are replayed (the same request would fail the same way); 5xx not."""
-    return 100 <= status < 500
 
 
 def _held(record: Record | None, token: str, now: float) -> bool:

@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Any
 
 FIELDS = ("reasoning_content", "reasoning")
-FIXED_THOUGHT = "The benchmark asks nothing; the fixed answer needs no thought."
 
 
 def thinking_off(body: dict[str, Any]) -> bool:

@@ -196,7 +196,7 @@ class MemoryStore:
             and held.token == token
             and not held.status
             and held.expires > now
-            and 100 <= status < 500
+            and status in idem.STORABLE
             and size <= self.max_bytes
             and now < self._sweep_at
             and not self._waiters
