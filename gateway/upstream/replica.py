@@ -16,7 +16,7 @@ from gateway.config import Deployment
 from gateway.errors import GatewayError, UpstreamBadResponse, upstream_error_from_body
 from gateway.limits import PROBE_TIMEOUT
 from gateway.upstream.client import NO_DEADLINE, Pool, UpstreamConnection
-from gateway.upstream.policy import Health, replica_seed
+from gateway.upstream.policy import ReplicaHealth, replica_seed
 
 __all__ = ["Replica", "UpstreamConnection"]
 
@@ -58,7 +58,7 @@ class Replica:
         self.in_flight = 0
         self.weight = weight
         self.seed = replica_seed(self.base)
-        self.health = Health(dep.eject_after, dep.probe_interval)
+        self.health = ReplicaHealth(dep.eject_after, dep.probe_interval)
         self.healthy = True  # (the balancer reads it per request: a plain attribute)
 
     def succeeded(self) -> bool:

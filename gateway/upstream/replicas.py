@@ -4,7 +4,7 @@
 and the gateway's ``admission.Gate`` (if bounded), to the replica the
 ``policy.Balancer`` picks, and on to another one when ``policy.Retries`` says
 it is safe (the request never reached a model). Each attempt's outcome feeds the
-replica's ``policy.Health``; an ejected replica is probed in the background
+replica's ``policy.ReplicaHealth``; an ejected replica is probed in the background
 (one task per ejected replica, ended when it is back or the set closes); an
 optional active probe checks every replica every few seconds. When no replica
 is healthy, a request fails at once: 503 with Retry-After.
