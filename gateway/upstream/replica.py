@@ -1,7 +1,7 @@
 """One upstream server of a deployment: where chat requests go, with which headers
 and timeouts, how loaded it is and whether it is healthy.
 
-Built on the lean HTTP/1.1 client in ``client``; every transport failure is an
+Built on the lean HTTP/1.1 client (``pool``, ``connection``); every transport failure is an
 ``errors.Upstream*`` by the time it leaves here, so the endpoints only ever see
 the gateway's own error tree. ``replicas.ReplicaSet`` balances over several.
 """
@@ -15,8 +15,10 @@ import orjson
 from gateway.config import Deployment
 from gateway.errors import GatewayError, UpstreamBadResponse, upstream_error_from_body
 from gateway.limits import PROBE_TIMEOUT
-from gateway.upstream.client import NO_DEADLINE, Pool, UpstreamConnection
+from gateway.upstream.connection import UpstreamConnection
 from gateway.upstream.policy import ReplicaHealth, replica_seed
+from gateway.upstream.pool import Pool
+from gateway.upstream.timers import NO_DEADLINE
 
 __all__ = ["Replica", "UpstreamConnection"]
 

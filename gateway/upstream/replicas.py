@@ -23,9 +23,10 @@ from functools import partial
 from gateway.config import Deployment
 from gateway.errors import GatewayError, NoHealthyUpstream
 from gateway.upstream.admission import Gate
-from gateway.upstream.client import NO_DEADLINE, UpstreamConnection
+from gateway.upstream.connection import UpstreamConnection
 from gateway.upstream.policy import Balancer, Retries, counts_against, key_hash
 from gateway.upstream.replica import Replica
+from gateway.upstream.timers import NO_DEADLINE
 
 log = logging.getLogger("gateway")
 

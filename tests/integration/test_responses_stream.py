@@ -377,7 +377,8 @@ async def test_events_held_back_are_written_before_an_upstream_failure() -> None
     from gateway.core.stream.transcoder import Transcoder
     from gateway.core.wire import output
     from gateway.errors import GatewayError
-    from gateway.upstream.client import Pool, UpstreamConnection
+    from gateway.upstream.connection import UpstreamConnection
+    from gateway.upstream.pool import Pool
 
     class Transport:
         def close(self) -> None: ...
