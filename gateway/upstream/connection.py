@@ -8,7 +8,7 @@ multidicts, a task per timeout). Here a request is one ``transport.write`` of
 prebuilt header bytes plus the body, and the response is parsed by
 ``httptools`` (llhttp) straight into a byte queue. See bench/README.md for the
 measured difference. Which connection a request goes on is the pool's choice
-(``pool.Pool``); the endpoints read the answer from the connection.
+(``pool.Pool``); the endpoints read the answer as a ``response.UpstreamResponse``.
 
 A response released before its end whose framing allows reuse (keep-alive,
 Content-Length or chunked) is drained off the caller's path: model servers send
@@ -53,8 +53,9 @@ if TYPE_CHECKING:
 class UpstreamConnection(asyncio.Protocol):
     """One connection and the response currently being read from it.
 
-    The pool sends each request on it (``send``). Back in the pool it goes through
-    ``Pool.put_idle``, and its slot through ``Pool.slot_freed`` once it is closed."""
+    The pool sends each request on it (``send``); its reader sees it as an
+    ``UpstreamResponse``. Back in the pool it goes through ``Pool.put_idle``, and
+    its slot through ``Pool.slot_freed`` once it is closed."""
 
     __slots__ = (
         "pool",
@@ -97,7 +98,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.deadline = NO_DEADLINE  # the loop time by which the whole request must end
         # Called once at the first release (the replica's accounting of its load).
         self.done: Callable[[], object] | None = None
-        self.replica = ""  # the base URL of the replica that answers (set by its set)
+        self.replica = ""  # the base URL of the replica that answers (set by the replica)
         self._reset()
 
     def _reset(self) -> None:
@@ -124,7 +125,7 @@ class UpstreamConnection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._fail(UpstreamBadResponse(f"The upstream sent malformed HTTP: {exc}"))
+            self.cut(UpstreamBadResponse(f"The upstream sent malformed HTTP: {exc}"))
             self.close()
             return
         if self.draining:
@@ -140,7 +141,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.complete = True  # a body delimited by the end of the connection
             self._wake()
         elif not self.complete and self.error is None:
-            self._fail(UpstreamUnavailable("The upstream server closed the connection."))
+            self.cut(UpstreamUnavailable("The upstream server closed the connection."))
 
     # ---- httptools callbacks -------------------------------------------------------
 
@@ -186,11 +187,16 @@ class UpstreamConnection(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def _fail(self, exc: Exception) -> None:
+    def cut(self, exc: Exception) -> None:
+        """End the response now with ``exc`` (the gateway shutting down, a parse
+        error, the connection lost): the read waiting raises it, and so does every
+        later read that would wait for more."""
         self.error = exc
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_exception(exc)
+
+    _fail = cut  # kept only for Gateway.cut_streams until it calls cut; remove then
 
     async def _wait(self) -> None:
         if self.error is not None:

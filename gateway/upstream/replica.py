@@ -9,17 +9,21 @@ the gateway's own error tree. ``replicas.ReplicaSet`` balances over several.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import orjson
 
 from gateway.config import Deployment
 from gateway.errors import GatewayError, UpstreamBadResponse, upstream_error_from_body
 from gateway.limits import PROBE_TIMEOUT
-from gateway.upstream.connection import UpstreamConnection
 from gateway.upstream.policy import ReplicaHealth, replica_seed
 from gateway.upstream.pool import Pool
+from gateway.upstream.response import UpstreamResponse
+from gateway.upstream.response import UpstreamResponse as UpstreamConnection
 from gateway.upstream.timers import NO_DEADLINE
 
+# UpstreamConnection: the name gateway.api.endpoints imports today for what it reads;
+# kept only until it imports UpstreamResponse from gateway.upstream.response.
 __all__ = ["Replica", "UpstreamConnection"]
 
 
@@ -76,13 +80,18 @@ class Replica:
         return out
 
     async def chat(
-        self, body: bytes, request_id: str | None = None, deadline: float = NO_DEADLINE
-    ) -> UpstreamConnection:
-        """POST a chat request; the connection once the answer's status is 2xx.
+        self,
+        body: bytes,
+        request_id: str | None = None,
+        deadline: float = NO_DEADLINE,
+        done: Callable[[], object] | None = None,
+    ) -> UpstreamResponse:
+        """POST a chat request; the answer once its status is 2xx.
 
         ``request_id`` (printable ASCII: the endpoints checked it) goes as X-Request-Id.
         A 4xx/5xx answer is read and raised as the matching error, before
-        anything goes to the client. The caller must ``release()`` the result.
+        anything goes to the client. The caller must ``release()`` the result;
+        ``done`` is called at that release (the caller's accounting of the load).
         """
         head = self.chat_head
         if request_id is not None:
@@ -96,6 +105,8 @@ class Replica:
             finally:
                 resp.release()  # (resets resp for its next use)
             raise upstream_error_from_body(status, err_body, retry_after)
+        resp.done = done
+        resp.replica = self.base
         return resp
 
     async def models(self) -> list[str]:
