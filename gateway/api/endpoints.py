@@ -44,7 +44,7 @@ from gateway.errors import (
 )
 from gateway.http.messages import Incoming, Reply, Response, StreamResponse
 from gateway.limits import STREAM_WRITE_AHEAD
-from gateway.upstream.replica import UpstreamConnection
+from gateway.upstream.response import UpstreamResponse
 from gateway.upstream.routing import Route, Router
 
 log = logging.getLogger("gateway")
@@ -144,7 +144,7 @@ class Gateway:
         self.observer: Observer | None = None
         self.process = process  # the process it is served in (gateway.ops keeps it)
         self.in_flight = 0  # API requests being answered (streams until their end)
-        self.streams: set[UpstreamConnection] = set()  # upstream reads of open streams
+        self.streams: set[UpstreamResponse] = set()  # upstream reads of open streams
         self._idle: asyncio.Future[None] | None = None
         self._routes: dict[tuple[str, str], ApiRoute] = {
             ("POST", "/v1/responses"): partial(
@@ -202,7 +202,7 @@ class Gateway:
         (code ``server_shutting_down``), a chat pass-through by closing it."""
         exc = ShuttingDown("The gateway is shutting down; retry the request.")
         for upstream in list(self.streams):
-            upstream._fail(exc)
+            upstream.cut(exc)
 
     async def _answer(self, request: Incoming, call: Call) -> Reply:
         try:
@@ -396,7 +396,7 @@ class Gateway:
         self,
         request: Incoming,
         call: Call,
-        upstream: UpstreamConnection,
+        upstream: UpstreamResponse,
         tx: Transcoder,
         pump: bool,
     ) -> StreamResponse:
@@ -436,7 +436,7 @@ class Gateway:
         self,
         out: StreamResponse,
         tx: Transcoder,
-        upstream: UpstreamConnection,
+        upstream: UpstreamResponse,
         frames: bytes,
         call: Call,
     ) -> bytes:

@@ -1,5 +1,5 @@
 """The decisions of a replicated deployment, as pure objects: which replica takes a
-request (``Balancer``), when a replica is out and when it is probed (``Health``),
+request (``Balancer``), when a replica is out and when it is probed (``ReplicaHealth``),
 and whether a failed attempt may go to another replica (``Retries``).
 
 No I/O, no clock of their own: the caller hands in ``now`` (seconds, any monotonic
@@ -136,7 +136,7 @@ class Balancer:
         return None
 
 
-class Health:
+class ReplicaHealth:
     """One replica's health: ejected after ``eject_after`` consecutive failures,
     probed every ``probe_interval`` seconds while out, back on its first success."""
 

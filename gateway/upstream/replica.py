@@ -1,7 +1,7 @@
 """One upstream server of a deployment: where chat requests go, with which headers
 and timeouts, how loaded it is and whether it is healthy.
 
-Built on the lean HTTP/1.1 client in ``client``; every transport failure is an
+Built on the lean HTTP/1.1 client (``pool``, ``connection``); every transport failure is an
 ``errors.Upstream*`` by the time it leaves here, so the endpoints only ever see
 the gateway's own error tree. ``replicas.ReplicaSet`` balances over several.
 """
@@ -9,16 +9,17 @@ the gateway's own error tree. ``replicas.ReplicaSet`` balances over several.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import orjson
 
 from gateway.config import Deployment
 from gateway.errors import GatewayError, UpstreamBadResponse, upstream_error_from_body
 from gateway.limits import PROBE_TIMEOUT
-from gateway.upstream.client import NO_DEADLINE, Pool, UpstreamConnection
-from gateway.upstream.policy import Health, replica_seed
-
-__all__ = ["Replica", "UpstreamConnection"]
+from gateway.upstream.policy import ReplicaHealth, replica_seed
+from gateway.upstream.pool import Pool
+from gateway.upstream.response import UpstreamResponse
+from gateway.upstream.timers import NO_DEADLINE
 
 
 class Replica:
@@ -58,7 +59,7 @@ class Replica:
         self.in_flight = 0
         self.weight = weight
         self.seed = replica_seed(self.base)
-        self.health = Health(dep.eject_after, dep.probe_interval)
+        self.health = ReplicaHealth(dep.eject_after, dep.probe_interval)
         self.healthy = True  # (the balancer reads it per request: a plain attribute)
 
     def succeeded(self) -> bool:
@@ -74,13 +75,18 @@ class Replica:
         return out
 
     async def chat(
-        self, body: bytes, request_id: str | None = None, deadline: float = NO_DEADLINE
-    ) -> UpstreamConnection:
-        """POST a chat request; the connection once the answer's status is 2xx.
+        self,
+        body: bytes,
+        request_id: str | None = None,
+        deadline: float = NO_DEADLINE,
+        done: Callable[[], object] | None = None,
+    ) -> UpstreamResponse:
+        """POST a chat request; the answer once its status is 2xx.
 
         ``request_id`` (printable ASCII: the endpoints checked it) goes as X-Request-Id.
         A 4xx/5xx answer is read and raised as the matching error, before
-        anything goes to the client. The caller must ``release()`` the result.
+        anything goes to the client. The caller must ``release()`` the result;
+        ``done`` is called at that release (the caller's accounting of the load).
         """
         head = self.chat_head
         if request_id is not None:
@@ -94,6 +100,8 @@ class Replica:
             finally:
                 resp.release()  # (resets resp for its next use)
             raise upstream_error_from_body(status, err_body, retry_after)
+        resp.done = done
+        resp.replica = self.base
         return resp
 
     async def models(self) -> list[str]:

@@ -4,13 +4,13 @@
 and the gateway's ``admission.Gate`` (if bounded), to the replica the
 ``policy.Balancer`` picks, and on to another one when ``policy.Retries`` says
 it is safe (the request never reached a model). Each attempt's outcome feeds the
-replica's ``policy.Health``; an ejected replica is probed in the background
+replica's ``policy.ReplicaHealth``; an ejected replica is probed in the background
 (one task per ejected replica, ended when it is back or the set closes); an
 optional active probe checks every replica every few seconds. When no replica
 is healthy, a request fails at once: 503 with Retry-After.
 
 The load a replica carries (``in_flight``) and the gates' slots are given back
-when the endpoint releases the upstream connection (``UpstreamConnection.done``).
+when the endpoint releases the answer (``done``, called by its ``release()``).
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ from functools import partial
 from gateway.config import Deployment
 from gateway.errors import GatewayError, NoHealthyUpstream
 from gateway.upstream.admission import Gate
-from gateway.upstream.client import NO_DEADLINE, UpstreamConnection
 from gateway.upstream.policy import Balancer, Retries, counts_against, key_hash
 from gateway.upstream.replica import Replica
+from gateway.upstream.response import UpstreamResponse
+from gateway.upstream.timers import NO_DEADLINE
 
 log = logging.getLogger("gateway")
 
@@ -62,8 +63,8 @@ class ReplicaSet:
 
     async def chat(
         self, body: bytes, request_id: str | None = None, key: str | None = None
-    ) -> UpstreamConnection:
-        """Send a chat request to a replica; the connection once its answer is 2xx.
+    ) -> UpstreamResponse:
+        """Send a chat request to a replica; its answer once the status is 2xx.
 
         ``key``: the request's affinity key (None: least loaded). The caller must
         ``release()`` the result, which gives the replica's load and the slots back.
@@ -82,7 +83,7 @@ class ReplicaSet:
 
     async def _attempts(
         self, body: bytes, request_id: str | None, key: str | None
-    ) -> UpstreamConnection:
+    ) -> UpstreamResponse:
         loop = asyncio.get_running_loop()
         now = loop.time()
         dep = self.dep
@@ -99,7 +100,9 @@ class ReplicaSet:
                 raise self._none_healthy(now)
             replica.in_flight += 1
             try:
-                conn = await replica.chat(body, request_id, deadline)
+                resp = await replica.chat(
+                    body, request_id, deadline, partial(self._release, replica)
+                )
             except GatewayError as exc:
                 replica.in_flight -= 1
                 exc.replica = replica.base  # (which replica failed: logs and metrics)
@@ -121,9 +124,7 @@ class ReplicaSet:
                 raise
             if replica.health.failures:
                 replica.succeeded()
-            conn.done = partial(self._release, replica)
-            conn.replica = replica.base
-            return conn
+            return resp
 
     def _release(self, replica: Replica) -> None:
         replica.in_flight -= 1

@@ -8,7 +8,9 @@ The id ``default`` always means the first deployment.
 A ``Router`` is one object with everything requests need (its deployments'
 ``ReplicaSet``s): a reload builds a new one and swaps it in, and requests in
 flight keep the routes they resolved. ``ready()`` says whether every deployment
-has a healthy replica (``/readyz``).
+has a healthy replica (``/readyz``), ``replicas()`` lists each replica with its
+deployment (health and metrics), and ``in_use()`` says whether a request still
+holds one of them (a reload closes the old router once none does).
 """
 
 from __future__ import annotations
@@ -104,12 +106,12 @@ class Router:
         return all(replicas.healthy for _, replicas in self._deployments)
 
     def replicas(self) -> list[tuple[Deployment, Replica]]:
-        """Every replica of every deployment, with its deployment."""
+        """Every replica of every deployment, with its deployment, in config order."""
         return [(dep, one) for dep, replicas in self._deployments for one in replicas.replicas]
 
     def in_use(self) -> bool:
-        """Whether a request still holds one of its replicas."""
-        return any(one.in_flight for _, one in self.replicas())
+        """Whether a request still holds one of the replicas (sent, not yet released)."""
+        return any(one.in_flight for _, replicas in self._deployments for one in replicas.replicas)
 
     async def close(self) -> None:
         """Stop the probes and close every upstream connection (in use ones too)."""

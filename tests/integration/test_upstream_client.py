@@ -15,7 +15,8 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from gateway.upstream.client import Pool, UpstreamConnection
+from gateway.upstream.connection import UpstreamConnection
+from gateway.upstream.pool import Pool
 
 Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter], object]
 

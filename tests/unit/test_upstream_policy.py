@@ -25,7 +25,7 @@ from gateway.errors import (
 )
 from gateway.upstream.policy import (
     Balancer,
-    Health,
+    ReplicaHealth,
     Retries,
     counts_against,
     key_hash,
@@ -167,7 +167,7 @@ def test_every_replica_is_first_for_some_key_and_the_order_is_a_permutation() ->
 
 
 def test_ejected_after_n_consecutive_failures_only() -> None:
-    h = Health(eject_after=3, probe_interval=2.0)
+    h = ReplicaHealth(eject_after=3, probe_interval=2.0)
     assert not h.failure(10.0) and not h.failure(10.1)
     h.success()  # not consecutive: the count starts over
     assert not h.failure(11.0) and not h.failure(11.1) and h.healthy
@@ -177,7 +177,7 @@ def test_ejected_after_n_consecutive_failures_only() -> None:
 
 
 def test_probe_schedule_follows_the_clock() -> None:
-    h = Health(eject_after=1, probe_interval=2.0)
+    h = ReplicaHealth(eject_after=1, probe_interval=2.0)
     assert h.failure(100.0)
     assert h.probe_in(100.0) == 2.0 and h.probe_in(101.5) == 0.5 and h.probe_in(103.0) == 0.0
     h.failure(102.0)  # a failed probe: the next one interval later
@@ -185,7 +185,7 @@ def test_probe_schedule_follows_the_clock() -> None:
 
 
 def test_back_on_probation_then_cleared() -> None:
-    h = Health(eject_after=3, probe_interval=1.0)
+    h = ReplicaHealth(eject_after=3, probe_interval=1.0)
     for t in range(3):
         h.failure(float(t))
     assert h.success() and h.healthy  # back

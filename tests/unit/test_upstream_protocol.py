@@ -26,7 +26,8 @@ from gateway.limits import (
     KiB,
     MiB,
 )
-from gateway.upstream.client import Pool, UpstreamConnection
+from gateway.upstream.connection import UpstreamConnection
+from gateway.upstream.pool import Pool
 from tests.fakes import FakeTransport
 
 # ---- the fakes ---------------------------------------------------------------------
