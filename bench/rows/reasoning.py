@@ -15,18 +15,13 @@ reasoning``) give the same comparison without HTTP, per delta.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import harness as h
 from report import fmt
 
-if TYPE_CHECKING:
-    from run import Bench
+from rows.base import FAILURES, Bench, Row, Summary
 
-BENCH = Path(__file__).resolve().parent
 VARIANTS = ("text", "reasoning")
 BODY = json.dumps({"model": "demo", "input": "Think, then say hello", "stream": True})
 METRICS = [
@@ -36,11 +31,13 @@ METRICS = [
 ]
 
 
-class ReasoningRow:
-    """Started on the first repetition, kept for the others (``Bench`` stops the processes)."""
+class Reasoning(Row):
+    """Started on the first repetition, kept for the others (the bench stops the processes)."""
+
+    name = "reasoning"
 
     def __init__(self, bench: Bench) -> None:
-        self.bench = bench
+        super().__init__(bench)
         self.ports: dict[str, int] = {}
         self.pids: dict[str, int] = {}
         self.started = False
@@ -72,8 +69,11 @@ class ReasoningRow:
         for name in VARIANTS:
             try:
                 b.res.add("reasoning", name, self.measure(name))
-            except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as exc:
+            except FAILURES as exc:
                 b.res.fail("reasoning", name, str(exc))
+
+    def table(self, summary: Summary) -> list[str]:
+        return table(summary)
 
     def measure(self, name: str) -> dict[str, float]:
         b, a = self.bench, self.bench.args
