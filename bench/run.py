@@ -23,7 +23,7 @@ from pathlib import Path
 
 import harness as h
 from report import SERIES, Results, environment, markdown, table, write_json
-from rows.base import BENCH, PATHS, Bench, Row, body
+from rows.base import BENCH, PATHS, Bench, Flags, Row, body
 from rows.codex import Codex
 from rows.cpu import Cpu
 from rows.identity import Identity
@@ -57,9 +57,7 @@ FACTORIES: dict[str, Callable[[Bench], Row]] = {
 ROWS = tuple(FACTORIES)
 
 
-def target_cmd(
-    target: str, port: int, upstream: str, workers: int, extra: list[str] | None = None
-) -> list[str]:
+def target_cmd(target: str, port: int, upstream: str, workers: int, extra: Flags = ()) -> list[str]:
     """``upstream``: one URL, or (the gateway's) several, space-separated: replicas;
     ``extra``: more flags for the gateway."""
     common = ["--host", h.HOST, "--port", str(port)]
@@ -73,7 +71,7 @@ def target_cmd(
             "--workers",
             str(workers),
         ]
-    extra = [*(extra or []), *(["--workers", str(workers)] if workers > 1 else [])]
+    extra = [*extra, *(["--workers", str(workers)] if workers > 1 else [])]
     if target == "aiohttp":  # the gateway on aiohttp's low-level server (serve --http aiohttp)
         extra += ["--http", "aiohttp"]
     return [sys.executable, "-m", "gateway", "serve", *common, "--model", "demo", *extra]
@@ -127,13 +125,7 @@ class Session:
         return f"http://{h.HOST}:{port}/v1"
 
     def target(
-        self,
-        target: str,
-        upstream: str,
-        workers: int,
-        cpus: str,
-        tag: str,
-        extra: list[str] | None = None,
+        self, target: str, upstream: str, workers: int, cpus: str, tag: str, extra: Flags = ()
     ) -> tuple[int, h.Proc]:
         port = h.free_port()
         cmd = ["taskset", "-c", cpus, *target_cmd(target, port, upstream, workers, extra)]

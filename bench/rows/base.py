@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -28,6 +28,7 @@ HELLO: dict[str, dict[str, Any]] = {
 }
 # What a measurement may raise: the row records it as its series' error and goes on.
 FAILURES = (RuntimeError, OSError, ValueError, subprocess.SubprocessError)
+Flags = Sequence[str]  # more command-line flags for a gateway
 # row -> series -> metric -> median, min, max, spread_pct, values (Results.summary)
 Summary = dict[str, Any]
 
@@ -73,13 +74,7 @@ class Bench(Protocol):
         ...
 
     def target(
-        self,
-        target: str,
-        upstream: str,
-        workers: int,
-        cpus: str,
-        tag: str,
-        extra: list[str] | None = None,
+        self, target: str, upstream: str, workers: int, cpus: str, tag: str, extra: Flags = ()
     ) -> tuple[int, h.Proc]:
         """A new instance of ``target`` ("baseline", "gateway", "aiohttp") in front of
         ``upstream`` (several URLs, space-separated: replicas), pinned to ``cpus``, with
@@ -97,12 +92,29 @@ class Row:
 
     name = ""
     solo = False
+    start_called = False
 
     def __init__(self, bench: Bench) -> None:
         self.bench = bench
 
     def prepare(self) -> None:
         """Once, after the bench's setup, before the first repetition."""
+
+    def start(self) -> None:
+        """What the row starts on its first repetition and keeps for the others."""
+
+    def started(self) -> bool:
+        """``start``, on the first call only; False when it fails (recorded as the row's
+        ``setup`` error), and the row skips that repetition."""
+        if self.start_called:
+            return True
+        self.start_called = True
+        try:
+            self.start()
+        except RuntimeError as exc:
+            self.bench.res.fail(self.name, "setup", str(exc))
+            return False
+        return True
 
     def run(self, rep: int) -> None:
         raise NotImplementedError

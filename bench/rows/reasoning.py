@@ -40,11 +40,9 @@ class Reasoning(Row):
         super().__init__(bench)
         self.ports: dict[str, int] = {}
         self.pids: dict[str, int] = {}
-        self.started = False
 
     def start(self) -> None:
         b = self.bench
-        self.started = True
         deltas = str(b.args.reasoning_deltas)
         for name in VARIANTS:
             port = h.free_port()
@@ -60,12 +58,8 @@ class Reasoning(Row):
 
     def run(self, rep: int) -> None:
         b = self.bench
-        if not self.started:
-            try:
-                self.start()
-            except RuntimeError as exc:
-                b.res.fail("reasoning", "setup", str(exc))
-                return
+        if not self.started():
+            return
         for name in VARIANTS:
             try:
                 b.res.add("reasoning", name, self.measure(name))
