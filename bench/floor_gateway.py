@@ -1,4 +1,4 @@
-"""The gateway with its idempotency store cut down to a floor: for bench/identity.py only.
+"""The gateway with its idempotency store cut down to a floor: for bench/rows/identity.py only.
 
 ``python bench/floor_gateway.py serve ...`` runs ``python -m gateway serve ...`` with
 one change: a request that carries an ``Idempotency-Key`` is answered as any other,

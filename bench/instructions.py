@@ -6,7 +6,7 @@ else the machine does). Each variant is one gateway process under
 ``valgrind --tool=callgrind`` in front of the fake upstream: ``--warm`` sequential
 keep-alive ``POST /v1/responses`` first, then the counters are zeroed, ``--requests``
 more are sent, and the counters dumped; the figure is that dump's total over the
-requests. Variants (as in bench/identity.py):
+requests. Variants (as in bench/rows/identity.py):
 
 - ``plain``: no request id, no key, no Idempotency-Key;
 - ``ids``: a client ``X-Request-Id`` on each request;
@@ -42,7 +42,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # (harness, identity)
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # (harness, rows.identity)
 
 HOST = "127.0.0.1"
 KEY = "sk-bench-instructions-0123456789"
@@ -118,7 +118,7 @@ class Client:
 def wrk_load(port: int, name: str, work: Path, conns: int, seconds: float) -> float:
     """One wrk run of the variant's requests (each with its own keys); requests done."""
     import harness
-    from identity import identity_script
+    from rows.identity import identity_script
 
     ids, auth, idem, _ = VARIANTS[name]
     if ids:
@@ -146,7 +146,7 @@ def measure(
     port = free_port()
     args = ["--host", HOST, "--port", str(port), "--upstream", upstream, "--model", "demo"]
     if flags[3]:  # the same, from a config file that bounds the store
-        from identity import bounded_store
+        from rows.identity import bounded_store
 
         args = bounded_store(work / f"{tag}.toml", port, upstream, FULL_ENTRIES)
         warm = max(warm, FULL_ENTRIES + 50)

@@ -324,7 +324,7 @@ def test_the_bench_codex_request_is_codex_sized_and_accepted() -> None:
     import sys
 
     sys.path.insert(0, str(pathlib.Path(__file__).parents[2] / "bench"))
-    from codex import codex_request
+    from rows.codex import codex_request
 
     body = codex_request(stream=True)
     assert 50_000 <= len(orjson.dumps(body["input"])) <= 80_000

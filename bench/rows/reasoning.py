@@ -15,18 +15,13 @@ reasoning``) give the same comparison without HTTP, per delta.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import harness as h
 from report import fmt
 
-if TYPE_CHECKING:
-    from run import Bench
+from rows.base import FAILURES, Bench, Row, Summary
 
-BENCH = Path(__file__).resolve().parent
 VARIANTS = ("text", "reasoning")
 BODY = json.dumps({"model": "demo", "input": "Think, then say hello", "stream": True})
 METRICS = [
@@ -36,18 +31,18 @@ METRICS = [
 ]
 
 
-class ReasoningRow:
-    """Started on the first repetition, kept for the others (``Bench`` stops the processes)."""
+class Reasoning(Row):
+    """Started on the first repetition, kept for the others (the bench stops the processes)."""
+
+    name = "reasoning"
 
     def __init__(self, bench: Bench) -> None:
-        self.bench = bench
+        super().__init__(bench)
         self.ports: dict[str, int] = {}
         self.pids: dict[str, int] = {}
-        self.started = False
 
     def start(self) -> None:
         b = self.bench
-        self.started = True
         deltas = str(b.args.reasoning_deltas)
         for name in VARIANTS:
             port = h.free_port()
@@ -63,17 +58,16 @@ class ReasoningRow:
 
     def run(self, rep: int) -> None:
         b = self.bench
-        if not self.started:
-            try:
-                self.start()
-            except RuntimeError as exc:
-                b.res.fail("reasoning", "setup", str(exc))
-                return
+        if not self.started():
+            return
         for name in VARIANTS:
             try:
                 b.res.add("reasoning", name, self.measure(name))
-            except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as exc:
+            except FAILURES as exc:
                 b.res.fail("reasoning", name, str(exc))
+
+    def table(self, summary: Summary) -> list[str]:
+        return table(summary)
 
     def measure(self, name: str) -> dict[str, float]:
         b, a = self.bench, self.bench.args

@@ -14,14 +14,12 @@ difference is the translation of the request (the answer is the same short text)
 from __future__ import annotations
 
 import json
-import subprocess
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import harness as h
 from report import fmt
 
-if TYPE_CHECKING:
-    from run import Bench
+from rows.base import FAILURES, PATHS, Bench, Row, Summary, body
 
 WORDS = [
     "the",
@@ -210,9 +208,13 @@ def codex_request(stream: bool, model: str = "demo") -> dict[str, Any]:
     }
 
 
-class CodexRow:
-    def __init__(self, bench: Bench, small: dict[bool, bytes], path: str) -> None:
-        self.bench, self.small, self.path = bench, small, path
+class Codex(Row):
+    name = "codex"
+
+    def __init__(self, bench: Bench) -> None:
+        super().__init__(bench)
+        self.small = {s: body("responses", s) for s in (False, True)}
+        self.path = PATHS["responses"]
         self.big = {s: json.dumps(codex_request(s)).encode() for s in (False, True)}
 
     def run(self, rep: int) -> None:
@@ -223,7 +225,7 @@ class CodexRow:
                 continue
             try:
                 b.res.add("codex", series, self.measure(b.pid(target), b.ports[target]))
-            except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as exc:
+            except FAILURES as exc:
                 b.res.fail("codex", series, str(exc))
 
     def measure(self, pid: int, port: int) -> dict[str, float]:
@@ -235,6 +237,9 @@ class CodexRow:
             out |= {f"us_small{tag}": small, f"us_codex{tag}": big, f"ratio{tag}": big / small}
         return out
 
+    def table(self, summary: Summary) -> list[str]:
+        return table(summary)
+
     def cpu_per_request(self, pid: int, port: int, payload: bytes, rate: float) -> float:
         b = self.bench
         seconds = b.args.cpu_duration
@@ -244,7 +249,7 @@ class CodexRow:
         return cpu * 1e6 / result["ok"]
 
 
-def table(summary: dict[str, Any]) -> list[str]:
+def table(summary: Summary) -> list[str]:
     row = summary.get("codex")
     if not row:
         return []

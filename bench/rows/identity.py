@@ -42,16 +42,14 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import harness as h
 from report import fmt
 
-if TYPE_CHECKING:
-    from run import Bench
+from rows.base import BENCH, PATHS, Bench, Row, Summary, body
 
 KEY = "sk-bench-identity-0123456789"
-FLOOR = Path(__file__).resolve().parent / "floor_gateway.py"
+FLOOR = BENCH / "floor_gateway.py"
 VARIANTS = ("plain", "ids+auth+idem", "ids+auth+idem redis")
 METRICS = [
     ("rps", "req/s (64 conns)"),
@@ -124,20 +122,21 @@ def identity_script(body: bytes, directory: Path, key: str | None) -> Path:
     return Path(name)
 
 
-class IdentityRow:
+class Identity(Row):
     """Started on the first repetition, kept for the others, stopped by ``close``."""
 
-    def __init__(self, bench: Bench, payload: bytes, paths: dict[str, str]) -> None:
-        self.bench, self.payload, self.paths = bench, payload, paths
+    name = "identity"
+
+    def __init__(self, bench: Bench) -> None:
+        super().__init__(bench)
+        self.payload, self.paths = body("responses", False), PATHS
         self.ports: dict[str, int] = {}
         self.pids: dict[str, int] = {}
         self.redis_pid = 0
         self.scripts: list[Path] = []
-        self.started = False
 
     def start(self) -> None:
         b = self.bench
-        self.started = True
         keys = b.log_dir / "identity-keys.txt"
         keys.write_text(KEY + "\n")
         auth = ["--api-keys-file", str(keys)]
@@ -149,9 +148,7 @@ class IdentityRow:
             port = h.free_port()
             cmd = [*b.pin_load, redis, "--port", str(port), "--bind", h.HOST]
             cmd += ["--save", "", "--appendonly", "no"]
-            proc = h.start("redis", cmd, b.log_dir)
-            b.procs.append(proc)
-            self.redis_pid = proc.pid
+            self.redis_pid = b.spawn("redis", cmd).pid
             wait_redis(port)
             extra["ids+auth+idem redis"] = [*auth, "--redis", f"redis://{h.HOST}:{port}/0"]
         extra["floor"] = auth
@@ -174,12 +171,8 @@ class IdentityRow:
 
     def run(self, rep: int) -> None:
         b, a = self.bench, self.bench.args
-        if not self.started:
-            try:
-                self.start()
-            except RuntimeError as exc:
-                b.res.fail("identity", "setup", str(exc))
-                return
+        if not self.started():
+            return
         if "baseline" in b.ports:  # the yardstick, measured in the same minute
             m = h.run_wrk(
                 b.pin_load,
@@ -263,6 +256,9 @@ class IdentityRow:
 
     def redis_cpu(self) -> float:
         return h.cpu_seconds(self.redis_pid) if self.redis_pid else 0.0
+
+    def table(self, summary: Summary) -> list[str]:
+        return table(summary)
 
     def close(self) -> None:
         for script in self.scripts:
