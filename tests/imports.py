@@ -15,28 +15,29 @@ from pathlib import Path
 
 def module_names(root: Path, top: str | None = None) -> dict[str, Path]:
     """Each module under ``root`` by its dotted name; ``top`` prefixes the names (a
-    package), None names them from ``root`` itself (a folder of scripts)."""
+    package), None names them from ``root`` itself (a folder of scripts, which import
+    each other by top-level names: ``root/rows/base.py`` is ``rows.base``)."""
     found = {}
     for path in sorted(root.rglob("*.py")):
         parts = list(path.relative_to(root).with_suffix("").parts)
         if parts[-1] == "__init__":
             parts = parts[:-1]
-        name = ".".join(([top] if top else []) + parts)
-        if name:
-            found[name] = path
+        if parts and all(part.isidentifier() for part in parts) or top and not parts:
+            found[".".join(([top] if top else []) + parts)] = path
     return found
 
 
 def imported_names(path: Path) -> list[tuple[str, int]]:
-    """(module, level) of every import in ``path``, with the names
-    a ``from`` import takes as ``module.name`` candidates too."""
+    """(module, level) of every import in ``path``, with the names a ``from`` import
+    takes as ``module.name`` candidates too (``from rows import codex``: a module)."""
     out: list[tuple[str, int]] = []
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             out += [(a.name, 0) for a in node.names]
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
-            out.append((base, node.level))
+            if base:
+                out.append((base, node.level))
             out += [(f"{base}.{a.name}" if base else a.name, node.level) for a in node.names]
     return out
 
@@ -45,23 +46,27 @@ def absolute(importer: str, module: str, level: int, is_package: bool) -> str:
     """``module`` as imported by ``importer`` with ``level`` leading dots."""
     if not level:
         return module
-    parts = importer.split(".")
+    parts = importer.split(".") if importer else []
     base = parts if is_package else parts[:-1]
     base = base[: len(base) - (level - 1)]
     return ".".join([*base, module] if module else base)
 
 
-def edges(modules: dict[str, Path]) -> dict[str, set[str]]:
-    """Which of ``modules`` each of them imports (itself excluded)."""
+def edges(modules: dict[str, Path], alias: str | None = None) -> dict[str, set[str]]:
+    """Which of ``modules`` each of them imports (itself excluded): the module named
+    and the packages above it that are among ``modules``. ``alias`` is another name of
+    the tree's root that imports may use (``bench.x`` for the scripts' ``x``)."""
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         package = path.name == "__init__.py"
         targets = set()
         for module, level in imported_names(path):
             target = absolute(name, module, level, package)
-            if target in modules and target != name:
-                targets.add(target)
-        graph[name] = targets
+            if alias and (target == alias or target.startswith(alias + ".")):
+                target = target[len(alias) + 1 :]
+            parts = target.split(".")
+            targets |= {m for m in (".".join(parts[:i]) for i in range(1, len(parts) + 1))}
+        graph[name] = {m for m in targets if m in modules and m != name}
     return graph
 
 

@@ -3,110 +3,29 @@ through others, counting imports under ``if TYPE_CHECKING:`` and inside function
 
 The scripts run as ``python bench/run.py``, so bench/ is on sys.path and its modules
 import each other by top-level names (``harness``, ``rows.base``); tests import them as
-``bench.x``. The checker reads every ``bench/**/*.py`` with ``ast`` (nothing is
-imported), resolves the imports of bench's own modules in all three forms (top-level,
-``bench.``-prefixed, relative), and searches the graph for strongly connected parts.
-Run as a script, it prints the graph and the cycles: ``python tests/unit/test_bench_layout.py``.
+``bench.x``. The checker (``tests/imports.py``, which ``test_layering`` uses for ``gateway/``) reads
+every ``bench/**/*.py`` with ``ast`` (nothing is imported), resolves the imports of
+bench's own modules in all three forms (top-level, ``bench.``-prefixed, relative), and
+searches the graph for strongly connected parts.
+Run as a module from the checkout, it prints the graph and the cycles:
+``python -m tests.unit.test_bench_layout``.
 """
 
 from __future__ import annotations
 
-import ast
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.imports import cycles, edges, module_names
+
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
-def modules(root: Path) -> dict[str, Path]:
-    """Every module under ``root`` by the dotted name a script in ``root`` imports it
-    by: ``root/x.py`` is ``x``, ``root/rows/base.py`` is ``rows.base``, and
-    ``root/rows/__init__.py`` is ``rows``."""
-    found: dict[str, Path] = {}
-    for path in sorted(root.rglob("*.py")):
-        parts = list(path.relative_to(root).with_suffix("").parts)
-        if parts[-1] == "__init__":
-            parts.pop()
-        if parts and all(part.isidentifier() for part in parts):
-            found[".".join(parts)] = path
-    return found
-
-
-def targets(name: str, known: dict[str, Path]) -> set[str]:
-    """The modules of ``known`` that importing the dotted ``name`` loads: the module
-    itself and the packages above it (``bench.`` is the folder itself, a namespace)."""
-    if name == "bench" or name.startswith("bench."):
-        name = name[len("bench.") :]
-    parts = name.split(".")
-    return {m for m in (".".join(parts[:i]) for i in range(1, len(parts) + 1)) if m in known}
-
-
-def imports(name: str, path: Path, known: dict[str, Path]) -> set[str]:
-    """The modules of ``known`` that module ``name`` (at ``path``) imports, anywhere in
-    its text."""
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                found |= targets(alias.name, known)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                up = package.split(".") if package else []
-                up = up[: len(up) + 1 - node.level]  # level 1: this package; 2: its parent
-                base = ".".join([*up, *([node.module] if node.module else [])])
-            else:
-                base = node.module or ""
-            if base:
-                found |= targets(base, known)
-            for alias in node.names:  # `from rows import codex`: codex may be a module
-                found |= targets(f"{base}.{alias.name}" if base else alias.name, known)
-    found.discard(name)
-    return found
-
-
 def graph(root: Path) -> dict[str, set[str]]:
-    """Module -> the modules of ``root`` it imports."""
-    known = modules(root)
-    return {name: imports(name, path, known) for name, path in known.items()}
-
-
-def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
-    """The graph's cycles, as its strongly connected parts of two modules or more
-    (Tarjan's algorithm), each sorted."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on_stack: set[str] = set()
-    found: list[list[str]] = []
-
-    def visit(node: str) -> None:
-        index[node] = low[node] = len(index)
-        stack.append(node)
-        on_stack.add(node)
-        for nxt in sorted(edges.get(node, ())):
-            if nxt not in index:
-                visit(nxt)
-                low[node] = min(low[node], low[nxt])
-            elif nxt in on_stack:
-                low[node] = min(low[node], index[nxt])
-        if low[node] == index[node]:
-            part: list[str] = []
-            while True:
-                top = stack.pop()
-                on_stack.discard(top)
-                part.append(top)
-                if top == node:
-                    break
-            if len(part) > 1:
-                found.append(sorted(part))
-
-    for node in sorted(edges):
-        if node not in index:
-            visit(node)
-    return sorted(found)
+    """Module -> the modules of ``root`` it imports (``bench.x`` is ``x``)."""
+    return edges(module_names(root), alias="bench")
 
 
 def test_bench_has_no_import_cycle() -> None:
