@@ -26,6 +26,7 @@ import orjson
 
 from gateway.api.calls import Call
 from gateway.config import Deployment
+from gateway.errors import GatewayError
 from gateway.limits import ACCESS_LOG_FLUSH
 from gateway.upstream.routing import Route
 
@@ -117,7 +118,8 @@ def deployment_name(dep: Deployment) -> str:
 
 def error_code(error: Exception) -> str:
     """The error a log line names: its OpenAI code, or the exception's type."""
-    return getattr(error, "code", None) or type(error).__name__
+    code = error.code if isinstance(error, GatewayError) else None
+    return code or type(error).__name__
 
 
 def fields(call: Call, now: float) -> dict[str, Any]:
