@@ -55,7 +55,15 @@ class Link(Protocol):
 
 
 class Body:
-    """A request's body on the lean server (``request.content``)."""
+    """A request's body on the lean server (``request.content``).
+
+    Its queue has the shape of an upstream answer's (``upstream.connection``): chunks
+    with their size, one waiting reader woken by the feeder, the source paused past a
+    high-water mark and resumed when the reader takes what is buffered. They stay two
+    copies: one base class for both (tried: each inheriting its chunks, waiter, pause
+    and take from it) cost 6.3k instructions a plain non-streaming request, 337.2k ->
+    343.5k (+1.9 %, ``bench/instructions.py``), where the refactor's bar is 1 %.
+    """
 
     __slots__ = ("_conn", "_chunks", "_size", "_total", "_eof", "_error", "_waiter", "_expect")
 

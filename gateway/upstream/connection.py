@@ -23,7 +23,9 @@ the connection closes the connection at once.
 
 Back-pressure: once ``limits.UPSTREAM_BODY_HIGH_WATER`` bytes are buffered
 unread, the socket stops being read until the reader takes them (``read_some``
-and ``read`` both take what has arrived each time they wake).
+and ``read`` both take what has arrived each time they wake). The lean server's
+request body (``http.request.Body``) has a queue of the same shape, kept apart for
+its cost: see its docstring.
 """
 
 from __future__ import annotations
