@@ -5,6 +5,7 @@ gateway (``open_gateway`` + the gateway's own HTTP server) on a loopback port.
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 import shutil
 import socket
@@ -324,3 +325,16 @@ def own_redis() -> Any:
     server = RedisServer().start()
     yield server
     server.stop()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The tests that passed in each folder (``make test`` runs three: each shows)."""
+    counts: collections.Counter[str] = collections.Counter()
+    for report in terminalreporter.stats.get("passed", []):
+        parts = report.nodeid.split("/")
+        if len(parts) > 2 and parts[0] == "tests":
+            counts[parts[1]] += 1
+    if counts:
+        terminalreporter.write_line(
+            "passed by folder: " + ", ".join(f"tests/{k} {n}" for k, n in sorted(counts.items()))
+        )
