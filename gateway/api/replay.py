@@ -2,8 +2,10 @@
 
 The first request with a key runs; a duplicate that arrives meanwhile waits for
 it and gets its answer; a later one gets the stored answer (status and body,
-byte for byte) with ``Idempotent-Replayed: true``. 5xx answers and requests that
-end without an answer free the key, so a retry runs for real. The lifecycle is
+byte for byte) with ``Idempotent-Replayed: true``. Only answers the same request
+would get again are kept (``core.idempotency.STORABLE``: 2xx, 400, 404, 413, 422);
+any other (5xx, 408, 409, 425, 429, an upstream's 401/403) and requests that end
+without an answer free the key, so a retry runs for real. The lifecycle is
 ``core.idempotency``'s; the store (``gateway.stores``) makes it atomic, in this
 process or across processes. Streaming requests never come here: part of a
 stream may already have reached the client, so a stream is sent once and is

@@ -5,10 +5,10 @@ A record is stored under a *scope*: the client's API key (its short hash) and it
 ``Idempotency-Key`` (hashed in a store outside the process: ``scope``), so one
 tenant never reaches another's records::
 
-    absent ──claim──▶ in flight ──finish (status < 500)──▶ done ──retention over──▶ absent
-                         │  ▲                                 │
-                         │  └─refresh (the holder is alive)   └─claim: Replay (same body)
-                         ├──finish (5xx) / release──▶ absent        or Conflict (other body)
+    absent ──claim──▶ in flight ──finish (storable)──▶ done ──retention over──▶ absent
+                         │  ▲                             │
+                         │  └─refresh (the holder alive)  └─claim: Replay (same body)
+                         ├──finish (other) / release──▶ absent   or Conflict (other body)
                          └──lock over (holder crashed)──▶ absent
     claim on in flight: Wait (same body) or Conflict (other body)
 
@@ -78,9 +78,13 @@ class _Keep:
 
 
 KEEP: Final = _Keep()  # a transition that changes nothing
-# The statuses of answers kept for replay: 2xx-4xx (the same request would get the
-# same answer again); a 5xx frees the key. (A range: ``in`` is one C call.)
-STORABLE: Final = range(100, 500)
+# The statuses of answers kept for replay: those the same request would get again,
+# 2xx and the 4xx that judge the request itself (400, 404, 413, 422). Any other frees
+# the key, so that a retry runs for real: a 5xx; 408, 409, 425 and 429 (a timeout, a
+# conflict, too early, a rate limit: the next try may well pass); an upstream's 401 or
+# 403 (they are about the deployment's key, not the client's request). (A frozenset:
+# ``in`` is one C call.)
+STORABLE: Final = frozenset((*range(200, 300), 400, 404, 413, 422))
 Decision = Run | Wait | Replay
 Change = Record | None | _Keep  # the record to store; None: delete it; KEEP: leave it
 
@@ -162,8 +166,8 @@ def finish(
     now: float,
     retention: float,
 ) -> Change:
-    """The holder has its answer: kept for ``retention`` seconds unless it is a
-    server-side failure (5xx: a retry must run for real), which frees the key."""
+    """The holder has its answer: kept for ``retention`` seconds if it is ``STORABLE``,
+    else the key is freed (a retry must run for real)."""
     if record is None or record.token != token or record.status or record.expires <= now:
         return KEEP  # (``_held``, inline: once per request)
     if status not in STORABLE:

@@ -211,6 +211,34 @@ async def test_a_4xx_answer_is_stored(gw: openai.AsyncOpenAI, upstream: FakeUpst
     assert errors[0].content == errors[1].content
 
 
+@pytest.mark.parametrize(
+    ("status", "retry_after"), [(429, "7"), (409, None), (408, None), (401, None), (403, None)]
+)
+async def test_an_answer_a_retry_may_not_get_is_not_stored(
+    gw: openai.AsyncOpenAI, upstream: FakeUpstream, status: int, retry_after: str | None
+) -> None:
+    """A rate limit, a conflict or a timeout may pass on the next try, and an upstream's
+    401/403 is about the deployment's key: each retry reaches the upstream again."""
+    headers = {"Retry-After": retry_after} if retry_after else None
+    doc = {"error": {"message": f"upstream said {status}", "type": "x"}}
+
+    async def reply(request: web.BaseRequest, body: dict) -> web.StreamResponse:
+        return web.json_response(doc, status=status, headers=headers)
+
+    upstream.reply = reply
+    for _ in range(2):
+        with pytest.raises(openai.APIStatusError) as info:
+            await create(gw)
+        assert info.value.response.headers.get("idempotent-replayed") is None
+        if retry_after:
+            assert info.value.response.headers["retry-after"] == retry_after
+    assert len(upstream.received) == 2
+    upstream.reply = upstream.json_reply(completion("now it works"))
+    ok = await create(gw)
+    assert ok.parse().output_text == "now it works" and "idempotent-replayed" not in ok.headers
+    assert len(upstream.received) == 3
+
+
 async def test_a_stream_with_a_key_is_never_replayed(
     gw: openai.AsyncOpenAI, upstream: FakeUpstream
 ) -> None:

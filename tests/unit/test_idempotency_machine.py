@@ -61,8 +61,8 @@ def test_refresh_extends_the_holders_lock_only() -> None:
     assert idem.refresh(None, "a", 1.0, TTL) is idem.KEEP
 
 
-@pytest.mark.parametrize("status", [200, 201, 400, 404, 422, 429])
-def test_finish_below_500_is_kept_for_the_retention(status: int) -> None:
+@pytest.mark.parametrize("status", [200, 201, 204, 299, 400, 404, 413, 422])
+def test_finish_of_an_answer_the_request_would_get_again_is_kept(status: int) -> None:
     rec = idem.finish(running(), "a", status, b"body", "application/json", 5.0, KEEP_FOR)
     assert isinstance(rec, idem.Record) and rec.done
     assert (rec.status, rec.body, rec.content_type, rec.expires) == (
@@ -74,8 +74,10 @@ def test_finish_below_500_is_kept_for_the_retention(status: int) -> None:
     assert idem.claim(rec, FP, "b", 6.0, TTL) == idem.Replay(rec)
 
 
-@pytest.mark.parametrize("status", [500, 502, 503, 504])
-def test_finish_5xx_frees_the_key(status: int) -> None:
+@pytest.mark.parametrize(
+    "status", [100, 301, 401, 403, 405, 408, 409, 415, 425, 429, 431, 500, 502, 503, 504]
+)
+def test_finish_of_an_answer_a_retry_may_not_get_frees_the_key(status: int) -> None:
     assert idem.finish(running(), "a", status, b"x", "", 5.0, KEEP_FOR) is None
 
 
