@@ -92,6 +92,37 @@ def test_namespace_functions_are_exposed_under_their_own_names() -> None:
     assert [t["name"] for t in echo["tools"][1]["tools"]] == ["spawn_agent", "close_agent", "patch"]
 
 
+def test_tools_keep_the_request_order_upstream_and_in_the_echo() -> None:
+    """A namespace's members go where the namespace stood; a top-level tool named like a
+    namespace member, listed after it, keeps its name (the member gets another)."""
+    ns = {
+        "type": "namespace",
+        "name": "files",
+        "description": "File tools.",
+        "tools": [
+            {"type": "function", "name": "read", "parameters": {"type": "object"}},
+            {"type": "custom", "name": "write"},
+        ],
+    }
+    clash = {"type": "function", "name": "files__read", "parameters": {"type": "object"}}
+    tools_in = [EXEC, ns, APPLY_PATCH, clash]
+    chat, echo, tools = translate({"input": "hi", "tools": tools_in})
+    names = [t["function"]["name"] for t in chat["tools"]]
+    assert names[0] == "exec_command" and names[3:] == ["apply_patch", "files__read"]
+    assert names[2] == "files__write"
+    assert names[1] != "files__read" and names[1].startswith("files__read_")  # (the digest)
+    ref = tools.names.ref(names[1])
+    assert (ref.kind, ref.name, ref.namespace) == ("function", "read", "files")
+    assert tools.names.ref("files__read") is None  # the top-level function
+    assert [(t["type"], t["name"]) for t in echo["tools"]] == [
+        ("function", "exec_command"),
+        ("namespace", "files"),
+        ("custom", "apply_patch"),
+        ("function", "files__read"),
+    ]
+    assert [t["name"] for t in echo["tools"][1]["tools"]] == ["read", "write"]
+
+
 def test_many_long_namespaces_stay_valid_distinct_and_reversible() -> None:
     """60 namespaces of long, similar names (some with characters chat names may not
     hold), 8 long functions each, and plain functions named like the obvious upstream

@@ -17,7 +17,8 @@
 ``ToolNames`` is the map both ways: the translation of replayed calls uses it, the
 stream encoder looks up every call the upstream makes in it. Names are chosen in a
 fixed order from the request's tools alone, so the same tools get the same names on
-every turn of a conversation.
+every turn of a conversation; the chat tools and the echoed ``tools`` keep the
+request's order (a namespace's members where the namespace stood).
 """
 
 from __future__ import annotations
@@ -128,8 +129,6 @@ class ToolSet(msgspec.Struct):
 
 def to_tool_set(tools: list[Tool], caps: Capabilities) -> ToolSet:
     names = ToolNames()
-    chat: list[dict] = []
-    echo: list[dict] = []
     dropped: list[str] = []
     kept: list[tuple[int, Tool]] = []
     for i, tool in enumerate(tools):
@@ -139,8 +138,12 @@ def to_tool_set(tools: list[Tool], caps: Capabilities) -> ToolSet:
             dropped.append(tool.type)
         else:
             raise Unsupported(hosted_tool_message(tool.type), param=f"tools[{i}].type")
-    # Top-level names first (they are sent as they are), then the namespaces' members.
-    for i, tool in kept:
+    # Names are chosen for the top-level tools first (they are sent as they are), then
+    # for the namespaces' members (which must not take a top-level name); the tools go
+    # upstream and are echoed in the request's order.
+    chats: list[list[dict]] = [[] for _ in kept]
+    echoes: list[dict] = [{} for _ in kept]
+    for k, (i, tool) in enumerate(kept):
         if tool.type != "namespace":
             fn, ref = _top_level(tool, i)
             if ref.name in names.taken:
@@ -148,19 +151,19 @@ def to_tool_set(tools: list[Tool], caps: Capabilities) -> ToolSet:
                     f"Duplicate tool name: '{ref.name}'.", param=f"tools[{i}].name"
                 )
             names.add(ref, ref.name)
-            chat.append(fn)
-            echo.append(_echo(tool, ref.name))
-    for i, tool in kept:
+            chats[k].append(fn)
+            echoes[k] = _echo(tool, ref.name)
+    for k, (i, tool) in enumerate(kept):
         if tool.type == "namespace":
-            members = _namespace(tool, i, names, chat)
-            echo.append(
-                {
-                    "type": "namespace",
-                    "name": tool.name,
-                    "description": tool.description or "",
-                    "tools": members,
-                }
-            )
+            members = _namespace(tool, i, names, chats[k])
+            echoes[k] = {
+                "type": "namespace",
+                "name": tool.name,
+                "description": tool.description or "",
+                "tools": members,
+            }
+    chat = [fn for group in chats for fn in group]
+    echo = echoes
     return ToolSet(chat, echo, names, dropped)
 
 
