@@ -65,7 +65,7 @@ Example ``gateway.toml``::
     affinity-header = "x-session-id"      # cache affinity key when the body has none
                                           # (prompt_cache_key, else user / safety_identifier)
     affinity-load-factor = 2.0            # a key's replica above this x the mean load is skipped
-    eject-after = 3                       # consecutive connect failures / 5xx: ejected
+    eject-after = 3                       # consecutive failures (a 5xx answer: half): ejected
     probe-interval = 2.0                  # seconds between probes of an ejected replica
     active-probe-interval = 0.0           # probe every replica this often; 0: off
     max-attempts = 3                      # tries of a request (only ever retried when safe)

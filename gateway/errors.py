@@ -20,11 +20,11 @@
     ├── UpstreamError
     │   ├── UpstreamRejected          4xx     (the upstream's)       (the upstream's)
     │   │   ├── ContextLengthExceeded 400     invalid_request_error  context_length_exceeded
+    │   │   ├── InputNotSupported     400     invalid_request_error  unsupported_input
     │   │   └── UpstreamRateLimited   429     requests               rate_limit_exceeded
     │   ├── UpstreamUnavailable       502     server_error           server_error
     │   │   ├── UpstreamUnreachable   502     server_error           server_error
-    │   │   ├── UpstreamBusy          503     server_error           server_overloaded
-    │   │   └── NoHealthyUpstream     503     server_error           upstream_unavailable
+    │   │   └── UpstreamBusy          503     server_error           server_overloaded
     │   ├── UpstreamBadResponse       502     server_error           server_error
     │   └── UpstreamTimeout           504     server_error           (the phase: see below)
     └── InternalError                 500     server_error           server_error
@@ -205,6 +205,9 @@ class StoreUnavailable(GatewayError):
 
 class UpstreamError(GatewayError):
     status = 502
+    # The upstream server answered this (a status of its own): it is alive, whatever it
+    # said; False for what happened without an answer (refused, timed out, cut, garbage).
+    answered = False
 
 
 class UpstreamRejected(UpstreamError):
@@ -232,6 +235,19 @@ class ContextLengthExceeded(UpstreamRejected):
         super().__init__(400, message, code=CONTEXT_LENGTH_EXCEEDED)
 
 
+class InputNotSupported(UpstreamRejected):
+    """The upstream said its model cannot take this kind of input (images to a text-only
+    model), whatever status it gave: the request's fault, named as its ``input``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(
+            400,
+            f"The model cannot take this input: {message}",
+            param="input",
+            code="unsupported_input",
+        )
+
+
 class UpstreamRateLimited(UpstreamRejected):
     """The upstream answered 429: the client's rate limit, with the upstream's Retry-After."""
 
@@ -255,24 +271,13 @@ class UpstreamBusy(UpstreamUnavailable):
     status = 503
     code = OVERLOADED
     headers = RETRY_SOON
-    answered = False  # the upstream said so (503), not the gateway's connection cap
 
     def __init__(self, message: str, *, wait: float | None = None, answered: bool = False):
         super().__init__(message)
-        self.answered = answered
+        self.answered = answered  # the upstream said so (503), not the gateway's own cap
+        self.wait = wait  # the upstream's Retry-After, when it gave one
         if wait is not None:
             self.headers = retry_after(wait)
-
-
-class NoHealthyUpstream(UpstreamUnavailable):
-    """Every replica of the deployment is ejected: failed fast, without trying one."""
-
-    status = 503
-    code = "upstream_unavailable"
-
-    def __init__(self, message: str, *, wait: float) -> None:
-        super().__init__(message)
-        self.headers = retry_after(wait)
 
 
 class UpstreamBadResponse(UpstreamError):
@@ -339,6 +344,24 @@ CONTEXT_OVERFLOW_WORDS = (
 )
 
 
+# How each server says that its model cannot take an input of this kind (lower-cased
+# substrings): llama.cpp without a multimodal projector answers 500 "image input is
+# not supported - hint: ..."; vLLM "... is not a multimodal model" / "does not support
+# multimodal inputs"; Ollama "this model is missing data required for image input".
+INPUT_NOT_SUPPORTED_WORDS = (
+    "image input is not supported",
+    "is not a multimodal model",
+    "does not support multimodal",
+    "does not support image",
+    "missing data required for image input",
+)
+
+
+def is_input_not_supported(message: str) -> bool:
+    text = message.lower()
+    return any(w in text for w in INPUT_NOT_SUPPORTED_WORDS)
+
+
 def is_context_overflow(message: str, code: str | None = None) -> bool:
     """Whether an upstream error (its message, its type or code) is a context overflow."""
     text = message.lower() if code is None else f"{message} {code}".lower()
@@ -358,27 +381,35 @@ def seconds(value: bytes | None) -> float | None:
 
 def upstream_error_from_body(
     status: int, body: bytes, retry_after: bytes | None = None
-) -> GatewayError:
+) -> UpstreamError:
     """Normalise an upstream error answer (vLLM, SGLang, llama.cpp, Ollama, TGI shapes).
 
     A context overflow is the client's fault whatever the status the server gave it
-    (400 ``context_length_exceeded``); 429 is the client's rate limit, 503 a full
-    upstream (both keep the upstream's Retry-After).
+    (400 ``context_length_exceeded``), and so is an input its model cannot take (400
+    ``unsupported_input``, naming ``input``); 429 is the client's rate limit, 503 a
+    full upstream (both keep the upstream's Retry-After). Every answer is marked
+    ``answered``: the server is alive.
     """
+    exc = _upstream_error(status, body, retry_after)
+    exc.answered = True
+    return exc
+
+
+def _upstream_error(status: int, body: bytes, retry_after: bytes | None) -> UpstreamError:
     message, etype, param, code = _parse_error_body(body)
     if not message:
         message = f"The upstream server answered HTTP {status}."
     if is_context_overflow(message, f"{etype} {code}"):
         return ContextLengthExceeded(message)
+    if is_input_not_supported(message):
+        return InputNotSupported(message)
     if status == 429:
         return UpstreamRateLimited(message, seconds(retry_after))
     if 400 <= status < 500:
         return UpstreamRejected(status, message, type=etype, param=param, code=code)
     if status == 503:
         return UpstreamBusy(
-            f"The upstream server is overloaded (HTTP 503): {message}",
-            wait=seconds(retry_after),
-            answered=True,
+            f"The upstream server is overloaded (HTTP 503): {message}", wait=seconds(retry_after)
         )
     return UpstreamUnavailable(f"The upstream server failed (HTTP {status}): {message}")
 
@@ -402,5 +433,7 @@ def _parse_error_body(body: bytes) -> tuple[str, str | None, str | None, str | N
         str(message),
         etype if isinstance(etype, str) else None,
         param if isinstance(param, str) else None,
-        str(code) if isinstance(code, (str, int)) and code != "" else None,
+        # (OpenAI's code is a string or null; llama.cpp puts the HTTP status there, a
+        # number, which says nothing the status does not)
+        code if isinstance(code, str) and code else None,
     )

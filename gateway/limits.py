@@ -74,11 +74,16 @@ UPSTREAM_DRAIN_TIMEOUT = 2.0
 UPSTREAM_DRAIN_WAIT = 0.25
 # Seconds between two asks of an upstream's ``GET /models`` for an unknown model id.
 MODELS_REFRESH = 5.0
-# Replicas: a replica is ejected after this many consecutive connect failures, 5xx
-# answers or stalls before its headers, then probed every PROBE_INTERVAL seconds
+# Replicas: a replica is ejected after this many consecutive failures (a refused or
+# timed-out connection, a stall before its headers count 1 each; a 5xx answer half:
+# ``upstream.policy.failure_weight``), then probed every PROBE_INTERVAL seconds
 # (``GET /health``, else ``/models``) until it answers 2xx again.
 EJECT_AFTER = 3
 PROBE_INTERVAL = 2.0
+# At most this share of a deployment's replicas is ejected at once, rounded down: the
+# only replica of a deployment is never ejected, nor both of two (nginx and Envoy's
+# rules: a replica that may be down is better than none).
+MAX_EJECTED_SHARE = 0.5
 # Seconds one probe may take (connect and answer).
 PROBE_TIMEOUT = 2.0
 # Cache affinity (bounded-load rendezvous hashing): a key's replica is skipped while

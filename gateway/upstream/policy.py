@@ -14,6 +14,12 @@ of the key, and the first of that order whose load stays within
 goes to the same replica while it is healthy and not far more loaded than the
 rest; when it is ejected its keys spread over the others (each key to its own
 next in order) and come back when it returns, and no other key moves.
+
+No black holes (the rules nginx and Envoy follow): an answer from a live server
+weighs less against it than a refused or timed-out connection (``failure_weight``);
+at most ``MAX_EJECTED_SHARE`` of a deployment's replicas are ejected at once, so the
+only replica of a deployment never is (``may_eject``); and should none be healthy,
+the balancer routes to all of them rather than to none (panic).
 """
 
 from __future__ import annotations
@@ -29,11 +35,13 @@ from gateway.errors import (
     ClientError,
     GatewayError,
     UpstreamBusy,
+    UpstreamError,
     UpstreamRateLimited,
     UpstreamRejected,
     UpstreamTimeout,
     UpstreamUnreachable,
 )
+from gateway.limits import MAX_EJECTED_SHARE
 
 MASK = (1 << 64) - 1
 
@@ -91,11 +99,17 @@ class Balancer:
     def pick(
         self, replicas: Sequence[M], khash: int | None = None, exclude: Sequence[M] = ()
     ) -> M | None:
-        """The replica for the next request (None: no healthy one outside ``exclude``)."""
+        """The replica for the next request (None: every one is in ``exclude``). With no
+        healthy replica outside ``exclude``, every one outside it is a candidate (panic:
+        a request that tries is better than one refused without trying)."""
         if exclude:
             cands = [r for r in replicas if r.healthy and r not in exclude]
+            if not cands:
+                cands = [r for r in replicas if r not in exclude]
         else:
             cands = [r for r in replicas if r.healthy]
+            if not cands:
+                cands = list(replicas)
         if len(cands) <= 1:
             return cands[0] if cands else None
         if khash is not None:
@@ -145,7 +159,7 @@ class ReplicaHealth:
     def __init__(self, eject_after: int = 3, probe_interval: float = 2.0) -> None:
         self.eject_after = eject_after
         self.probe_interval = probe_interval
-        self.failures = 0  # consecutive
+        self.failures = 0.0  # consecutive, weighed (failure_weight)
         self.healthy = True
         self.ejected_at = 0.0
         self.next_probe = 0.0
@@ -155,16 +169,18 @@ class ReplicaHealth:
         replica back from ejection is on probation: its next failure ejects it
         again, its first answered request clears it."""
         if self.healthy:
-            self.failures = 0
+            self.failures = 0.0
             return False
         self.healthy = True
-        self.failures = self.eject_after - 1
+        self.failures = self.eject_after - 1.0
         return True
 
-    def failure(self, now: float) -> bool:
-        """A connect failure, a 5xx or a stall; True when this ejects the replica."""
-        self.failures += 1
-        if not self.healthy or self.failures < self.eject_after:
+    def failure(self, now: float, weight: float = 1.0, may_eject: bool = True) -> bool:
+        """A failure of ``weight`` (``failure_weight``); True when this ejects the
+        replica, which it does not while ``may_eject`` is False (its failures go on
+        counting: the next failure when it may ejects it)."""
+        self.failures += weight
+        if not self.healthy or self.failures < self.eject_after or not may_eject:
             if not self.healthy:
                 self.next_probe = now + self.probe_interval
             return False
@@ -178,14 +194,30 @@ class ReplicaHealth:
         return max(0.0, self.next_probe - now)
 
 
-def counts_against(exc: GatewayError) -> bool:
-    """Whether an attempt's error counts against the replica's health: it could not be
-    reached, failed (5xx), sent garbage or stalled; not the client's errors (4xx), a
-    rate limit, nor the gateway's own cap on connections to it (``UpstreamBusy`` not
-    answered by the replica; its 503 counts, as every 5xx does)."""
+ANSWERED_FAILURE = 0.5  # a 5xx answer: half a refused connection
+
+
+def failure_weight(exc: GatewayError) -> float:
+    """How much an attempt's error counts against the replica's health (``eject-after``
+    counts in these units). No answer at all (refused, a connect or header timeout, a
+    stall, garbage, a cut connection): 1. A 5xx answer: ``ANSWERED_FAILURE``, since the
+    server is alive and may have failed only this request. Nothing for the client's
+    errors (4xx, including what its model cannot take), a rate limit, a 503 that says
+    when to come back (Retry-After: the server is busy, not gone), or the gateway's own
+    cap on connections to it (``UpstreamBusy`` that the replica did not answer)."""
     if isinstance(exc, (UpstreamRejected, ClientError)):
-        return False
-    return not isinstance(exc, UpstreamBusy) or exc.answered
+        return 0.0
+    if isinstance(exc, UpstreamBusy) and (not exc.answered or exc.wait is not None):
+        return 0.0
+    answered = isinstance(exc, UpstreamError) and exc.answered
+    return ANSWERED_FAILURE if answered else 1.0
+
+
+def may_eject(healths: Sequence[ReplicaHealth]) -> bool:
+    """Whether one more of these replicas may be ejected: at most ``MAX_EJECTED_SHARE``
+    of them are out at once (rounded down: never the only one, nor both of two)."""
+    out = sum(not h.healthy for h in healths)
+    return out + 1 <= int(len(healths) * MAX_EJECTED_SHARE)
 
 
 class Retries:

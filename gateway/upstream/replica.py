@@ -68,9 +68,10 @@ class Replica:
         self.healthy = self.health.healthy
         return back
 
-    def failed(self, now: float) -> bool:
-        """A failure that counts against it; True when it ejects the replica."""
-        out = self.health.failure(now)
+    def failed(self, now: float, weight: float = 1.0, may_eject: bool = True) -> bool:
+        """A failure of ``weight`` against it (``policy.failure_weight``); True when it
+        ejects the replica (never while ``may_eject`` is False)."""
+        out = self.health.failure(now, weight, may_eject)
         self.healthy = self.health.healthy
         return out
 

@@ -6,8 +6,10 @@ and the gateway's ``admission.Gate`` (if bounded), to the replica the
 it is safe (the request never reached a model). Each attempt's outcome feeds the
 replica's ``policy.ReplicaHealth``; an ejected replica is probed in the background
 (one task per ejected replica, ended when it is back or the set closes); an
-optional active probe checks every replica every few seconds. When no replica
-is healthy, a request fails at once: 503 with Retry-After.
+optional active probe checks every replica every few seconds. At most half of the
+replicas are ejected at once (``policy.may_eject``: never the only one), and with
+none healthy the balancer tries them all (``policy.Balancer.pick``): a deployment
+never refuses a request without trying a replica.
 
 The load a replica carries (``in_flight``) and the gates' slots are given back
 when the endpoint releases the answer (``done``, called by its ``release()``).
@@ -21,9 +23,9 @@ from contextlib import suppress
 from functools import partial
 
 from gateway.config import Deployment
-from gateway.errors import GatewayError, NoHealthyUpstream
+from gateway.errors import GatewayError
 from gateway.upstream.admission import Gate
-from gateway.upstream.policy import Balancer, Retries, counts_against, key_hash
+from gateway.upstream.policy import Balancer, Retries, failure_weight, key_hash, may_eject
 from gateway.upstream.replica import Replica
 from gateway.upstream.response import UpstreamResponse
 from gateway.upstream.timers import NO_DEADLINE
@@ -94,10 +96,9 @@ class ReplicaSet:
         last: GatewayError | None = None
         while True:
             replica = self.balancer.pick(self.replicas, khash, tried)
-            if replica is None:
-                if last is not None:
-                    raise last
-                raise self._none_healthy(now)
+            if replica is None:  # (every replica tried: the balancer never picks none else)
+                assert last is not None
+                raise last
             replica.in_flight += 1
             try:
                 resp = await replica.chat(
@@ -131,22 +132,14 @@ class ReplicaSet:
         for gate in self.gates:
             gate.leave()
 
-    def _none_healthy(self, now: float) -> NoHealthyUpstream:
-        wait = min(r.health.probe_in(now) for r in self.replicas)
-        n = len(self.replicas)
-        return NoHealthyUpstream(
-            f"No upstream server of this model is available ({n} ejected after failures); "
-            "try again shortly.",
-            wait=max(wait, 1.0),
-        )
-
     # ---- health ------------------------------------------------------------------------
 
     def _outcome(self, replica: Replica, exc: GatewayError, now: float) -> None:
-        if not counts_against(exc):
+        weight = failure_weight(exc)
+        if not weight:
             replica.succeeded()  # it answered: alive
             return
-        if replica.failed(now):
+        if replica.failed(now, weight, self._may_eject()):
             log.warning(
                 "upstream %s ejected after %d consecutive failures (last: %s)",
                 replica.base,
@@ -154,6 +147,9 @@ class ReplicaSet:
                 exc.message,
             )
             self._watch(replica)
+
+    def _may_eject(self) -> bool:
+        return may_eject([r.health for r in self.replicas])
 
     def _watch(self, replica: Replica) -> None:
         if not self.closed and replica not in self.probes:
@@ -184,7 +180,7 @@ class ReplicaSet:
                     continue  # its own probe watches it
                 if await replica.probe():
                     replica.succeeded()
-                elif replica.failed(loop.time()):
+                elif replica.failed(loop.time(), may_eject=self._may_eject()):
                     log.warning("upstream %s ejected: its health probe failed", replica.base)
                     self._watch(replica)
 

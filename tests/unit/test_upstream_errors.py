@@ -8,6 +8,7 @@ import pytest
 
 from gateway.errors import (
     ContextLengthExceeded,
+    InputNotSupported,
     Overloaded,
     UpstreamBusy,
     UpstreamRateLimited,
@@ -56,6 +57,43 @@ def test_other_400s_and_500s_keep_their_meaning() -> None:
     assert type(other) is UpstreamRejected and other.status == 400 and other.code is None
     down = upstream_error_from_body(500, b'{"error": {"message": "CUDA out of memory"}}')
     assert type(down) is UpstreamUnavailable and down.status == 502
+
+
+# (server, status, body) as each server words an input its model cannot take
+NOT_SUPPORTED = [
+    ("llama.cpp", 500, {"error": {"code": 500, "type": "server_error",
+      "message": "image input is not supported - hint: if this is unexpected, you may need "
+                 "to provide the mmproj"}}),
+    ("vllm", 400, {"error": {"type": "BadRequestError", "code": 400,
+      "message": "Qwen2ForCausalLM is not a multimodal model"}}),
+    ("ollama", 500, {"error": "this model is missing data required for image input"}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("server", "status", "body"), NOT_SUPPORTED, ids=[o[0] for o in NOT_SUPPORTED]
+)
+def test_an_input_the_model_cannot_take_is_400_naming_the_input(
+    server: str, status: int, body: dict
+) -> None:
+    exc = upstream_error_from_body(status, orjson.dumps(body))
+    assert isinstance(exc, InputNotSupported)
+    assert (exc.status, exc.code, exc.param) == (400, "unsupported_input", "input")
+    assert exc.to_dict()["error"]["type"] == "invalid_request_error"
+
+
+def test_a_number_in_code_is_not_passed_on_as_a_string() -> None:
+    """llama.cpp and vLLM put the HTTP status in ``code``; OpenAI's is a string or null."""
+    exc = upstream_error_from_body(400, b'{"error": {"code": 400, "message": "bad top_k"}}')
+    assert type(exc) is UpstreamRejected and exc.code is None
+    assert exc.to_dict()["error"]["code"] is None
+    named = upstream_error_from_body(400, b'{"error": {"code": "bad_value", "message": "x"}}')
+    assert named.code == "bad_value"
+
+
+def test_every_answer_is_marked_answered() -> None:
+    for status in (400, 429, 500, 502, 503):
+        assert upstream_error_from_body(status, b"{}").answered, status
 
 
 def test_upstream_429_is_rate_limit_exceeded_with_its_retry_after() -> None:

@@ -22,13 +22,15 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
     UpstreamUnreachable,
+    upstream_error_from_body,
 )
 from gateway.upstream.policy import (
     Balancer,
     ReplicaHealth,
     Retries,
-    counts_against,
+    failure_weight,
     key_hash,
+    may_eject,
     replica_seed,
 )
 
@@ -80,15 +82,29 @@ def test_under_load_the_spread_follows_the_weights() -> None:
     assert [r.in_flight for r in reps] == [100, 100, 200]
 
 
-def test_unhealthy_and_excluded_replicas_are_never_picked() -> None:
+def test_unhealthy_and_excluded_replicas_are_never_picked_while_a_healthy_one_is_left() -> None:
     a, b, c = three()
     b.healthy = False
     bal = Balancer(rng=random.Random(2))
     assert {bal.pick([a, b, c], exclude=[a]).name for _ in range(50)} == {c.name}  # type: ignore[union-attr]
     c.healthy = False
-    assert bal.pick([a, b, c], exclude=[a]) is None
     assert bal.pick([a, b, c]) is a
+    assert bal.pick([a, b, c], exclude=[a, b, c]) is None
     assert bal.pick([]) is None
+
+
+def test_with_no_healthy_replica_every_one_is_tried_not_none() -> None:
+    """Panic: a deployment whose replicas are all out still sends each request to one
+    (never a refusal without trying), and a retry to one not tried yet."""
+    a, b, c = three()
+    for r in (a, b, c):
+        r.healthy = False
+    bal = Balancer(rng=random.Random(3))
+    assert {bal.pick([a, b, c]).name for _ in range(60)} == {a.name, b.name, c.name}  # type: ignore[union-attr]
+    assert {bal.pick([a, b, c], exclude=[a]).name for _ in range(60)} == {b.name, c.name}  # type: ignore[union-attr]
+    assert bal.pick([a, b, c], key_hash("k"), exclude=[a, b]) is c
+    b.healthy = True  # one is back: only it
+    assert {bal.pick([a, b, c]).name for _ in range(30)} == {b.name}  # type: ignore[union-attr]
 
 
 # ---- rendezvous affinity ------------------------------------------------------------------
@@ -184,6 +200,31 @@ def test_probe_schedule_follows_the_clock() -> None:
     assert h.probe_in(102.0) == 2.0
 
 
+def test_failures_are_weighed_and_count_on_while_ejection_is_not_allowed() -> None:
+    h = ReplicaHealth(eject_after=3, probe_interval=1.0)
+    for t in range(5):  # five half failures: 2.5
+        assert not h.failure(float(t), 0.5)
+    assert h.failure(5.0, 0.5) and not h.healthy  # the sixth: 3
+    h = ReplicaHealth(eject_after=2, probe_interval=1.0)
+    for t in range(5):
+        assert not h.failure(float(t), 1.0, may_eject=False) and h.healthy
+    assert h.failure(6.0, 1.0, may_eject=True)  # allowed again: out at once
+
+
+def test_at_most_half_of_the_replicas_are_ejected_never_the_only_one() -> None:
+    def healths(n: int, out: int) -> list[ReplicaHealth]:
+        hs = [ReplicaHealth(eject_after=1) for _ in range(n)]
+        for h in hs[:out]:
+            h.failure(0.0)
+        return hs
+
+    assert not may_eject(healths(1, 0))
+    assert may_eject(healths(2, 0)) and not may_eject(healths(2, 1))
+    assert may_eject(healths(3, 0)) and not may_eject(healths(3, 1))
+    assert may_eject(healths(4, 1)) and not may_eject(healths(4, 2))
+    assert may_eject(healths(10, 4)) and not may_eject(healths(10, 5))
+
+
 def test_back_on_probation_then_cleared() -> None:
     h = ReplicaHealth(eject_after=3, probe_interval=1.0)
     for t in range(3):
@@ -229,13 +270,19 @@ def test_anything_that_may_have_reached_a_model_is_never_retried(exc: Exception)
     assert not Retries(max_attempts=10).again(exc, 1, now=0.0, deadline=100.0)  # type: ignore[arg-type]
 
 
-def test_what_counts_against_a_replicas_health() -> None:
-    assert counts_against(UpstreamUnreachable("refused"))
-    assert counts_against(UpstreamUnavailable("HTTP 500"))
-    assert counts_against(UpstreamBusy("503", answered=True))  # a 5xx answer
-    assert counts_against(UpstreamTimeout("stall", code=HEADERS_TIMEOUT))
-    assert counts_against(UpstreamBadResponse("garbage"))
-    assert not counts_against(UpstreamBusy("the gateway's own connection cap"))
-    assert not counts_against(UpstreamRateLimited("slow down", None))
-    assert not counts_against(ContextLengthExceeded("too long"))
-    assert not counts_against(InvalidRequest("bad"))
+def test_what_counts_against_a_replicas_health_and_how_much() -> None:
+    """No answer weighs a whole failure; an answer from a live server half, or nothing."""
+    assert failure_weight(UpstreamUnreachable("refused")) == 1.0
+    assert failure_weight(UpstreamTimeout("connect", code=CONNECT_TIMEOUT)) == 1.0
+    assert failure_weight(UpstreamTimeout("stall", code=HEADERS_TIMEOUT)) == 1.0
+    assert failure_weight(UpstreamBadResponse("garbage")) == 1.0
+    assert failure_weight(UpstreamUnavailable("The upstream server closed the connection.")) == 1.0
+    assert failure_weight(upstream_error_from_body(500, b'{"error": "boom"}')) == 0.5
+    assert failure_weight(UpstreamBusy("503", answered=True)) == 0.5  # no Retry-After
+    assert failure_weight(upstream_error_from_body(503, b"full", b"7")) == 0.0
+    assert failure_weight(UpstreamBusy("the gateway's own connection cap")) == 0.0
+    assert failure_weight(UpstreamRateLimited("slow down", None)) == 0.0
+    assert failure_weight(ContextLengthExceeded("too long")) == 0.0
+    assert failure_weight(InvalidRequest("bad")) == 0.0
+    image = b'{"error": {"code": 500, "message": "image input is not supported - hint: if this is unexpected, you may need to provide the mmproj", "type": "server_error"}}'
+    assert failure_weight(upstream_error_from_body(500, image)) == 0.0
