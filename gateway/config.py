@@ -62,6 +62,7 @@ Example ``gateway.toml``::
     chunk-timeout = 600.0                 # default read-timeout: the gap between two chunks
     request-timeout = 0.0                 # the whole request, connect to end; 0: no bound
     max-body-bytes = 8388608
+    max-answer-bytes = 67108864           # a non-streamed upstream answer read at most (502)
     affinity-header = "x-session-id"      # cache affinity key when the body has none
                                           # (prompt_cache_key, else user / safety_identifier)
     affinity-load-factor = 2.0            # a key's replica above this x the mean load is skipped
@@ -170,6 +171,7 @@ class Deployment(_Base, frozen=True):
     chunk_timeout: float | None = None
     request_timeout: float = 0.0  # 0: no bound on the whole request
     max_body_bytes: int = limits.MAX_REQUEST_BODY
+    max_answer_bytes: int = limits.UPSTREAM_MAX_ANSWER
     # Tools that run on OpenAI's side (web_search, tool_search, image_generation, ...):
     # refused with a 400 that says how to proceed, or dropped (counted and logged).
     hosted_tools: Literal["refuse", "drop"] = "refuse"
@@ -201,8 +203,8 @@ class Deployment(_Base, frozen=True):
             raise ValueError("timeouts must be positive")
         if self.request_timeout < 0 or self.active_probe_interval < 0 or self.retry_budget < 0:
             raise ValueError("request-timeout, active-probe-interval, retry-budget: not negative")
-        if self.max_body_bytes <= 0:
-            raise ValueError("max-body-bytes must be positive")
+        if self.max_body_bytes <= 0 or self.max_answer_bytes <= 0:
+            raise ValueError("max-body-bytes and max-answer-bytes must be positive")
         if self.eject_after < 1 or self.max_attempts < 1 or self.affinity_load_factor < 1:
             raise ValueError("eject-after, max-attempts and affinity-load-factor must be >= 1")
         if self.max_in_flight < 0 or self.max_queued < 0 or self.queue_timeout < 0:

@@ -56,6 +56,13 @@ UPSTREAM_CONNECT_TIMEOUT = 10.0
 UPSTREAM_READ_TIMEOUT = 600.0
 # Unread upstream-response bytes buffered before the socket stops being read.
 UPSTREAM_BODY_HIGH_WATER = 256 * KiB
+# The most of a non-streamed upstream answer the gateway reads and holds (a whole
+# completion, a chat pass-through JSON, a model list; ``[[deployment]]
+# max-answer-bytes``), and of an upstream's error answer: past either, the read stops,
+# the connection is closed and the client gets a 502 saying so. (Streamed answers are
+# passed on as they come; each of their events is bounded by ``MAX_UPSTREAM_EVENT``.)
+UPSTREAM_MAX_ANSWER = 64 * MiB
+UPSTREAM_MAX_ERROR_BODY = 64 * KiB
 # A pooled upstream connection unused this long is closed, not reused: below the
 # 5 s keep-alive of uvicorn-based servers (vLLM, SGLang), so that a pooled
 # connection is rarely closed under us.

@@ -59,6 +59,7 @@ class Owner(Protocol):
     chunk_timeout: float
     drain_timeout: float
     drain_bytes: int
+    max_answer: int  # the most of an answer ``read`` takes
 
     @property
     def timers(self) -> Timers: ...
@@ -286,17 +287,32 @@ class UpstreamConnection(asyncio.Protocol):
                 return b""
             await self._wait()
 
-    async def read(self) -> bytes:
-        """The whole body, waiting for its end.
+    async def read(self, limit: int | None = None) -> bytes:
+        """The whole body, waiting for its end; at most ``limit`` bytes (the pool's
+        ``max_answer`` if None): past it, ``UpstreamBadResponse`` and the connection is
+        closed, holding no more than the limit and a read's worth.
 
         The chunks are taken as they arrive (as ``read_some`` takes them), so that
         reading resumes whenever the high-water mark paused it: a body of any size
-        completes, and what is held is the body itself and no more.
+        up to the limit completes, and what is held is the body itself and no more.
         """
+        limit = self.pool.max_answer if limit is None else limit
         parts: list[bytes] = []
         chunks = self.chunks
+        size = 0
         while True:
             if chunks:
+                size += self.buffered
+                if size > limit:
+                    self.cut(
+                        UpstreamBadResponse(
+                            f"The upstream's answer is over the gateway's limit of {limit} "
+                            "bytes (max-answer-bytes)."
+                        )
+                    )
+                    self.close()
+                    assert self.error is not None
+                    raise self.error
                 parts += chunks
                 chunks.clear()
                 self.buffered = 0

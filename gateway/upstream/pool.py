@@ -35,6 +35,7 @@ from gateway.limits import (
     UPSTREAM_DRAIN_TIMEOUT,
     UPSTREAM_DRAIN_WAIT,
     UPSTREAM_IDLE,
+    UPSTREAM_MAX_ANSWER,
     UPSTREAM_MAX_CONNECTIONS,
     UPSTREAM_POOL_TIMEOUT,
 )
@@ -72,11 +73,13 @@ class Pool:
         drain_bytes: int = UPSTREAM_DRAIN_BYTES,
         drain_timeout: float = UPSTREAM_DRAIN_TIMEOUT,
         drain_wait: float = UPSTREAM_DRAIN_WAIT,
+        max_answer: int = UPSTREAM_MAX_ANSWER,
         timers: Timers | None = None,
     ) -> None:
         """``read_timeout``: the default of ``headers_timeout`` (the wait for the
         response headers) and ``chunk_timeout`` (each gap between two body chunks).
-        ``timers``: the clock of the pool's own timers (drain, idle, the wait for
+        ``max_answer``: the most of an answer ``read`` takes (``UpstreamBadResponse``
+        past it). ``timers``: the clock of the pool's own timers (drain, idle, the wait for
         a connection); by default the running event loop's."""
         url = urlsplit(base_url)
         if url.scheme not in ("http", "https") or not url.hostname:
@@ -102,6 +105,7 @@ class Pool:
         self.drain_bytes = drain_bytes
         self.drain_timeout = drain_timeout
         self.drain_wait = drain_wait
+        self.max_answer = max_answer
         self._timers = timers
         self.open = 0  # slots taken: connecting, in use, draining, idle
         self.draining = 0  # connections draining

@@ -15,7 +15,7 @@ import orjson
 
 from gateway.config import Deployment
 from gateway.errors import GatewayError, UpstreamBadResponse, upstream_error_from_body
-from gateway.limits import PROBE_TIMEOUT
+from gateway.limits import PROBE_TIMEOUT, UPSTREAM_MAX_ERROR_BODY
 from gateway.upstream.policy import ReplicaHealth, replica_seed
 from gateway.upstream.pool import Pool
 from gateway.upstream.response import UpstreamResponse
@@ -49,6 +49,7 @@ class Replica:
             read_timeout=dep.read_timeout,
             headers_timeout=dep.headers_timeout,
             chunk_timeout=dep.chunk_timeout,
+            max_answer=dep.max_answer_bytes,
         )
         auth = {"Authorization": f"Bearer {key}"} if key else {}
         self.chat_head = self.pool.head(
@@ -97,7 +98,14 @@ class Replica:
         if status >= 400:
             retry_after = resp.retry_after
             try:
-                err_body = await resp.read()
+                err_body = await resp.read(UPSTREAM_MAX_ERROR_BODY)
+            except UpstreamBadResponse as exc:
+                too_long = UpstreamBadResponse(
+                    f"The upstream answered HTTP {status} with an error body over the "
+                    f"gateway's limit of {UPSTREAM_MAX_ERROR_BODY} bytes."
+                )
+                too_long.answered = True  # (alive: it answered)
+                raise too_long from exc
             finally:
                 resp.release()  # (resets resp for its next use)
             raise upstream_error_from_body(status, err_body, retry_after)

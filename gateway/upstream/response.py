@@ -34,8 +34,9 @@ class UpstreamResponse(Protocol):
     async def read_some(self) -> bytes:
         """The body bytes that came since the last read; b"" at the end."""
 
-    async def read(self) -> bytes:
-        """The rest of the body, at its end."""
+    async def read(self, limit: int | None = None) -> bytes:
+        """The rest of the body, at its end: at most ``limit`` bytes (the deployment's
+        ``max-answer-bytes`` if None), else ``UpstreamBadResponse``."""
 
     def release(self) -> None:
         """Done with the answer: its connection goes back to the pool if it can."""

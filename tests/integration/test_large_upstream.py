@@ -3,8 +3,10 @@ and streamed, through the real gateway and the official client."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import aiohttp
 import pytest
 
 from tests.conftest import FakeUpstream, chunk, completion, make_config, sdk, text_stream
@@ -61,3 +63,73 @@ async def test_two_mib_in_one_upstream_event(upstream: FakeUpstream, big_url: st
         async with client.responses.stream(model="m1", input="Write a lot.") as s:
             resp = await s.get_final_response()
         assert resp.output_text == CONTENT
+
+
+async def flood_upstream(status: int, total: int, sent: list[int]) -> asyncio.Server:
+    """A raw upstream that answers ``status`` with a JSON body of ``total`` bytes
+    (Content-Length), written 64 KiB at a time; ``sent`` gets what it wrote before the
+    gateway closed the connection."""
+    piece = b" " * 65536
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        await reader.readexactly(length)
+        writer.write(
+            b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n{"
+            % (status, total)
+        )
+        done = 1
+        try:
+            while done < total:
+                writer.write(piece)
+                await writer.drain()
+                done += len(piece)
+        except ConnectionError:
+            pass
+        sent.append(done)
+        writer.close()
+
+    return await asyncio.start_server(serve, "127.0.0.1", 0)
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "says"),
+    [
+        ("/responses", 200, "max-answer-bytes"),
+        ("/chat/completions", 200, "max-answer-bytes"),
+        ("/responses", 400, "error body"),
+    ],
+)
+async def test_an_answer_over_the_cap_is_502_and_its_read_stops(
+    start_gateway: Any, path: str, status: int, says: str
+) -> None:
+    """A non-streamed answer (or an error answer) larger than the gateway reads: a 502
+    naming the limit, and the upstream's connection is closed near the cap, not after
+    the whole 256 MiB (what the gateway held is bounded by it)."""
+    sent: list[int] = []
+    raw = await flood_upstream(status, 256 * 1024 * 1024, sent)
+    try:
+        port = raw.sockets[0].getsockname()[1]
+        cfg = make_config(f"http://127.0.0.1:{port}/v1", max_answer_bytes=1024 * 1024)
+        url = await start_gateway(cfg)
+        if path == "/responses":
+            body: dict = {"model": "m1", "input": "x"}
+        else:
+            body = {"model": "m1", "messages": MESSAGES}
+        async with aiohttp.ClientSession() as s:
+            async with s.post(url + path, json=body) as r:
+                assert r.status == 502
+                doc = await r.json()
+        assert doc["error"]["type"] == "server_error" and says in doc["error"]["message"]
+        for _ in range(100):
+            if sent:
+                break
+            await asyncio.sleep(0.05)
+        assert sent and sent[0] < 64 * 1024 * 1024, sent
+    finally:
+        raw.close()
