@@ -13,12 +13,16 @@ import msgspec
 
 from gateway.errors import InvalidRequest, body_too_large, missing
 from gateway.http.messages import Incoming
+from gateway.http.refusals import RefusalLog
 
 BAD_JSON = (
     "We could not parse the JSON body of your request. The body must be a JSON object "
     "(and the Content-Type application/json)."
 )
 BAD_UTF8 = "The JSON body of your request is not valid UTF-8."
+TOO_DEEP = "The JSON body of your request is nested too deeply."
+# Logged once per burst (a flood of such bodies is one line, with a count).
+REFUSALS = RefusalLog()
 
 
 async def read_body(request: Incoming, limit: int) -> bytes:
@@ -33,11 +37,16 @@ async def read_body(request: Incoming, limit: int) -> bytes:
 
 
 def decode(decoder: Any, body: bytes) -> Any:
-    """``body`` decoded by a msgspec ``decoder``; a 400 naming the field if it does not fit."""
+    """``body`` decoded by a msgspec ``decoder``; a 400 naming the field if it does not fit,
+    or saying it is nested too deeply (msgspec raises ``RecursionError`` for a deep
+    array or object where it skips or keeps raw JSON: a 2 KB body can hold one)."""
     try:
         return decoder.decode(body)
     except ValueError as exc:  # msgspec's errors (older msgspec: UnicodeDecodeError)
         raise decode_error(exc, body) from exc
+    except RecursionError:
+        REFUSALS.note("too_deep", TOO_DEEP)
+        raise InvalidRequest(TOO_DEEP, code="invalid_value") from None
 
 
 def decode_error(exc: ValueError, body: bytes) -> InvalidRequest:

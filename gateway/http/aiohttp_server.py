@@ -106,7 +106,9 @@ class AiohttpStream:
 class AiohttpRequest:
     """An aiohttp request as a handler sees it (``messages.Incoming``)."""
 
-    __slots__ = ("method", "path", "content_length", "headers", "content", "_request", "stream")
+    __slots__ = (
+        "method", "path", "content_length", "headers", "content", "_request", "stream", "close",
+    )  # fmt: skip
 
     def __init__(self, request: web.BaseRequest, body_timeout: float) -> None:
         self._request = request
@@ -118,9 +120,14 @@ class AiohttpRequest:
         continue_ = expect is not None and request.version >= (1, 1)
         self.content = AiohttpBody(request, body_timeout, continue_)
         self.stream: AiohttpStream | None = None
+        # RFC 9112 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing:
+        # answered, then the connection closes (aiohttp would keep it alive).
+        self.close = request.version < (1, 1) and "transfer-encoding" in self.headers
 
     async def open_stream(self, status: int, headers: dict[str, str] | None) -> AiohttpStream:
         response = web.StreamResponse(status=status, headers=headers)
+        if self.close:
+            response.force_close()
         await response.prepare(self._request)
         self.stream = AiohttpStream(response)
         return self.stream
@@ -214,7 +221,10 @@ class AiohttpServer:
             # The client is gone: end as aiohttp's own handler cancellation does. Raised
             # on, aiohttp would log "Error handling request" and make a 500 for it.
             raise asyncio.CancelledError from None
-        return _as_aiohttp(reply)
+        answer = _as_aiohttp(reply)
+        if req.close:
+            answer.force_close()
+        return answer
 
 
 class _Refuse(asyncio.Protocol):

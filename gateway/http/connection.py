@@ -291,6 +291,8 @@ class Connection(asyncio.Protocol):
         headers = Headers(self.headers)
         req = Request(self, method, path, self.length, expect is not None and not http10, headers)
         req.keep_alive = parser.should_keep_alive()
+        if http10 and any(k == b"transfer-encoding" for k, _ in self.headers):
+            req.keep_alive = False  # (RFC 9112 6.1: faulty framing; close after it)
         req.http10 = http10
         limit = self.server.max_body
         if self.length is not None and self.length > limit:

@@ -343,3 +343,28 @@ async def test_capabilities(upstream: FakeUpstream, start_gateway: Any) -> None:
             )
             assert "model" in err.message
     assert upstream.received == []
+
+
+@pytest.mark.parametrize("path", ["/responses", "/chat/completions"])
+async def test_json_nested_a_thousand_deep_is_400_logged_once_per_burst(
+    upstream: FakeUpstream, start_gateway: Any, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 2 KB body nested 1,000 levels deep (where it is skipped or kept raw) raised
+    RecursionError: a 500 with a traceback for each request."""
+    url = await start_gateway(make_config(upstream.url))
+    deep = b"[" * 1000 + b"]" * 1000
+    tool = b'{"type": "function", "name": "f", "parameters": %s}' % deep  # (kept raw)
+    body = b'{"model": "m1", "input": "x", "messages": [], "tools": [%s]}' % tool
+    statuses, docs = [], []
+    async with aiohttp.ClientSession() as s:
+        for _ in range(20):
+            async with s.post(
+                url + path, data=body, headers={"Content-Type": "application/json"}
+            ) as r:
+                statuses.append(r.status)
+                docs.append(await r.json())
+    assert statuses == [400] * 20
+    assert docs[0]["error"]["message"] == "The JSON body of your request is nested too deeply."
+    assert not upstream.received
+    logged = [r for r in caplog.records if "nested too deeply" in r.getMessage()]
+    assert len(logged) <= 1 and not [r for r in caplog.records if r.exc_info]

@@ -35,6 +35,7 @@ Transfer-Encoding empty +                      400, closed                  400,
 Transfer-Encoding: CHUNKED                     200 `POST /p 3`, kept alive  200 `POST /p 3`, kept alive
 Transfer-Encoding : chunked                    400, closed                  400, closed
 chunked on HTTP/1.0                            200 `POST /p 3`, closed      200 `POST /p 3`, closed
+chunked on HTTP/1.0 keep-alive *+               200 `POST /p 3`, closed      200 `POST /p 3`, closed
 chunk size zz                                  400, closed                  400, closed
 chunk size -1                                  400, closed                  400, closed
 chunk size 3 + space                           400, closed                  400, closed
@@ -323,6 +324,7 @@ SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
 TE = b"Transfer-Encoding: chunked\r\n"
 CLOSE_THEN_MORE = "Connection: close, then a request"
 HTTP10_THEN_MORE = "HTTP/1.0, then bytes"
+CHUNKED_10_KEEP = "chunked on HTTP/1.0 keep-alive"
 TWO = {CLOSE_THEN_MORE, HTTP10_THEN_MORE}  # two requests: the second is refused by the close
 
 # name -> (request bytes, the lean server's status)
@@ -361,6 +363,8 @@ VECTORS: dict[str, tuple[bytes, int]] = {
         post(b"Transfer-Encoding : chunked\r\n", b"0\r\n\r\n" + SMUGGLED), 400),
     "chunked on HTTP/1.0": (
         b"POST /p HTTP/1.0\r\n" + TE + b"\r\n3\r\nabc\r\n0\r\n\r\n", 200),
+    CHUNKED_10_KEEP: (
+        b"POST /p HTTP/1.0\r\nConnection: keep-alive\r\n" + TE + b"\r\n3\r\nabc\r\n0\r\n\r\n", 200),
     "chunk size zz": (post(TE, b"zz\r\nabc\r\n0\r\n\r\n"), 400),
     "chunk size -1": (post(TE, b"-1\r\nabc\r\n0\r\n\r\n"), 400),
     "chunk size 3 + space": (post(TE, b"3 \r\nabc\r\n0\r\n\r\n"), 400),
@@ -435,6 +439,7 @@ VECTORS: dict[str, tuple[bytes, int]] = {
 ACCEPTED = {
     "Transfer-Encoding: CHUNKED": "200 `POST /p 3`, kept alive",
     "chunked on HTTP/1.0": "200 `POST /p 3`, closed",
+    CHUNKED_10_KEEP: "200 `POST /p 3`, closed",
     "chunk extension": "200 `POST /p 3`, kept alive",
     "HTTP/1.0": "200 `GET /p 0`, closed",
     "HTTP/1.0 keep-alive": "200 `GET /p 0`, kept alive",
@@ -497,6 +502,18 @@ async def test_transfer_encoding_other_than_chunked_is_400(
     te = b"Transfer-Encoding: %s\r\n" % codings
     seen = await probe(port, post(te, body), 5.0)
     assert [a.status for a in seen.answers] == [400] and seen.closed  # nothing smuggled
+
+
+async def test_http10_with_transfer_encoding_is_closed_after_its_answer(
+    start: Start, kind: str
+) -> None:
+    """RFC 9112 section 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty
+    framing; it is processed, then the connection closes, even with keep-alive asked
+    for (both servers kept it open and served the sentinel behind it)."""
+    port, _ = await start(kind)
+    raw, _ = VECTORS[CHUNKED_10_KEEP]
+    seen = await probe(port, raw, 5.0)
+    assert str(seen) == "200 `POST /p 3`, closed"
 
 
 # ---- slow clients --------------------------------------------------------------------
