@@ -5,7 +5,7 @@ codings is undone from the last to the first."""
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import gzip
 import random
 import tracemalloc
@@ -50,6 +50,7 @@ ENCODERS: dict[str, Callable[[bytes], bytes]] = {
 CODING = {"zstd-unsized": "zstd", "raw-deflate": "deflate"}
 
 
+@functools.cache
 def codex_body(size: int, seed: int) -> bytes:
     """A JSON request of about ``size`` bytes, of text as varied as a coding session's."""
     rnd = random.Random(seed)
@@ -256,17 +257,17 @@ class _Request:
         self.content = _Content(data)
 
 
-def test_read_body_without_the_header_is_the_body_as_read() -> None:
+async def test_read_body_without_the_header_is_the_body_as_read() -> None:
     data = b'{"model": "m1"}'
     request = _Request(data)
-    body = asyncio.run(read_body(request, LIMIT))  # type: ignore[arg-type]
+    body = await read_body(request, LIMIT)  # type: ignore[arg-type]
     assert body is request.content.data  # not copied
 
 
-def test_read_body_decodes_and_refuses_an_unknown_coding_before_reading() -> None:
+async def test_read_body_decodes_and_refuses_an_unknown_coding_before_reading() -> None:
     request = _Request(zstd(DATA), (b"content-encoding", b"zstd"))
-    assert asyncio.run(read_body(request, LIMIT)) == DATA  # type: ignore[arg-type]
+    assert (await read_body(request, LIMIT)) == DATA  # type: ignore[arg-type]
     refused = _Request(DATA, (b"content-encoding", b"br"))
     with pytest.raises(UnsupportedMediaType):
-        asyncio.run(read_body(refused, LIMIT))  # type: ignore[arg-type]
+        await read_body(refused, LIMIT)  # type: ignore[arg-type]
     assert refused.content.reads == 0
