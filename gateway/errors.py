@@ -10,6 +10,7 @@
     │   ├── MethodNotAllowed          405     invalid_request_error  null
     │   ├── RequestTimeout            408     invalid_request_error  request_timeout
     │   ├── RequestTooLarge           413     invalid_request_error  request_too_large
+    │   ├── UnsupportedMediaType      415     invalid_request_error  unsupported_content_encoding
     │   ├── ExpectationFailed         417     invalid_request_error  expectation_failed
     │   ├── IdempotencyKeyReused      422     invalid_request_error  idempotency_key_reused
     │   ├── RateLimited               429     requests               rate_limit_exceeded
@@ -124,6 +125,13 @@ class RequestTimeout(ClientError):
 class RequestTooLarge(ClientError):
     status = 413
     code = "request_too_large"
+
+
+class UnsupportedMediaType(ClientError):
+    """A request body in a Content-Encoding the gateway does not decode."""
+
+    status = 415
+    code = "unsupported_content_encoding"
 
 
 class ExpectationFailed(ClientError):

@@ -31,6 +31,14 @@ MAX_CONNECTIONS = 10_000
 # gateway at the edge refuses a runaway body before decoding it. Per deployment
 # in the config (``max-body-bytes``); the server enforces the largest.
 MAX_REQUEST_BODY = 8 * MiB
+# A compressed request body (Content-Encoding: zstd, gzip, deflate; gateway.api.body)
+# is bounded twice by that limit: as read, and as decoded. At most this many codings
+# are undone one after the other (a client compresses once; a proxy may once more).
+MAX_CONTENT_CODINGS = 2
+# The window a zstd frame may ask its decoder to keep (memory outside Python's heap,
+# per body being decoded): zstd's levels 1 to 19 stay within 8 MiB; a frame asking for
+# more (--ultra, --long) is refused (400).
+MAX_ZSTD_WINDOW = 8 * MiB
 # Unread request-body bytes buffered before the socket stops being read.
 REQUEST_BODY_HIGH_WATER = 256 * KiB
 # Pipelined requests queued behind the running one before the socket stops being read.

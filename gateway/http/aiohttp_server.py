@@ -180,6 +180,10 @@ class AiohttpServer:
             max_headers=limits.max_headers,
             keepalive_timeout=limits.keepalive_timeout,
             lingering_time=UNREAD_BODY_LINGER,  # (aiohttp's 10 s holds a refused client)
+            # A compressed body reaches the handler as sent (api.body decodes it, bounded,
+            # on both servers); aiohttp would inflate gzip and deflate bodies itself, and
+            # refuse zstd ones without backports.zstd.
+            auto_decompress=False,
             access_log=None,
             logger=_ServerLog(self.refusals),
         )
