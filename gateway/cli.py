@@ -22,11 +22,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Mapping
 
 import msgspec
 
@@ -41,6 +43,7 @@ from gateway.config import (
     client_keys,
     parse,
     seal_keys,
+    upstream_key,
 )
 from gateway.limits import UPSTREAM_READ_TIMEOUT
 
@@ -126,6 +129,9 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check-config", help="validate a config file and exit")
     c.add_argument("file", nargs="?")
     c.add_argument("--config", dest="config_file", help="the config file (or give it plainly)")
+    c.add_argument(
+        "--api-keys-file", help="the client API keys file the service will read (as serve's)"
+    )
     sub.add_parser(
         "demo-upstream", help="run the bundled demo chat-completions server", add_help=False
     )
@@ -237,6 +243,8 @@ def start_demo() -> tuple[subprocess.Popen[bytes], str]:
 def serve(args: argparse.Namespace) -> int:
     from gateway.ops.access_log import setup
 
+    if args.config:  # SIGHUP re-reads it, once serving; until then a reload is ignored
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     setup(args.log_level or "info", args.log_format or "auto")
     demo = None
     if not args.config and not args.upstream:
@@ -269,10 +277,25 @@ def reread(args: argparse.Namespace) -> tuple[Config, str | None]:
     """The config (file and flags) and the keys file's text, checked; ConfigError if bad."""
     cfg = build_config(args)
     keys_text = read_keys(cfg)
-    if cfg.auth is not None:
-        client_keys(cfg.auth, os.environ, keys_text)  # none at all: fail now, not per worker
-    seal_keys(cfg.seal, os.environ)  # a malformed seal key: likewise
+    check_environment(cfg, os.environ, keys_text)  # fail now, not in every worker
     return cfg, keys_text
+
+
+def check_environment(
+    cfg: Config, env: Mapping[str, str], keys_text: str | None, *, every_key: bool = False
+) -> None:
+    """What the config needs of the environment it will run with; ConfigError if not:
+    client API keys where ``[auth]`` wants some, well-formed seal keys, upstream keys that
+    can go in a header, and (``every_key``: check-config) every ``api-key-env`` set."""
+    if cfg.auth is not None:
+        client_keys(cfg.auth, env, keys_text)
+    seal_keys(cfg.seal, env)
+    for dep in cfg.deployment:
+        if upstream_key(dep, env) is None and dep.api_key_env and every_key:
+            raise ConfigError(
+                f"{dep.api_key_env} is not set: the upstream API key of the deployment of "
+                f"{dep.urls[0]} (api-key-env)"
+            )
 
 
 def supervise(cfg: Config, keys_text: str | None, hup: object) -> int:
@@ -313,8 +336,11 @@ def main(argv: list[str] | None = None) -> int:
                 print("gateway: check-config needs a config file", file=sys.stderr)
                 return 2
             cfg = load(path)
-            if cfg.auth is not None and cfg.auth.keys_file:
-                read_keys(cfg)  # (the keys themselves may come from the environment)
+            if args.api_keys_file:
+                keys_env = cfg.auth.keys_env if cfg.auth is not None else None
+                auth = Auth(keys_env=keys_env, keys_file=args.api_keys_file)
+                cfg = msgspec.structs.replace(cfg, auth=auth)
+            check_environment(cfg, os.environ, read_keys(cfg), every_key=True)
             print(f"{path}: OK ({len(cfg.deployment)} deployment(s))")
             return 0
         return serve(args)

@@ -19,7 +19,8 @@ Example ``gateway.toml``::
     max-pipelined = 8                     # requests queued on one connection before reading stops
 
     [auth]                                # client API keys: every /v1/* request needs one
-    keys-env = "GATEWAY_API_KEYS"         # keys in this environment variable (comma-separated)
+    keys-env = "GATEWAY_API_KEYS"         # keys in this environment variable (comma-separated;
+                                          # a '#' there is part of a key)
     keys-file = "/etc/gateway/keys"       # and/or one per line in this file (also: serve
                                           # --api-keys-file PATH); '#' starts a comment
 
@@ -346,18 +347,28 @@ def parse(data: bytes, source: str) -> Config:
 
 
 def upstream_key(dep: Deployment, env: Mapping[str, str]) -> str | None:
-    """The upstream API key for ``dep``: the variable of ``env`` its ``api-key-env`` names."""
+    """The upstream API key for ``dep``: the variable of ``env`` its ``api-key-env`` names.
+    A key that could not go in a header as it is (a CR, LF or other control character,
+    or a character beyond latin-1) is refused: ``ConfigError``, at start."""
     if dep.api_key_env is None:
         return None
-    return env.get(dep.api_key_env) or None
+    key = env.get(dep.api_key_env) or None
+    if key is not None and not all(" " <= c <= "~" or "\xa0" <= c <= "\xff" for c in key):
+        raise ConfigError(
+            f"{dep.api_key_env}: the upstream API key holds a character that cannot go in "
+            "an HTTP header (a line break or other control character, or one beyond latin-1)"
+        )
+    return key
 
 
-def parse_keys(text: str) -> tuple[str, ...]:
-    """Client API keys from a keys file's text (one per line; blank lines and ``#``
-    comments skipped) or an environment variable's value (also split at commas)."""
+def parse_keys(text: str, *, comments: bool = True) -> tuple[str, ...]:
+    """Client API keys from a keys file's text (one per line; blank lines and, with
+    ``comments``, ``#`` comments skipped) or an environment variable's value (split at
+    commas and spaces; ``comments=False``: a ``#`` there is part of a key)."""
     keys = []
     for line in text.splitlines():
-        line = line.split("#", 1)[0]
+        if comments:
+            line = line.split("#", 1)[0]
         keys += [k for k in line.replace(",", " ").split() if k]
     return tuple(dict.fromkeys(keys))
 
@@ -365,7 +376,7 @@ def parse_keys(text: str) -> tuple[str, ...]:
 def client_keys(auth: Auth, env: Mapping[str, str], file_text: str | None) -> tuple[str, ...]:
     """The client API keys of ``auth``: those of its environment variable in ``env``
     and those of its keys file (``file_text``, read by the command line)."""
-    keys = parse_keys(env.get(auth.keys_env, "")) if auth.keys_env else ()
+    keys = parse_keys(env.get(auth.keys_env, ""), comments=False) if auth.keys_env else ()
     if file_text is not None:
         keys += parse_keys(file_text)
     keys = tuple(dict.fromkeys(keys))

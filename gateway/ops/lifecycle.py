@@ -267,6 +267,10 @@ def run(
 ) -> None:
     import uvloop
 
+    if reread is not None:
+        # A SIGHUP before serve() handles it (a reload asked for during the start) would
+        # end the process: it is ignored until then.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     uvloop.run(
         serve(
             cfg, env, reuse_port=reuse_port, keys_text=keys_text, listen_fd=listen_fd, reread=reread

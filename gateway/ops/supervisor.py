@@ -10,9 +10,16 @@ loop without asyncio:
   other workers keep answering meanwhile.
 * Each worker speaks systemd's notify protocol (``ops.notify``) to a datagram
   socket of the supervisor's, one per worker: the supervisor tells systemd
-  ``READY=1`` once every worker is ready, sends ``WATCHDOG=1`` itself while it
-  runs, sums the workers' ``STATUS=`` (requests in flight), and kills (SIGKILL)
-  and replaces a worker whose own ``WATCHDOG=1`` stopped (its loop is stuck).
+  ``READY=1`` once every worker is ready, sends ``WATCHDOG=1`` itself while at
+  least one worker serves (ready, its own watchdog fresh: a supervisor whose
+  workers all hang or crash-loop is restarted by systemd, not kept alive by its
+  own loop), sums the workers' ``STATUS=`` (requests in flight), and kills
+  (SIGKILL) and replaces a worker whose own ``WATCHDOG=1`` stopped (its loop is
+  stuck).
+* A worker dies with its supervisor (Linux: ``PR_SET_PDEATHSIG``, SIGTERM: it
+  drains and exits), even one killed with SIGKILL, so no worker serves on with
+  an old config; a SIGHUP that comes while a worker starts is ignored by it
+  until its loop handles reloads.
 * SIGTERM/SIGINT: ``STOPPING=1``, forwarded to every worker (each drains, see
   ``ops.lifecycle``); no restarts; exit 0 once all exited 0.
 * SIGHUP: the config is re-read (a bad file is refused, the old one kept for
@@ -25,6 +32,7 @@ loop without asyncio:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import re
@@ -50,6 +58,19 @@ log = logging.getLogger("gateway")
 
 IN_FLIGHT = re.compile(r"(\d+) requests? in flight")
 HOOKED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
+
+
+PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+def die_with(parent: int) -> None:
+    """Have this process get SIGTERM when ``parent`` (the supervisor) dies, whatever
+    kills it (Linux; elsewhere nothing), and exit now if it died already."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(0)  # (it died before the prctl: the signal would never come)
 
 
 class Slot:
@@ -135,7 +156,7 @@ class Supervisor:
                         return self.status
                     continue
                 self._check(now)
-                if self.watchdog and now - last_beat >= self.watchdog / 2:
+                if self.watchdog and now - last_beat >= self.watchdog / 2 and self.serving(now):
                     last_beat = now
                     self.notifier.send("WATCHDOG=1")
                 self._report()
@@ -150,6 +171,13 @@ class Supervisor:
             wake_w.close()
             self.notifier.close()
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def serving(self, now: float) -> bool:
+        """At least one worker serves: ready, and its own watchdog is fresh."""
+        return any(
+            s.pid in self.by_pid and s.ready and now - s.beat <= self.worker_watchdog
+            for s in self.slots
+        )
 
     def _timeout(self, now: float) -> float:
         waits = [1.0]
@@ -169,9 +197,9 @@ class Supervisor:
                 log.info("supervisor: stopping %d worker(s)", len(self.by_pid))
                 self.notifier.stopping("draining")
                 self._forward(signal.SIGTERM)
-            elif signum == signal.SIGHUP and not self.stopping:
+            elif signum == signal.SIGHUP and not self.stopping and self.reread is not None:
                 self._reload()
-                self._forward(signal.SIGHUP)
+                self._forward(signal.SIGHUP)  # (without a config file, nothing to reload)
 
     def _forward(self, signum: int) -> None:
         for pid in list(self.by_pid):
@@ -193,19 +221,23 @@ class Supervisor:
         slot.ready = False
         slot.beat = 0.0
         slot.in_flight = 0
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:
-            self._worker(slot)  # (never returns)
+            self._worker(slot, parent)  # (never returns)
         slot.pid = pid
         slot.started = time.monotonic()
         self.by_pid[pid] = slot
 
-    def _worker(self, slot: Slot) -> None:
+    def _worker(self, slot: Slot, parent: int) -> None:
         code = 1
         try:
             signal.set_wakeup_fd(-1)
             for sig in HOOKED:
                 signal.signal(sig, signal.SIG_DFL)
+            if self.reread is not None:  # (a reload during the start: ignored till served)
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            die_with(parent)
             from gateway.ops.lifecycle import run
 
             env = {k: v for k, v in self.env.items() if not k.startswith(("LISTEN_", "WATCHDOG_"))}

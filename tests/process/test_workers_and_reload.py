@@ -283,3 +283,110 @@ async def test_supervisor_speaks_for_its_workers_and_replaces_a_stuck_one(
     finally:
         gw.stop()
         fake.close()
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead and not yet reaped, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def handles_sighup(pid: int) -> bool:
+    """Whether the process catches or ignores SIGHUP (its mask in /proc)."""
+    with open(f"/proc/{pid}/status") as f:
+        masks = dict(line.split(":", 1) for line in f if line.startswith(("SigCgt", "SigIgn")))
+    return any(int(v, 16) & 1 for v in masks.values())
+
+
+async def test_workers_die_with_their_supervisor(upstream: FakeUpstream, tmp_path: Any) -> None:
+    """A supervisor killed with SIGKILL (no chance to forward anything) takes its workers
+    with it: they drain and exit, instead of serving the port on with the old config."""
+    gw = workers(upstream, tmp_path).start()
+    try:
+        await gw.ready()
+        seen = await all_up(gw.port)
+        assert gw.proc is not None
+        os.kill(gw.proc.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while any(alive(pid) for pid in seen) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert not [pid for pid in seen if alive(pid)]
+        with pytest.raises(OSError):
+            await get(gw.port, "/healthz", timeout=2)
+    finally:
+        gw.stop()
+
+
+async def test_a_sighup_while_the_workers_start_kills_none(
+    upstream: FakeUpstream, tmp_path: Any
+) -> None:
+    """Reloads asked for (SIGHUP, forwarded to each worker) while the workers are still
+    starting: each worker ignores them until its loop handles reloads, so none dies."""
+    cfg = tmp_path / "g.toml"
+    cfg.write_text(f'workers = 2\n[[deployment]]\nupstream = "{upstream.url}"\nmodels = ["m1"]\n')
+    gw = GatewayProcess(["--config", str(cfg), "--log-format", "json"], tmp_path).start()
+    try:
+        assert gw.proc is not None
+        while not handles_sighup(gw.proc.pid):  # (the interpreter's own start: not ours)
+            await asyncio.sleep(0.005)
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:  # from the first moment, all through the start
+            gw.signal(signal.SIGHUP)
+            await asyncio.sleep(0.02)
+        await gw.ready()
+        assert len(await all_up(gw.port)) == 2
+        exits = [line for line in gw.lines() if "exited" in line.get("msg", "")]
+        assert exits == []
+        gw.signal(signal.SIGTERM)
+        assert await gw.wait() == 0
+    finally:
+        gw.stop()
+
+
+async def test_without_a_config_file_a_sighup_reaches_no_worker(
+    upstream: FakeUpstream, tmp_path: Any
+) -> None:
+    """Nothing to reload (no config file): the supervisor keeps a SIGHUP to itself,
+    where it forwarded it to workers that have no handler for it (and died of it)."""
+    gw = workers(upstream, tmp_path).start()
+    try:
+        await gw.ready()
+        seen = await all_up(gw.port)
+        gw.signal(signal.SIGHUP)
+        await asyncio.sleep(1.0)
+        assert all(alive(pid) for pid in seen)
+        assert not [line for line in gw.lines() if "exited" in line.get("msg", "")]
+    finally:
+        gw.stop()
+
+
+def test_the_supervisor_speaks_for_systemd_only_while_a_worker_serves(tmp_path: Any) -> None:
+    """WATCHDOG=1 while at least one worker is ready with a fresh watchdog of its own;
+    none while every worker is starting, stuck or gone (systemd then restarts it all)."""
+    from gateway.config import Config, Deployment
+    from gateway.ops.supervisor import Slot, Supervisor
+
+    cfg = Config(deployment=(Deployment(upstream="http://127.0.0.1:9/v1"),), workers=2)
+    sup = Supervisor(cfg, {}, keys_text=None)
+    a, b = Slot(0, str(tmp_path / "a")), Slot(1, str(tmp_path / "b"))
+    sup.slots = [a, b]
+    try:
+        now = 100.0
+        assert not sup.serving(now)  # none started
+        a.pid, b.pid = 11, 12
+        sup.by_pid = {11: a, 12: b}
+        assert not sup.serving(now)  # started, not ready
+        a.ready, a.beat = True, now
+        assert sup.serving(now)
+        assert not sup.serving(now + sup.worker_watchdog + 0.1)  # a is stuck, b not ready
+        b.ready, b.beat = True, now + sup.worker_watchdog
+        assert sup.serving(now + sup.worker_watchdog + 0.1)  # b serves
+        del sup.by_pid[12]
+        assert not sup.serving(now + sup.worker_watchdog + 0.1)  # b gone, a stuck
+    finally:
+        a.sock.close()
+        b.sock.close()
+        sup.notifier.close()

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -88,7 +89,8 @@ def test_check_config_command(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text(GOOD.replace("[stream]", "[streem]"))
     cmd = [sys.executable, "-m", "gateway", "check-config"]
-    ok = subprocess.run([*cmd, str(good)], capture_output=True, text=True)
+    env = {**os.environ, "MY_KEY": "sk-1"}  # (the key its deployment names: checked too)
+    ok = subprocess.run([*cmd, str(good)], capture_output=True, text=True, env=env)
     assert ok.returncode == 0 and "OK" in ok.stdout
     no = subprocess.run([*cmd, str(bad)], capture_output=True, text=True)
     assert no.returncode != 0 and "streem" in no.stderr
@@ -140,3 +142,52 @@ def test_replicas_and_their_policies() -> None:
 def test_bad_replica_settings_name_the_key(line: str, says: str) -> None:
     with pytest.raises(ConfigError, match=says):
         parse(f"[[deployment]]\n{line}\n".encode(), "bad.toml")
+
+
+def test_a_hash_in_a_key_of_the_environment_is_part_of_the_key() -> None:
+    from gateway.config import Auth, client_keys
+
+    auth = Auth(keys_env="KEYS")
+    assert client_keys(auth, {"KEYS": "sk-a#1, sk-b"}, None) == ("sk-a#1", "sk-b")
+    # The keys file keeps its comments.
+    assert client_keys(Auth(keys_file="/k"), {}, "sk-c # the CI's\n# old: sk-d\n") == ("sk-c",)
+
+
+@pytest.mark.parametrize("bad", ["sk-1\r\nX-Injected: 1", "sk-1\n", "sk-\x00", "sk-é€", "sk-\x7f"])
+def test_an_upstream_key_that_cannot_go_in_a_header_is_refused(bad: str) -> None:
+    cfg = parse(b'[[deployment]]\nupstream = "http://u/v1"\napi-key-env = "K"\n', "t")
+    with pytest.raises(ConfigError, match="K: the upstream API key holds a character"):
+        upstream_key(cfg.deployment[0], {"K": bad})
+    assert upstream_key(cfg.deployment[0], {"K": "sk-ok_1.2-é"}) == "sk-ok_1.2-é"  # latin-1
+
+
+def check_config(tmp_path: Path, toml: str, env: dict[str, str], *more: str) -> tuple[int, str]:
+    path = tmp_path / "g.toml"
+    path.write_text(toml)
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", "check-config", "--config", str(path), *more],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", **env},
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
+def test_check_config_checks_the_environment_the_service_will_run_with(tmp_path: Path) -> None:
+    """What would make every start fail (a restart loop) fails ExecStartPre= instead."""
+    dep = '[[deployment]]\nupstream = "http://127.0.0.1:9/v1"\nmodels = ["m"]\napi-key-env = "UP"\n'
+    code, said = check_config(tmp_path, dep, {"UP": "sk-up"})
+    assert code == 0 and "OK" in said
+    code, said = check_config(tmp_path, dep, {})
+    assert code == 2 and "UP is not set" in said
+    code, said = check_config(tmp_path, dep, {"UP": "sk\nup"})
+    assert code == 2 and "cannot go in an HTTP header" in said
+    code, said = check_config(tmp_path, dep, {"UP": "sk-up", "GATEWAY_SEAL_KEY": "short"})
+    assert code == 2 and "GATEWAY_SEAL_KEY" in said
+    auth = dep + '[auth]\nkeys-env = "CLIENT_KEYS"\n'
+    code, said = check_config(tmp_path, auth, {"UP": "sk-up"})
+    assert code == 2 and "names no client API key" in said
+    keys = tmp_path / "keys"
+    keys.write_text("sk-client\n")
+    code, said = check_config(tmp_path, auth, {"UP": "sk-up"}, "--api-keys-file", str(keys))
+    assert code == 0, said

@@ -26,6 +26,11 @@ def test_the_unit_says_what_operations_need() -> None:
     u = unit()
     assert u["Type"] == ["notify"] and u["Restart"] == ["on-failure"]
     assert "check-config --config" in u["ExecStartPre"][0]
+    # The keys file comes as a credential (no world-readable file for DynamicUser), and
+    # check-config reads the same one the service will.
+    assert u["LoadCredential"] == ["api-keys:/etc/gateway/keys"]
+    assert "--api-keys-file %d/api-keys" in u["ExecStartPre"][0]
+    assert "--api-keys-file %d/api-keys" in u["ExecStart"][0]
     assert int(u["WatchdogSec"][0]) > 0 and int(u["LimitNOFILE"][0]) >= 65536
     assert u["CapabilityBoundingSet"] == [""]
     for key, val in [("DynamicUser", "yes"), ("NoNewPrivileges", "yes"), ("PrivateTmp", "yes")]:
