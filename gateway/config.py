@@ -31,7 +31,10 @@ Example ``gateway.toml``::
     [idempotency]                         # Idempotency-Key on non-streaming POSTs
     enabled = true
     store = "memory"                      # or "redis" (also: serve --redis URL): shared by
-    redis-url = "redis://127.0.0.1:6379/0"  # processes and hosts; [limits] count there too
+    redis-url = "redis://127.0.0.1:6379/0"  # processes and hosts; [limits] count there too;
+                                          # or "sqlite" (sqlite-path = FILE): the processes
+                                          # of one host. "memory" with workers > 1 is
+                                          # "sqlite" in the supervisor's runtime directory
     retention = 86400.0                   # seconds an answer stays replayable
     lock-ttl = 30.0                       # seconds a crashed holder keeps its key locked
     max-entries = 100000                  # the memory store's bounds
@@ -274,8 +277,9 @@ class Limits(_Base, frozen=True):
 
 class Idempotency(_Base, frozen=True):
     enabled: bool = True
-    store: Literal["memory", "redis"] = "memory"
+    store: Literal["memory", "redis", "sqlite"] = "memory"
     redis_url: str | None = None
+    sqlite_path: str | None = None
     retention: float = limits.IDEMPOTENCY_RETENTION
     lock_ttl: float = limits.IDEMPOTENCY_LOCK_TTL
     max_entries: int = limits.IDEMPOTENCY_MAX_ENTRIES
@@ -284,6 +288,8 @@ class Idempotency(_Base, frozen=True):
     def __post_init__(self) -> None:
         if self.store == "redis" and not self.redis_url:
             raise ValueError('[idempotency] store = "redis" needs redis-url')
+        if self.store == "sqlite" and not self.sqlite_path:
+            raise ValueError('[idempotency] store = "sqlite" needs sqlite-path')
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("redis-url must be a redis://, rediss:// or unix:// URL")
         if min(self.retention, self.lock_ttl) <= 0:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from gateway.api.guard import Guard
 from gateway.api.seal import Sealer
 from gateway.config import Config, client_keys, seal_keys, upstream_key
+from gateway.stores import SHARED_STORE_ENV
 from gateway.stores.base import Store
 from gateway.stores.memory import MemoryStore
 from gateway.upstream.admission import Gate
@@ -21,14 +22,29 @@ from gateway.upstream.routing import Router
 
 log = logging.getLogger("gateway")
 
+NO_ENV: Mapping[str, str] = {}
 
-def open_store(cfg: Config) -> Store:
-    """The store of idempotency records and request counters that ``cfg`` names."""
+
+def open_store(cfg: Config, env: Mapping[str, str] = NO_ENV) -> Store:
+    """The store of idempotency records and request counters that ``cfg`` names: Redis,
+    or the database of ``sqlite-path``, or the one the supervisor named for its workers
+    (``SHARED_STORE_ENV``: the memory store cannot be shared), or this process's memory."""
     idem = cfg.idempotency
     if idem.store == "redis" and idem.redis_url:
         from gateway.stores.redis import RedisStore  # (only then: the client costs startup)
 
         return RedisStore(idem.redis_url, retention=idem.retention, lock_ttl=idem.lock_ttl)
+    path = idem.sqlite_path if idem.store == "sqlite" else env.get(SHARED_STORE_ENV)
+    if path:
+        from gateway.stores.sqlite import SqliteStore
+
+        return SqliteStore(
+            path,
+            retention=idem.retention,
+            lock_ttl=idem.lock_ttl,
+            max_entries=idem.max_entries,
+            max_bytes=idem.max_bytes,
+        )
     return MemoryStore(
         retention=idem.retention,
         lock_ttl=idem.lock_ttl,

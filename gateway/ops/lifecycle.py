@@ -38,7 +38,14 @@ from gateway.http.server import Server
 from gateway.limits import LISTEN_BACKLOG, SHUTDOWN_GRACE
 from gateway.ops import collector
 from gateway.ops.access_log import AccessLog, access_enabled, resolve_format
-from gateway.ops.build import make_guard, make_overload, make_router, open_sealer, open_store
+from gateway.ops.build import (
+    NO_ENV,
+    make_guard,
+    make_overload,
+    make_router,
+    open_sealer,
+    open_store,
+)
 from gateway.ops.health import Observer, OpsRoutes
 from gateway.ops.metrics import Metrics, multiprocess_dir
 from gateway.ops.notify import (
@@ -55,7 +62,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gateway")
 
-NO_ENV: Mapping[str, str] = {}
 DEFAULT_HTTP = Http()
 
 
@@ -89,7 +95,7 @@ async def open_gateway(
     sealer = open_sealer(cfg, env)
     pings = SsePings(cfg.stream.keepalive_interval)
     overload = make_overload(cfg)
-    store = open_store(cfg)
+    store = open_store(cfg, env)
     guard = make_guard(cfg, env, keys_text, store)
     replays = Replays(store, cfg.idempotency.lock_ttl) if cfg.idempotency.enabled else None
     gateway: Gateway | None = None

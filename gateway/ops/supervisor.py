@@ -53,6 +53,7 @@ from gateway.limits import (
     WORKER_WATCHDOG,
 )
 from gateway.ops.notify import Notifier, listen_fds, notify_address, watchdog_interval
+from gateway.stores import SHARED_STORE_ENV
 
 log = logging.getLogger("gateway")
 
@@ -119,11 +120,15 @@ class Supervisor:
         self.told_ready = False
         self.slots: list[Slot] = []
         self.by_pid: dict[int, Slot] = {}
+        self.shared_store = ""  # the database the workers share (run() names it)
 
     # ---- the loop --------------------------------------------------------------------
 
     def run(self) -> int:
-        tmp = tempfile.mkdtemp(prefix="gateway-workers-")
+        # The workers' notify sockets and shared store: systemd's RuntimeDirectory= if set.
+        tmp = tempfile.mkdtemp(prefix="gateway-workers-", dir=self.env.get("RUNTIME_DIRECTORY"))
+        if self.cfg.idempotency.store == "memory":  # (memory cannot be shared: SQLite)
+            self.shared_store = os.path.join(tmp, "store.db")
         wake_r, wake_w = socket.socketpair()
         wake_r.setblocking(False)
         wake_w.setblocking(False)
@@ -242,6 +247,8 @@ class Supervisor:
 
             env = {k: v for k, v in self.env.items() if not k.startswith(("LISTEN_", "WATCHDOG_"))}
             env["NOTIFY_SOCKET"] = slot.path
+            if self.shared_store:
+                env[SHARED_STORE_ENV] = self.shared_store
             env["WATCHDOG_USEC"] = str(int(self.worker_watchdog * 1e6))
             env["WATCHDOG_PID"] = str(os.getpid())
             run(

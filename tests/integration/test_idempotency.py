@@ -20,11 +20,13 @@ from tests.conftest import FakeUpstream, completion, make_config, sdk, text_stre
 KEY = {"Idempotency-Key": "order-42"}
 
 
-@pytest.fixture(params=["memory", "redis"])
-def store(request: pytest.FixtureRequest) -> Idempotency:
-    """Each test runs on both stores."""
+@pytest.fixture(params=["memory", "redis", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Any) -> Idempotency:
+    """Each test runs on every store (SQLite: the one the workers of a host share)."""
     if request.param == "memory":
         return Idempotency()
+    if request.param == "sqlite":
+        return Idempotency(store="sqlite", sqlite_path=str(tmp_path / "store.db"))
     url = request.getfixturevalue("redis_url")
     return Idempotency(store="redis", redis_url=url)
 

@@ -228,10 +228,12 @@ async def test_no_key_is_ever_logged(
 # ---- limits ------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["memory", "redis"])
-def counters(request: pytest.FixtureRequest) -> Idempotency:
+@pytest.fixture(params=["memory", "redis", "sqlite"])
+def counters(request: pytest.FixtureRequest, tmp_path: Any) -> Idempotency:
     if request.param == "memory":
         return Idempotency()
+    if request.param == "sqlite":
+        return Idempotency(store="sqlite", sqlite_path=str(tmp_path / "store.db"))
     return Idempotency(store="redis", redis_url=request.getfixturevalue("redis_url"))
 
 

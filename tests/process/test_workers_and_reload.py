@@ -390,3 +390,75 @@ def test_the_supervisor_speaks_for_systemd_only_while_a_worker_serves(tmp_path: 
         a.sock.close()
         b.sock.close()
         sup.notifier.close()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def shared(request: pytest.FixtureRequest) -> str:
+    """The [idempotency] of a config whose workers share their records: the default
+    (memory in one process: the workers' SQLite database), or Redis."""
+    if request.param == "sqlite":
+        return ""
+    url = request.getfixturevalue("redis_url")
+    return f'[idempotency]\nstore = "redis"\nredis-url = "{url}"\n'
+
+
+async def keyed(port: int, key: str, doc: dict, client: str = "sk-a") -> tuple[int, dict]:
+    """``POST /v1/responses`` with an Idempotency-Key, on a connection of its own."""
+    body = orjson.dumps(doc)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"POST /v1/responses HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        b"Authorization: Bearer %s\r\nIdempotency-Key: %s\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+        % (client.encode(), key.encode(), len(body), body)
+    )
+    data = await asyncio.wait_for(reader.read(), 20)
+    writer.close()
+    head, _, rest = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), orjson.loads(rest)
+
+
+async def test_workers_share_replays_and_per_key_limits(
+    upstream: FakeUpstream, tmp_path: Any, shared: str
+) -> None:
+    """``--workers 2``: the same key sent six times on fresh connections (the kernel
+    hands them to both workers) makes one upstream generation, and a client key's
+    max-in-flight of 1 holds for the host, not per worker."""
+    keys = tmp_path / "keys"
+    keys.write_text("sk-a\nsk-b\n")
+    cfg = tmp_path / "g.toml"
+    cfg.write_text(
+        f'workers = 2\n[auth]\nkeys-file = "{keys}"\n[limits]\nmax-in-flight = 1\n{shared}'
+        f'[[deployment]]\nupstream = "{upstream.url}"\nmodels = ["m1"]\n'
+    )
+    gw = GatewayProcess(["--config", str(cfg), "--log-format", "json"], tmp_path).start()
+    try:
+        await gw.ready()
+        await all_up(gw.port)
+        upstream.reply = upstream.json_reply(completion("once"))
+        answers = [
+            await keyed(gw.port, "order-7", {"model": "m1", "input": "Hi"}) for _ in range(6)
+        ]
+        assert [s for s, _ in answers] == [200] * 6
+        assert len({doc["id"] for _, doc in answers}) == 1  # the same answer, replayed
+        assert len(upstream.received) == 1
+        upstream.reply = slow_json(completion("slow"), 1.0)  # (each held 1 s)
+        results = await asyncio.gather(
+            *(keyed(gw.port, f"k{i}", {"model": "m1", "input": "Hi"}, "sk-b") for i in range(6))
+        )
+        statuses = sorted(s for s, _ in results)
+        assert statuses == [200] + [429] * 5, statuses
+        gw.signal(signal.SIGTERM)
+        assert await gw.wait() == 0
+    finally:
+        gw.stop()
+
+
+def slow_json(doc: dict, delay: float) -> Any:
+    from aiohttp import web
+
+    async def reply(request: Any, body: dict) -> Any:
+        await asyncio.sleep(delay)
+        return web.json_response(doc)
+
+    return reply
