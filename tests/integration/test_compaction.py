@@ -17,6 +17,7 @@ from openai.types.responses.compacted_response import CompactedResponse
 
 from gateway.config import COMPACTION_PROMPT
 from gateway.core.translate.compaction import SUMMARY_HEADING
+from gateway.demo.upstream import DemoOptions, make_handler
 from tests.conftest import WEATHER, FakeUpstream, completion, make_config, sdk
 from tests.integration.ops_support import GatewayProcess
 from tests.integration.test_responses_stream import check_stream, parse_sse, post_stream
@@ -268,6 +269,28 @@ async def test_an_upstream_failure_is_an_error_or_one_failed_event(
 
 
 JSON = "application/json"
+
+
+# ---- the demo upstream (make run) --------------------------------------------------------
+
+
+async def test_the_demo_upstream_answers_a_compaction(
+    aiohttp_raw_server: Any, start_gateway: Any
+) -> None:
+    demo = DemoOptions(models=("m1",), reasoning="reasoning_content")
+    server = await aiohttp_raw_server(make_handler(demo))
+    client = sdk(await start_gateway(make_config(str(server.make_url("/v1"))), ENV))
+    try:
+        response = await client.responses.create(model="m1", input=[*HISTORY, TRIGGER])
+        (item,) = response.output
+        later = [item.model_dump(exclude_none=True), {"role": "user", "content": "Go on."}]
+        answer = await client.responses.create(model="m1", input=later)
+        assert "You said: Go on." in answer.output_text
+        summary = demo.received[-1]["body"]["messages"][0]["content"]
+        assert summary.startswith(SUMMARY_HEADING + "Summary of the conversation so far (demo)")
+        assert "Write fizzbuzz in Rust." in summary and "get_weather" in summary
+    finally:
+        await client.close()
 
 
 # ---- two processes, one key -------------------------------------------------------------
