@@ -253,3 +253,14 @@ def test_the_default_prompt_is_the_deployments() -> None:
     caps = capabilities(Deployment(upstream="http://u/v1", compaction_prompt="Sum up."))
     chat, _ = to_summary_request(request({"input": "hi"}), caps, "up")
     assert chat["messages"][-1] == {"role": "user", "content": "Sum up."}
+
+
+def test_the_prompt_is_a_deployment_setting() -> None:
+    from gateway.config import ConfigError, parse
+
+    toml = '[[deployment]]\nupstream = "http://h/v1"\ncompaction-prompt = "Sum it up."\n'
+    assert parse(toml.encode(), "t.toml").deployment[0].compaction_prompt == "Sum it up."
+    default = parse(b'[[deployment]]\nupstream = "http://h/v1"\n', "t.toml")
+    assert default.deployment[0].compaction_prompt == COMPACTION_PROMPT
+    with pytest.raises(ConfigError, match="compaction-prompt"):
+        parse(b'[[deployment]]\nupstream = "http://h/v1"\ncompaction-prompt = " "\n', "t.toml")
