@@ -27,6 +27,7 @@ OTHER_KEY = base64.b64encode(bytes(range(90, 122))).decode()
 ENV = {"GATEWAY_SEAL_KEY": KEY}
 SUMMARY = 'Asked for "fizzbuzz" in Rust; src/main.rs written, cargo test passes.\n\u00e9'
 TRIGGER = {"type": "compaction_trigger"}
+REFUSED = (400, "invalid_encrypted_content", "input[1].encrypted_content")
 HISTORY: list[dict] = [
     {"role": "developer", "content": "Be brief."},
     {"role": "user", "content": "Write fizzbuzz in Rust."},
@@ -190,11 +191,7 @@ async def test_a_tampered_blob_is_refused_before_the_upstream(
                 model="m1", input=[{"role": "user", "content": "hi"}, item], stream=stream
             )
         err = info.value
-        assert (err.status_code, err.code, err.param) == (
-            400,
-            "invalid_encrypted_content",
-            "input[1].encrypted_content",
-        )
+        assert (err.status_code, err.code, err.param) == REFUSED
     assert len(upstream.received) == before
 
 

@@ -23,15 +23,16 @@ from __future__ import annotations
 import time
 
 from gateway.core.ids import COMPACTION, IDS, Ids
-from gateway.core.sealing import Sealer
+from gateway.core.sealing import Sealer, opened
 from gateway.core.stream.encoder import AnswerBuilder, OutputCollector, Seal
 from gateway.core.translate.response import chosen, decode_completion
 from gateway.core.wire import chunks as ck
 from gateway.core.wire import output
 from gateway.core.wire.responses import InputItem, ResponsesRequest
-from gateway.errors import InvalidRequest, UpstreamBadResponse, missing
+from gateway.errors import UpstreamBadResponse, missing
 
 TRIGGER = "compaction_trigger"
+RESEND = "Send the compaction item as it was returned, or the conversation it stands for."
 SUMMARY_HEADING = (
     "The earlier part of this conversation was compacted; this is its summary, which "
     "stands for it:\n\n"
@@ -72,20 +73,5 @@ def summary_message(item: InputItem, i: int, sealer: Sealer | None) -> dict:
     blob = item.encrypted_content
     if not blob:
         raise missing(f"input[{i}].encrypted_content")
-    if sealer is None:
-        raise _not_opened(i)
-    try:
-        summary = sealer.open(blob)
-    except ValueError:
-        raise _not_opened(i) from None
+    summary = opened(sealer, blob, i, RESEND)
     return {"role": "user", "content": SUMMARY_HEADING + summary}
-
-
-def _not_opened(i: int) -> InvalidRequest:
-    return InvalidRequest(
-        f"The compaction item input[{i}] could not be opened: its encrypted_content was not "
-        "sealed by this gateway's key (or was changed). Send the item as the compaction "
-        "returned it, or send the conversation itself instead.",
-        param=f"input[{i}].encrypted_content",
-        code="invalid_encrypted_content",
-    )
