@@ -365,7 +365,8 @@ class Gateway:
         body, req = held
         held.clear()
         route = await self._route(call, body, req.model)
-        if compaction.triggered(req):  # (the last input item is a compaction_trigger)
+        items = req.input  # a compaction_trigger last: compaction.triggered, without a call
+        if type(items) is list and items and items[-1].type == compaction.TRIGGER:
             key = self._affinity(request, route, req)
             return await self.compactions.trigger(request, call, route, req, key)
         stream = bool(req.stream)

@@ -25,7 +25,9 @@ import time
 from gateway.core.ids import COMPACTION, IDS, Ids
 from gateway.core.sealing import Sealer, opened
 from gateway.core.stream.encoder import AnswerBuilder, OutputCollector, Seal
-from gateway.core.translate.response import chosen, decode_completion
+from gateway.core.stream.toolcalls import ToolCall
+from gateway.core.translate import response
+from gateway.core.translate.response import decode_completion
 from gateway.core.wire import chunks as ck
 from gateway.core.wire import output
 from gateway.core.wire.responses import InputItem, ResponsesRequest
@@ -47,15 +49,41 @@ def triggered(req: ResponsesRequest) -> bool:
 
 def answer(completion: ck.Completion, enc: AnswerBuilder) -> None:
     """Tell ``enc`` (which must seal) the completion's text as one compaction item, and the
-    end: completed, whatever the finish reason (a summary cut by a length limit is still
-    one). ``UpstreamBadResponse`` when the completion holds no text."""
-    _, message = chosen(completion)
-    token = ck.string_token(message.content)
-    if token is None:
-        raise UpstreamBadResponse("upstream returned no summary for the compaction")
-    assert enc.seal is not None, "a compaction's answer is sealed"
-    enc.whole_item(output.compaction_item(enc.ids.new(COMPACTION), enc.seal(token)))
-    enc.terminal("stop", completion.usage)
+    end; ``UpstreamBadResponse`` (before anything is told) when it holds no text. The
+    completion is read by ``response.answer``, the one reading of a completion."""
+    response.answer(completion, _Summary(enc))
+
+
+class _Summary(AnswerBuilder):
+    """What ``response.answer`` tells of a summarisation, turned into the compaction item:
+    the message's text is the summary; reasoning and calls (none were offered) are left
+    out; the end is completed whatever the finish reason (a summary cut by a length limit
+    is still one)."""
+
+    __slots__ = ("enc", "token")
+
+    def __init__(self, enc: AnswerBuilder) -> None:  # (only ``enc`` of AnswerBuilder's slots)
+        self.enc = enc
+        self.token: bytes | None = None
+
+    def whole_message(self, parts: list[tuple[bool, bytes]], status: str) -> None:
+        texts = [token for refusal, token in parts if not refusal]
+        if texts:
+            self.token = ck.join_tokens(texts)
+
+    def whole_call(self, call: ToolCall, status: str) -> None:
+        pass
+
+    def whole_reasoning(self, token: bytes, status: str) -> None:
+        pass
+
+    def terminal(self, finish_reason: str | None, usage: ck.Usage | None) -> None:
+        enc, token = self.enc, self.token
+        if token is None:
+            raise UpstreamBadResponse("upstream returned no summary for the compaction")
+        assert enc.seal is not None, "a compaction's answer is sealed"
+        enc.whole_item(output.compaction_item(enc.ids.new(COMPACTION), enc.seal(token)))
+        enc.terminal("stop", usage)
 
 
 def compacted(completion: bytes, created_at: int, seal: Seal, *, ids: Ids = IDS) -> dict:

@@ -36,9 +36,9 @@ def decode_completion(data: bytes) -> ck.Completion:
 Read = Callable[[ck.Completion, AnswerBuilder], None]
 
 
-def chosen(completion: ck.Completion) -> tuple[ck.CompletionChoice, ck.Delta]:
-    """The completion's choice and its message; ``UpstreamBadResponse`` when it holds an
-    in-band error or no answer."""
+def answer(completion: ck.Completion, enc: AnswerBuilder) -> None:
+    """Tell ``enc`` the whole answer; ``UpstreamBadResponse`` (before anything is
+    told) when it holds an in-band error or no answer."""
     if ck.is_error(completion):
         raise UpstreamBadResponse("upstream error: " + ck.error_message(completion))
     choice = ck.first_choice(completion.choices)
@@ -47,13 +47,6 @@ def chosen(completion: ck.Completion) -> tuple[ck.CompletionChoice, ck.Delta]:
     message = choice.message
     if message is None:
         raise UpstreamBadResponse("upstream returned a choice without a message")
-    return choice, message
-
-
-def answer(completion: ck.Completion, enc: AnswerBuilder) -> None:
-    """Tell ``enc`` the whole answer; ``UpstreamBadResponse`` (before anything is
-    told) when it holds an in-band error or no answer."""
-    choice, message = chosen(completion)
     status, _ = output.finish_status(choice.finish_reason)
     item_status = "completed" if status == "completed" else "incomplete"
     _, reasoning = message.reasoning_token()
