@@ -6,6 +6,7 @@ share one seal key."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from typing import Any
 
@@ -13,6 +14,7 @@ import aiohttp
 import openai
 import orjson
 import pytest
+from aiohttp import web
 from openai.types.responses.compacted_response import CompactedResponse
 
 from gateway.config import COMPACTION_PROMPT
@@ -266,6 +268,36 @@ async def test_an_upstream_failure_is_an_error_or_one_failed_event(
 
 
 JSON = "application/json"
+
+
+async def test_a_slow_summary_gets_pings_then_the_item(
+    upstream: FakeUpstream, start_gateway: Any
+) -> None:
+    async def slow(request: web.BaseRequest, body: dict) -> web.StreamResponse:
+        await asyncio.sleep(0.5)
+        return web.json_response(completion(SUMMARY))
+
+    upstream.reply = slow
+    url = await start_gateway(make_config(upstream.url, keepalive=0.06), ENV)
+    status, raw = await post_stream(url, {"model": "m1", "input": [*HISTORY, TRIGGER]})
+    assert status == 200
+    opening, _, rest = raw.partition(b"event: response.output_item.added")
+    assert b": keepalive\n\n" in opening.split(b"event: response.in_progress")[1]
+    assert [n for n, _ in parse_sse(raw)][2:] == [
+        "response.output_item.added",
+        "response.output_item.done",
+        "response.completed",
+    ]
+
+
+async def test_an_idempotency_key_replays_a_compaction(
+    gw: openai.AsyncOpenAI, upstream: FakeUpstream
+) -> None:
+    headers = {"Idempotency-Key": "compact-1"}
+    first = await gw.responses.compact(model="m1", input=HISTORY, extra_headers=headers)
+    again = await gw.responses.compact(model="m1", input=HISTORY, extra_headers=headers)
+    assert again.id == first.id and again.output[0] == first.output[0]
+    assert len(upstream.received) == 1
 
 
 # ---- the demo upstream (make run) --------------------------------------------------------
