@@ -6,7 +6,7 @@ it writes the events. It owns the three numberings a client checks:
 
 - ``sequence_number``: assigned in ``frame`` and nowhere else;
 - ``output_index``: assigned when an item opens (``open_message`` / ``open_call`` /
-  ``open_reasoning``);
+  ``open_reasoning``, or ``whole_item`` for an item without deltas: a compaction);
 - ``content_index``: the number of parts the open message already has (a reasoning
   item has one part, 0).
 
