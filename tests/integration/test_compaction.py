@@ -103,6 +103,9 @@ async def test_compact_endpoint_needs_a_model(
     assert status == 400
     assert doc["error"]["param"] == "model" and "model" in doc["error"]["message"]
     assert upstream.received == []
+    async with aiohttp.ClientSession() as s:
+        async with s.get(base(gw) + "/responses/compact") as r:
+            assert r.status == 405  # a route of its own, not a stored response's id
 
 
 # ---- compaction_trigger -----------------------------------------------------------------
