@@ -81,6 +81,8 @@ Example ``gateway.toml``::
     hosted-tools = "refuse"               # or "drop": hosted tools (web_search, ...) in a
                                           # request are dropped, not refused (also: serve
                                           # --hosted-tools drop)
+    compaction-prompt = "Summarise ..."   # the last message of a compaction's request to
+                                          # the model (default: COMPACTION_PROMPT below)
 
     [deployment.supports]
     streaming = true
@@ -162,6 +164,19 @@ class Reasoning(_Base, frozen=True):
     summary_text: bool = False
 
 
+# What the upstream model is asked, after the conversation, to compact it
+# (POST /v1/responses/compact, or a compaction_trigger input item): its answer is sealed
+# into the compaction item that stands for the conversation from then on.
+COMPACTION_PROMPT = (
+    "You are compacting this conversation: its history is about to be replaced by your "
+    "summary, which is all that later turns will see of it. Write the summary now, as plain "
+    "text, without calling any tool. Keep: what the user asked for and every constraint they "
+    "gave, in their own words where the wording matters; what has been done so far (files "
+    "read or changed, commands run and what they showed); the decisions taken and why; "
+    "errors not yet resolved, open questions and the next steps. Be concise and factual."
+)
+
+
 class Deployment(_Base, frozen=True):
     upstream: str | tuple[str, ...]  # one base URL, or the replicas' base URLs
     models: tuple[str, ...] = ()
@@ -179,6 +194,7 @@ class Deployment(_Base, frozen=True):
     # Tools that run on OpenAI's side (web_search, tool_search, image_generation, ...):
     # refused with a 400 that says how to proceed, or dropped (counted and logged).
     hosted_tools: Literal["refuse", "drop"] = "refuse"
+    compaction_prompt: str = COMPACTION_PROMPT
     supports: Supports = Supports()
     weights: tuple[float, ...] = ()
     affinity_header: str | None = None
@@ -213,6 +229,8 @@ class Deployment(_Base, frozen=True):
             raise ValueError("eject-after, max-attempts and affinity-load-factor must be >= 1")
         if self.max_in_flight < 0 or self.max_queued < 0 or self.queue_timeout < 0:
             raise ValueError("max-in-flight, max-queued and queue-timeout must not be negative")
+        if not self.compaction_prompt.strip():
+            raise ValueError("compaction-prompt must not be empty")
 
     @property
     def urls(self) -> tuple[str, ...]:

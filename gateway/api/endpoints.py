@@ -20,14 +20,15 @@ import orjson
 
 from gateway.api.body import decode, read_body
 from gateway.api.calls import CLIENT_GONE, FAILED, Call
+from gateway.api.compact import Compactions, never_streams
 from gateway.api.guard import Guard
-from gateway.api.pings import SsePings
+from gateway.api.pings import SSE_HEADERS, SsePings
 from gateway.api.process import ProcessState
 from gateway.api.replay import REPLAYED, Replays, error_reply, streamed
 from gateway.api.seal import Sealer
 from gateway.core.ids import IDS, RESPONSE
 from gateway.core.stream.transcoder import Transcoder
-from gateway.core.translate import reasoning
+from gateway.core.translate import compaction, reasoning
 from gateway.core.translate.request import to_chat_request
 from gateway.core.translate.response import to_response
 from gateway.core.wire import chunks as ck
@@ -67,11 +68,6 @@ def chat_usage(body: bytes) -> dict | None:
 
 
 JSON = "application/json"
-SSE_HEADERS = {
-    "Content-Type": "text/event-stream; charset=utf-8",
-    "Cache-Control": "no-cache",
-    "X-Accel-Buffering": "no",
-}
 ApiRoute = Callable[[Incoming, Call], Awaitable[Reply]]
 # An endpoint's answer to a request whose body was read and decoded: ``held`` is
 # [body, decoded], which it empties (so that a long answer lets go of them).
@@ -80,6 +76,7 @@ OpsRoute = Callable[[Incoming], Awaitable[Reply]]
 # The endpoint label of a path (metrics, access log): bounded, never the raw path.
 ENDPOINTS = {
     "/v1/responses": "responses",
+    "/v1/responses/compact": "responses_compact",
     "/v1/chat/completions": "chat_completions",
     "/v1/models": "models",
 }
@@ -110,7 +107,8 @@ class Observer(Protocol):
 
 
 class Gateway:
-    """Serves ``/v1/responses``, ``/v1/chat/completions`` and ``/v1/models``.
+    """Serves ``/v1/responses`` (and its compactions: ``api.compact``),
+    ``/v1/chat/completions`` and ``/v1/models``.
 
     The process side (``gateway.ops``) plugs in here: ``ops`` routes (health,
     readiness, metrics: answered before auth and not counted as API traffic), an
@@ -146,9 +144,13 @@ class Gateway:
         self.in_flight = 0  # API requests being answered (streams until their end)
         self.streams: set[UpstreamResponse] = set()  # upstream reads of open streams
         self._idle: asyncio.Future[None] | None = None
+        self.compactions = Compactions(self)
         self._routes: dict[tuple[str, str], ApiRoute] = {
             ("POST", "/v1/responses"): partial(
                 self._decoded, REQUEST_DECODER, _asks_stream, self.responses
+            ),
+            ("POST", "/v1/responses/compact"): partial(
+                self._decoded, REQUEST_DECODER, never_streams, self.compact
             ),
             ("POST", "/v1/chat/completions"): partial(
                 self._decoded, PASS_THROUGH_DECODER, _chat_streams, self.chat
@@ -240,10 +242,10 @@ class Gateway:
 
     def _not_routed(self, request: Incoming) -> ApiRoute:
         path = request.path
+        if path in ENDPOINTS:
+            raise MethodNotAllowed(f"Method {request.method} is not allowed on {path}.")
         if path.startswith("/v1/responses/"):
             raise NotFound(NO_STORED)
-        if path in ("/v1/responses", "/v1/chat/completions", "/v1/models"):
-            raise MethodNotAllowed(f"Method {request.method} is not allowed on {path}.")
         raise NotFound(f"Unknown path: {request.method} {path}.")
 
     async def models(self, request: Incoming, call: Call) -> Response:
@@ -352,10 +354,21 @@ class Gateway:
 
     # ---- /v1/responses ----------------------------------------------------------------
 
+    async def compact(self, request: Incoming, call: Call, held: list[Any]) -> Reply:
+        body, req = held
+        held.clear()
+        route = await self._route(call, body, req.model)
+        key = self._affinity(request, route, req)
+        return await self.compactions.compact(call, route, req, key)
+
     async def responses(self, request: Incoming, call: Call, held: list[Any]) -> Reply:
         body, req = held
         held.clear()
         route = await self._route(call, body, req.model)
+        items = req.input  # a compaction_trigger last: compaction.triggered, without a call
+        if type(items) is list and items and items[-1].type == compaction.TRIGGER:
+            key = self._affinity(request, route, req)
+            return await self.compactions.trigger(request, call, route, req, key)
         stream = bool(req.stream)
         pump = stream and route.caps.streaming
         caps = route.caps

@@ -18,6 +18,12 @@ from gateway.http.messages import StreamResponse
 
 COMMENT = b": keepalive\n\n"
 TICKS = 3
+# The head of every Responses event stream (X-Accel-Buffering: proxies pass events on at once).
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
 
 
 class Watch:

@@ -36,3 +36,6 @@ class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
     replay_field: str = "reasoning_content"
     # Also give the reasoning text as the summary (summary_text) when one is asked for.
     summary_text: bool = False
+    # The last message of a compaction's summarisation request (config: compaction-prompt,
+    # whose default is config.COMPACTION_PROMPT; translate.compaction).
+    compaction_prompt: str = ""

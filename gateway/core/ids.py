@@ -16,6 +16,7 @@ MESSAGE = "msg_"
 FUNCTION_CALL = "fc_"
 CUSTOM_TOOL_CALL = "ctc_"
 REASONING = "rs_"
+COMPACTION = "cmp_"
 
 _ALNUM = string.ascii_letters + string.digits
 
@@ -24,8 +25,8 @@ class Ids:
     __slots__ = ()
 
     def new(self, prefix: str) -> str:
-        """``prefix`` (``resp_``, ``msg_``, ``fc_``, ``ctc_``, ``rs_``) + 48 hex characters,
-        like OpenAI's ids."""
+        """``prefix`` (``resp_``, ``msg_``, ``fc_``, ``ctc_``, ``rs_``, ``cmp_``) + 48 hex
+        characters, like OpenAI's ids."""
         return prefix + getrandbits(192).to_bytes(24, "big").hex()  # (2.4x f"{:048x}")
 
     def call(self) -> str:

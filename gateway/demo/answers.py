@@ -4,6 +4,9 @@ a stream.
 
 Answer rules, first match wins:
 
+0. The last message is the gateway's default compaction prompt (it starts with
+   ``COMPACTION_REQUEST``): a short summary of the conversation before it
+   (``compaction_summary``), whatever the tools and the format.
 1. ``tools`` present, last message from the user, ``tool_choice`` not
    ``"none"``: call the chosen (or first) tool with arguments generated from
    its JSON schema; ``finish_reason: "tool_calls"``.
@@ -37,6 +40,10 @@ DONE_FRAME = b"data: [DONE]\n\n"
 _TOKEN = re.compile(r"\s*\S+\s*|\s+")
 
 Json = dict[str, Any]
+# The first words of the gateway's default compaction prompt (gateway.config's
+# COMPACTION_PROMPT: the demo imports nothing of the gateway; tests/unit/test_demo.py
+# checks that the two agree).
+COMPACTION_REQUEST = "You are compacting this conversation"
 
 
 @dataclass(slots=True)
@@ -149,6 +156,35 @@ def pick_tool(tools: Any, choice: Any) -> Json | None:
     return None
 
 
+def asks_compaction(messages: list[Json]) -> bool:
+    """Is the last message the gateway's default compaction prompt?"""
+    text = messages[-1].get("content")
+    return isinstance(text, str) and text.startswith(COMPACTION_REQUEST)
+
+
+def compaction_summary(messages: list[Json]) -> str:
+    """A deterministic summary of the messages before the compaction prompt: how many
+    there were, the first and the last user text, and the tools called."""
+    earlier = messages[:-1]
+    users = [content_text(m.get("content"))[0] for m in earlier if m.get("role") == "user"]
+    calls = [
+        str(call.get("function", {}).get("name"))
+        for m in earlier
+        if m.get("role") == "assistant"
+        for call in m.get("tool_calls") or ()
+        if isinstance(call, dict)
+    ]
+    lines = [f"Summary of the conversation so far (demo): {len(earlier)} messages."]
+    if users:
+        lines.append(f"The user first asked: {users[0][:ECHO_LIMIT]}")
+        if len(users) > 1:
+            lines.append(f"The user last said: {users[-1][:ECHO_LIMIT]}")
+    if calls:
+        names = ", ".join(dict.fromkeys(calls))
+        lines.append(f"Tools called: {len(calls)} ({names}).")
+    return "\n".join(lines)
+
+
 def answer_text(body: Json, messages: list[Json], words: int) -> tuple[str, bool]:
     """The answer, and whether it is prose (split by words) rather than JSON (by characters)."""
     fmt = body.get("response_format")
@@ -183,6 +219,8 @@ def token_limit(body: Json) -> int | None:
 def plan_answer(body: Json, messages: list[Json], deltas: int, words: int, n: int) -> DemoAnswer:
     prompt = sum(len(content_text(m.get("content"))[0].split()) for m in messages)
     limit = token_limit(body)
+    if asks_compaction(messages):
+        return DemoAnswer(split_pieces(compaction_summary(messages), deltas), "stop", prompt)
     func = pick_tool(body.get("tools"), body.get("tool_choice", "auto"))
     if func is not None and messages[-1].get("role") == "user":
         params = func.get("parameters") or {"type": "object", "properties": {}}

@@ -19,7 +19,9 @@ the server around them: its routes, its modes and its command line.
 
 ``script`` mode (``gateway/demo/script.py``; ``--script FILE``) answers from a
 script of turns (reasoning, text, tool calls), chosen by how many tool results
-the request holds: an agent such as Codex CLI can be driven through a task.
+the request holds: an agent such as Codex CLI can be driven through a task. A
+compaction's request (the gateway's default prompt last) is answered with the
+demo's summary in every mode but ``fixed`` (``answers.compaction_summary``).
 
 ``reasoning`` mode (``--reasoning [reasoning_content|reasoning]``, what ``make run``
 serves): each answer streams a fake reasoning text first (``demo/reasoning.py``).
@@ -53,6 +55,7 @@ from gateway.demo.answers import (
     BadRequest,
     DemoAnswer,
     Json,
+    asks_compaction,
     completion_body,
     content_text,
     pad_words,
@@ -171,7 +174,7 @@ class _Demo:
         stream = body.get("stream") is True
         options = body.get("stream_options")
         with_usage = isinstance(options, dict) and options.get("include_usage") is True
-        if self.opts.script is not None:  # scripted mode: gateway/demo/script.py
+        if self.opts.script is not None and not asks_compaction(messages):  # demo/script.py
             self.count += 1
             cid, created, turns = f"chatcmpl-demo{self.count}", int(time.time()), self.opts.script
             if not stream:

@@ -46,6 +46,7 @@ def capabilities(dep: Deployment) -> Capabilities:
         effort_none=dict(r.none_fields),
         replay_field="" if r.replay_field == "drop" else r.replay_field,
         summary_text=r.summary_text,
+        compaction_prompt=dep.compaction_prompt,
     )
 
 

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from gateway.demo.answers import sample_json, split_pieces
+from gateway.config import COMPACTION_PROMPT
+from gateway.demo.answers import COMPACTION_REQUEST, sample_json, split_pieces
 from gateway.demo.upstream import DemoOptions, make_handler
 
 CHAT = "/v1/chat/completions"
@@ -358,3 +359,56 @@ async def test_stats_without_faults_record_no_streams(client: Any) -> None:
     await stream(client, HELLO)
     stats = await (await client.get("/demo/stats")).json()
     assert "streams" not in stats and stats["streams_cut"] == 0
+
+
+# ---- compaction: the gateway's default prompt gets a summary ----------------------------
+
+SUMMARISE = {"role": "user", "content": COMPACTION_PROMPT}
+CONVERSATION = [
+    {"role": "system", "content": "You are Codex."},
+    {"role": "user", "content": "Write fizzbuzz."},
+    {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "shell", "arguments": "{}"}}]},
+    {"role": "tool", "tool_call_id": "c1", "content": "ok"},
+    {"role": "user", "content": "Now tests."},
+]  # fmt: skip
+SUMMARY = (
+    "Summary of the conversation so far (demo): 5 messages.\n"
+    "The user first asked: Write fizzbuzz.\n"
+    "The user last said: Now tests.\n"
+    "Tools called: 1 (shell)."
+)
+
+
+def test_the_demo_knows_the_gateways_default_prompt() -> None:
+    assert COMPACTION_PROMPT.startswith(COMPACTION_REQUEST)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [DemoOptions(), DemoOptions(reasoning="reasoning_content")],
+    ids=["plain", "reasoning"],
+)
+async def test_a_compaction_prompt_is_answered_with_a_summary(client: Any) -> None:
+    body = {"model": "demo", "messages": [*CONVERSATION, SUMMARISE], "tools": [WEATHER_TOOL]}
+    status, doc = await post(client, body)
+    assert status == 200
+    message = doc["choices"][0]["message"]
+    assert message["content"] == SUMMARY and "tool_calls" not in message
+    assert doc["choices"][0]["finish_reason"] == "stop"
+    events = await stream(client, body)
+    text = "".join(
+        e["choices"][0]["delta"].get("content") or "" for e in events[:-1] if e["choices"]
+    )
+    assert text == SUMMARY
+
+
+async def test_script_mode_answers_a_compaction_too(
+    aiohttp_raw_server: Any, aiohttp_client: Any
+) -> None:
+    script = [{"text": "scripted"}]
+    server = await aiohttp_raw_server(make_handler(DemoOptions(script=script)))
+    demo = await aiohttp_client(server)
+    status, doc = await post(demo, {"model": "demo", "messages": [*CONVERSATION[:2], SUMMARISE]})
+    assert status == 200
+    assert doc["choices"][0]["message"]["content"].startswith("Summary of the conversation")

@@ -6,7 +6,7 @@ import msgspec
 import orjson
 import pytest
 
-from gateway.config import Deployment, Supports
+from gateway.config import COMPACTION_PROMPT, Deployment, Supports
 from gateway.core.capabilities import Capabilities
 from gateway.core.ids import Ids
 from gateway.core.translate.request import to_chat_request
@@ -176,7 +176,10 @@ def test_capabilities_come_from_the_deployment_and_nothing_else() -> None:
     )
     caps = capabilities(dep)
     assert caps == Capabilities(
-        images=False, stream_usage=False, token_field="max_completion_tokens"
+        images=False,
+        stream_usage=False,
+        token_field="max_completion_tokens",
+        compaction_prompt=COMPACTION_PROMPT,
     )
     chat, _ = chat_for({"model": "m", "input": "hi", "max_output_tokens": 5}, caps)
     assert chat["max_completion_tokens"] == 5 and "max_tokens" not in chat

@@ -6,7 +6,7 @@ it writes the events. It owns the three numberings a client checks:
 
 - ``sequence_number``: assigned in ``frame`` and nowhere else;
 - ``output_index``: assigned when an item opens (``open_message`` / ``open_call`` /
-  ``open_reasoning``);
+  ``open_reasoning``, or ``whole_item`` for an item without deltas: a compaction);
 - ``content_index``: the number of parts the open message already has (a reasoning
   item has one part, 0).
 
@@ -88,6 +88,10 @@ class AnswerBuilder:
 
     def whole_reasoning(self, token: bytes, status: str) -> None:
         """A reasoning item whose text (one JSON string token) is all known."""
+        raise NotImplementedError
+
+    def whole_item(self, item: dict) -> None:
+        """An item that is whole from the start and has no deltas (a compaction item)."""
         raise NotImplementedError
 
     def terminal(self, finish_reason: str | None, usage: Usage | None) -> None:
@@ -383,6 +387,13 @@ class EventEncoder(AnswerBuilder):
         self.text(token)
         self.close_reasoning(status)
 
+    def whole_item(self, item: dict) -> None:
+        """``output_item.added`` and ``output_item.done``, both with the whole item."""
+        fields = {"output_index": self._take_index(), "item": item}
+        self.emit(ev.ITEM_ADDED, fields)
+        self.emit(ev.ITEM_DONE, fields)
+        self.output.append(item)
+
     # ---- the end -------------------------------------------------------------------------
 
     def terminal(self, finish_reason: str | None, usage: Usage | None) -> None:
@@ -438,3 +449,6 @@ class OutputCollector(AnswerBuilder):
 
     def whole_reasoning(self, token: bytes, status: str) -> None:
         self.output.append(self._reasoning_item(self.ids.new(REASONING), token, status))
+
+    def whole_item(self, item: dict) -> None:
+        self.output.append(item)

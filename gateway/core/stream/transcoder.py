@@ -54,7 +54,7 @@ from gateway.core.stream.chunk_template import ChunkTemplate
 from gateway.core.stream.encoder import EventEncoder, Seal
 from gateway.core.stream.sse import SseParser, SseTooLarge
 from gateway.core.stream.toolcalls import ToolCalls
-from gateway.core.translate.response import answer, decode_completion
+from gateway.core.translate.response import Read, answer, decode_completion
 from gateway.core.translate.tools import NO_NAMES, ToolNames
 from gateway.core.wire import chunks as ck
 from gateway.core.wire import output
@@ -277,11 +277,13 @@ class Transcoder:
         self._fail(message, code)
         return self._enc.drain()
 
-    def complete(self, completion: bytes) -> bytes:
+    def complete(self, completion: bytes, read: Read = answer) -> bytes:
+        """A whole ``chat.completion`` as events; ``read`` tells it (``answer``, or the
+        compaction's)."""
         if not self._begin():
             return b""
         try:
-            answer(decode_completion(completion), self._enc)
+            read(decode_completion(completion), self._enc)
         except UpstreamBadResponse as exc:
             self._fail(exc.message)
         else:

@@ -8,8 +8,10 @@ tool, whose ``input`` becomes the arguments ``{"input": ...}``);
 ``function_call_output`` and ``custom_tool_call_output`` become ``tool``
 messages (an output given as parts: its text, and its images as image parts
 where the deployment takes images); returned ``reasoning`` items go on the
-assistant message they precede (``translate.reasoning``); anything that needs
-server state or a hosted tool is refused with the parameter's path.
+assistant message they precede (``translate.reasoning``); a ``compaction`` item
+becomes the user message that holds its summary (``translate.compaction``);
+anything that needs server state or a hosted tool is refused with the
+parameter's path.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import orjson
 
 from gateway.core.capabilities import Capabilities
 from gateway.core.sealing import Sealer
+from gateway.core.translate import compaction
 from gateway.core.translate.reasoning import ReturnedReasoning
 from gateway.core.translate.tools import NO_NAMES, ToolNames
 from gateway.core.wire.responses import ContentPart, InputItem, ResponsesRequest
@@ -54,7 +57,7 @@ def to_messages(
             if item.type == "reasoning":
                 returned.take(item, i)
                 continue
-            _add_item(messages, item, i, caps, names)
+            _add_item(messages, item, i, caps, names, sealer)
             returned.settle(messages)
     if not messages:
         raise missing("input", alternative="instructions")
@@ -62,7 +65,12 @@ def to_messages(
 
 
 def _add_item(
-    messages: list[dict], item: InputItem, i: int, caps: Capabilities, names: ToolNames
+    messages: list[dict],
+    item: InputItem,
+    i: int,
+    caps: Capabilities,
+    names: ToolNames,
+    sealer: Sealer | None,
 ) -> None:
     kind = item.type
     if kind == "message":
@@ -84,6 +92,12 @@ def _add_item(
             raise missing(f"input[{i}].call_id")
         content = _tool_output(item.output, i, caps)
         messages.append({"role": "tool", "tool_call_id": item.call_id, "content": content})
+    elif kind == "compaction":
+        messages.append(compaction.summary_message(item, i, sealer))
+    elif kind == compaction.TRIGGER:
+        raise InvalidRequest(
+            "A compaction_trigger must be the last input item.", param=f"input[{i}].type"
+        )
     elif kind == "item_reference":
         raise Unsupported(ITEM_REFERENCE, param=f"input[{i}]")
     else:

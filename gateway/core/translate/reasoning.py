@@ -18,11 +18,12 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.core.capabilities import Capabilities
-from gateway.core.sealing import Sealer
+from gateway.core.sealing import Sealer, opened
 from gateway.core.wire.responses import InputItem, ReasoningConfig
-from gateway.errors import InvalidRequest, Unsupported
+from gateway.errors import Unsupported
 
 ENCRYPTED = "reasoning.encrypted_content"
+RESEND = "Send the reasoning item as it was returned, or leave it out."
 NO_SUMMARY = (None, "none")
 
 
@@ -109,23 +110,8 @@ class ReturnedReasoning:
     def _text(self, item: InputItem, i: int) -> str:
         blob = item.encrypted_content
         if blob is not None:
-            if self.sealer is None:
-                raise _not_opened(i)
-            try:
-                return self.sealer.open(blob)
-            except ValueError:
-                raise _not_opened(i) from None
+            return opened(self.sealer, blob, i, RESEND)
         parts = item.content
         if isinstance(parts, str):
             return parts
         return "".join(p.text or "" for p in parts or () if p.type == "reasoning_text")
-
-
-def _not_opened(i: int) -> InvalidRequest:
-    return InvalidRequest(
-        f"The encrypted content of input[{i}] could not be opened: it was not sealed by this "
-        "gateway's key (or was changed). Send the reasoning item as it was returned, or "
-        "leave it out.",
-        param=f"input[{i}].encrypted_content",
-        code="invalid_encrypted_content",
-    )

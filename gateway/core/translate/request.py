@@ -3,8 +3,10 @@
 ``to_chat_request`` gives the chat body (a dict, values may be
 ``orjson.Fragment``) plus the fields the response echoes; its messages come
 from ``inputs.to_messages``, tools, ``tool_choice`` and ``text.format`` from
-here. What the upstream can do comes in as ``Capabilities``. Unsupported
-features raise ``errors.InvalidRequest``/``Unsupported`` naming the parameter.
+here. ``to_summary_request`` gives a compaction's body: the same messages and
+the summarisation prompt, nothing else. What the upstream can do comes in as
+``Capabilities``. Unsupported features raise ``errors.InvalidRequest``/``Unsupported``
+naming the parameter.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import orjson
 
 from gateway.core.capabilities import Capabilities
 from gateway.core.sealing import Sealer
-from gateway.core.translate import reasoning
+from gateway.core.translate import compaction, reasoning
 from gateway.core.translate.inputs import to_messages
 from gateway.core.translate.tools import NO_NAMES, ToolSet, to_tool_set
 from gateway.core.wire.responses import (
@@ -225,6 +227,24 @@ def to_chat_request(
         if caps.stream_usage:
             body["stream_options"] = {"include_usage": True}
     return body, _echo(req, tools.echo, tool_choice_echo, text_echo), tools
+
+
+def to_summary_request(
+    req: ResponsesRequest, caps: Capabilities, upstream_model: str, sealer: Sealer | None = None
+) -> tuple[dict, dict]:
+    """(chat body, echo fields) of a compaction (``translate.compaction``): the request's
+    messages as ``to_chat_request`` makes them, without the ``compaction_trigger`` that
+    ends them, then the deployment's prompt as a user message. No tools, nor anything
+    else of the request, go upstream (they are not checked either): the answer is the
+    summary as plain text, not streamed."""
+    check_not_offered(req)
+    if compaction.triggered(req):
+        assert isinstance(req.input, list)
+        req = msgspec.structs.replace(req, input=req.input[:-1])
+    messages = to_messages(req, caps, NO_NAMES, sealer)
+    messages.append({"role": "user", "content": caps.compaction_prompt})
+    body = {"model": upstream_model, "messages": messages}
+    return body, _echo(req, [], "auto", _TEXT_DEFAULT)
 
 
 def _echo(req: ResponsesRequest, tools: list[dict], tool_choice: Any, text: Any) -> dict:

@@ -31,6 +31,11 @@ def decode_completion(data: bytes) -> ck.Completion:
         raise UpstreamBadResponse(f"upstream sent a malformed completion: {exc}") from exc
 
 
+# How a whole completion is told to an AnswerBuilder: ``answer``, or the compaction's
+# (``translate.compaction.answer``).
+Read = Callable[[ck.Completion, AnswerBuilder], None]
+
+
 def answer(completion: ck.Completion, enc: AnswerBuilder) -> None:
     """Tell ``enc`` the whole answer; ``UpstreamBadResponse`` (before anything is
     told) when it holds an in-band error or no answer."""
@@ -78,15 +83,17 @@ def to_response(
     names: ToolNames = NO_NAMES,
     seal: Seal | None = None,
     summary: bool = False,
+    read: Read = answer,
 ) -> dict:
     """The response for the upstream's ``chat.completion`` body; ``base`` is the
     in-progress response object (``wire.output.response_base``); ``seal`` and
-    ``summary`` as for ``EventEncoder``.
+    ``summary`` as for ``EventEncoder``; ``read`` tells the answer (a compaction's:
+    ``translate.compaction.answer``).
 
     Raises ``UpstreamBadResponse`` (a 502) when the body is not a chat
     completion, holds an in-band error or has no answer.
     """
     enc = OutputCollector(base, now, ids, seal, summary, names)
-    answer(decode_completion(completion), enc)
+    read(decode_completion(completion), enc)
     assert enc.final is not None  # answer() ends with the terminal response
     return enc.final

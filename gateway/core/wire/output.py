@@ -140,6 +140,24 @@ def reasoning_item(
     return item
 
 
+def compaction_item(item_id: str, encrypted: str) -> dict:
+    """A ``compaction`` item: the conversation's summary, sealed (``translate.compaction``)."""
+    return {"type": "compaction", "id": item_id, "encrypted_content": encrypted}
+
+
+def compacted_response(response_id: str, created_at: int, items: list, usage: dict | None) -> dict:
+    """The answer of ``POST /v1/responses/compact`` (``object: "response.compaction"``):
+    ``items`` are the client's new history. Its ``usage`` is required by the type: zeros
+    when the upstream reported none."""
+    return {
+        "id": response_id,
+        "object": "response.compaction",
+        "created_at": created_at,
+        "output": items,
+        "usage": usage if usage is not None else usage_from_chat(Usage()),
+    }
+
+
 def usage_from_chat(usage: Usage | None) -> dict | None:
     """Chat ``usage`` (its view Struct, fields already type-checked) → Responses ``usage``.
 
