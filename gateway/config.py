@@ -42,6 +42,9 @@ Example ``gateway.toml``::
 
     [ops]
     metrics = true                        # GET /metrics (Prometheus text format)
+    metrics-listen = "127.0.0.1:9464"     # /metrics on this listener only (default: the
+                                          # API's port, where anyone reaching it may scrape)
+    metrics-auth = false                  # true: /metrics on the API's port needs a client key
     access-log = true                     # one line per finished request
     log-level = "info"                    # debug | info | warning | error (also --log-level)
     log-format = "auto"                   # json | text | auto: text on a terminal (--log-format)
@@ -320,6 +323,9 @@ class Ops(_Base, frozen=True):
     """The process: what it tells operators (metrics, logs) and how it stops."""
 
     metrics: bool = True  # GET /metrics
+    # /metrics on a listener of its own ("host:port", e.g. a loopback port), not the API's
+    metrics_listen: str | None = None
+    metrics_auth: bool = False  # /metrics (on the API's port) needs a client API key
     access_log: bool = True  # one line per finished request (logger gateway.access, INFO)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "text"] = "auto"  # auto: text on a terminal, else JSON
@@ -328,6 +334,17 @@ class Ops(_Base, frozen=True):
     def __post_init__(self) -> None:
         if self.drain_timeout < 0:
             raise ValueError("[ops] drain-timeout must not be negative")
+        if self.metrics_listen is not None:
+            host, _, port = self.metrics_listen.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError('[ops] metrics-listen must be "host:port"')
+
+    @property
+    def metrics_address(self) -> tuple[str, int]:
+        """``metrics-listen`` as (host, port); the brackets of an IPv6 host dropped."""
+        assert self.metrics_listen is not None
+        host, _, port = self.metrics_listen.rpartition(":")
+        return host.strip("[]"), int(port)
 
 
 class Seal(_Base, frozen=True):

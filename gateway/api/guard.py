@@ -3,7 +3,9 @@
 Keys are compared in constant time: the SHA-256 of the presented key against
 that of every configured key with ``hmac.compare_digest``, without stopping at a
 match. A key is never logged nor kept in clear once hashed; the tenant it stands
-for is the first 12 hex digits of its SHA-256 (what logs and stores see).
+for is the first 12 hex digits of its HMAC-SHA256 under the deployment's secret
+(``secret``: what logs and stores see), so that a weak key cannot be found again
+from the logs by trying keys: without the secret, a name says nothing of its key.
 
 An Authorization value that held a right key is remembered (a few per key), so a
 client's later requests skip the hashing. That lookup leaks nothing either: a dict
@@ -29,18 +31,24 @@ NO_KEY = (
 WRONG_KEY = "Incorrect API key provided."
 
 
-def tenant_of(key: str) -> str:
-    """The short, non-secret name of a client key: 12 hex digits of its SHA-256."""
-    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+def tenant_of(key: str, secret: bytes) -> str:
+    """The short name of a client key: 12 hex digits of its HMAC-SHA256 under ``secret``."""
+    return hmac.new(secret, key.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()[:12]
 
 
 class Guard:
     """Admits a request: its key (if keys are configured), then its limits (if any)."""
 
     def __init__(
-        self, keys: Sequence[str], store: Store, *, per_minute: int = 0, in_flight: int = 0
+        self,
+        keys: Sequence[str],
+        store: Store,
+        *,
+        secret: bytes,
+        per_minute: int = 0,
+        in_flight: int = 0,
     ) -> None:
-        self.keys = [(hashlib.sha256(k.encode()).digest(), tenant_of(k)) for k in keys]
+        self.keys = [(hashlib.sha256(k.encode()).digest(), tenant_of(k, secret)) for k in keys]
         self.store = store
         self.per_minute = per_minute
         self.in_flight = in_flight

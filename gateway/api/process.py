@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from gateway.http.messages import Handler
 from gateway.stores.base import Store
 from gateway.upstream.admission import Gate
 
@@ -22,7 +23,7 @@ class HttpServer(Protocol):
 
 
 class ProcessState:
-    __slots__ = ("store", "overload", "listening", "draining", "servers")
+    __slots__ = ("store", "overload", "listening", "draining", "servers", "metrics_only")
 
     def __init__(self, store: Store, overload: Gate | None = None) -> None:
         self.store = store  # idempotency records and request counters (a reload keeps it)
@@ -30,3 +31,5 @@ class ProcessState:
         self.listening = 0  # listeners open
         self.draining = False
         self.servers: list[HttpServer] = []  # the HTTP servers serving the gateway
+        # The handler of a listener of /metrics alone ([ops] metrics-listen), if any.
+        self.metrics_only: Handler | None = None

@@ -6,6 +6,8 @@ them at start; ``reload`` builds a new router and guard with them on SIGHUP.
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import logging
 import os
 from collections.abc import Mapping
@@ -86,7 +88,27 @@ def make_guard(
     limits = cfg.limits
     if not (keys or limits.requests_per_minute or limits.max_in_flight):
         return None
-    return Guard(keys, store, per_minute=limits.requests_per_minute, in_flight=limits.max_in_flight)
+    return Guard(
+        keys,
+        store,
+        secret=tenant_secret(cfg, env),
+        per_minute=limits.requests_per_minute,
+        in_flight=limits.max_in_flight,
+    )
+
+
+_PROCESS_SECRET = os.urandom(32)  # (without a seal key: this process's own, for good)
+
+
+def tenant_secret(cfg: Config, env: Mapping[str, str]) -> bytes:
+    """The secret client keys' tenant names are keyed with (``api.guard``): derived from
+    the first seal key, which every process of a deployment holds (the workers of one
+    host are given one; hosts that share a Redis must be given the same, as reasoning
+    needs anyway); without one, this process's own (a reload keeps it)."""
+    keys = seal_keys(cfg.seal, env)
+    if not keys:
+        return _PROCESS_SECRET
+    return hmac.new(keys[0], b"gateway tenant names", hashlib.sha256).digest()
 
 
 def make_overload(cfg: Config) -> Gate | None:

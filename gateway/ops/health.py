@@ -20,6 +20,7 @@ import orjson
 
 from gateway.api.calls import Call
 from gateway.api.endpoints import Gateway
+from gateway.errors import GatewayError, NotFound
 from gateway.http.messages import Incoming, Reply, Response
 from gateway.ops.access_log import AccessLog, deployment_name
 from gateway.ops.metrics import CONTENT_TYPE, Metrics
@@ -53,15 +54,23 @@ class Observer:
 
 
 class OpsRoutes:
-    """The process's three routes, on ``gateway.ops``; ``close`` at the gateway's end."""
+    """The process's three routes, on ``gateway.ops``; ``close`` at the gateway's end.
 
-    def __init__(self, gateway: Gateway, metrics: Metrics | None) -> None:
+    ``/metrics`` is on the API's port unless ``ops.metrics_listen`` puts it on a
+    listener of its own (``metrics_only`` is that listener's handler; the API's port
+    then answers it 404), and there it needs a client API key with ``metrics_auth``."""
+
+    def __init__(
+        self, gateway: Gateway, metrics: Metrics | None, *, apart: bool = False, auth: bool = False
+    ) -> None:
         self.gateway = gateway
         self.metrics = metrics
+        self.auth = auth
         gateway.ops[("GET", "/healthz")] = self.healthz
         gateway.ops[("GET", "/readyz")] = self.readyz
         if metrics is not None:
-            gateway.ops[("GET", "/metrics")] = self.scrape
+            if not apart:
+                gateway.ops[("GET", "/metrics")] = self.scrape
             metrics.replicas = lambda: router_replicas(self.gateway.router)
             metrics.in_flight_now = lambda: self.gateway.in_flight
 
@@ -95,7 +104,19 @@ class OpsRoutes:
             return Response(status=503, body=orjson.dumps(doc), content_type=JSON, headers=NO_STORE)
         return Response(body=b'{"status":"ready"}', content_type=JSON, headers=NO_STORE)
 
+    async def metrics_only(self, request: Incoming) -> Reply:
+        """The handler of the metrics listener: ``GET /metrics``, and 404 for the rest."""
+        if (request.method, request.path) == ("GET", "/metrics"):
+            return await self.scrape(request)
+        return Response.error(NotFound(f"Unknown path: {request.method} {request.path}."))
+
     async def scrape(self, request: Incoming) -> Reply:
         assert self.metrics is not None
+        guard = self.gateway.guard
+        if self.auth and guard is not None:
+            try:
+                guard.tenant(request)
+            except GatewayError as exc:
+                return Response.error(exc)
         body = self.metrics.exposition()
         return Response(body=body, content_type=CONTENT_TYPE, headers=NO_STORE)

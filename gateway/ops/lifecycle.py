@@ -77,7 +77,11 @@ def observe(
         access = AccessLog(out if out is not None else sys.stderr.buffer, fmt)
     if metrics is not None or access is not None:
         gateway.observer = Observer(metrics, access)
-    return OpsRoutes(gateway, metrics)
+    apart = ops.metrics_listen is not None
+    routes = OpsRoutes(gateway, metrics, apart=apart, auth=ops.metrics_auth)
+    if apart and metrics is not None:
+        gateway.process.metrics_only = routes.metrics_only
+    return routes
 
 
 @asynccontextmanager
@@ -174,6 +178,27 @@ async def listen(
         await server.shutdown(SHUTDOWN_GRACE)
 
 
+@asynccontextmanager
+async def metrics_listener(gateway: Gateway, cfg: Config, reuse_port: bool) -> AsyncIterator[None]:
+    """``/metrics`` on a listener of its own, when ``[ops] metrics-listen`` says so (each
+    worker binds it too, with SO_REUSEPORT: any of them reports them all)."""
+    handler = gateway.process.metrics_only
+    if handler is None:
+        yield
+        return
+    host, port = cfg.ops.metrics_address
+    server = Server(handler, max_body=0, limits=cfg.http)
+    loop = asyncio.get_running_loop()
+    sock_server = await loop.create_server(server, host, port, reuse_port=reuse_port or None)
+    log.info("metrics on http://%s:%d/metrics only", host, port)
+    try:
+        yield
+    finally:
+        sock_server.close()
+        server.begin_drain()
+        await server.shutdown(SHUTDOWN_GRACE)
+
+
 Reread = Callable[[], tuple[Config, str | None]]
 
 
@@ -208,6 +233,7 @@ async def serve(
             sock=sock,
             drain_timeout=cfg.ops.drain_timeout,
         ) as server,
+        metrics_listener(gateway, cfg, reuse_port),
     ):
         where = ", ".join(_address(s) for s in server.sockets)
         log.info(
@@ -224,7 +250,7 @@ async def serve(
         )
         log.info(
             "health on /healthz and /readyz%s; drain %.1f s",
-            ", metrics on /metrics" if cfg.ops.metrics else "",
+            (", metrics on /metrics" if cfg.ops.metrics and not cfg.ops.metrics_listen else ""),
             cfg.ops.drain_timeout,
         )
 

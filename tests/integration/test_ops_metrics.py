@@ -9,6 +9,7 @@ import io
 import logging
 from typing import Any
 
+import aiohttp
 import msgspec
 import openai
 import orjson
@@ -185,6 +186,24 @@ async def test_metrics_can_be_turned_off(upstream: FakeUpstream, start_gateway: 
     url = await start_gateway(cfg)  # type: ignore[operator]
     assert (await get(port_of(url), "/metrics"))[0] == 404
     assert (await get(port_of(url), "/healthz"))[0] == 200
+
+
+async def test_metrics_behind_the_client_keys(
+    upstream: FakeUpstream, start_gateway: object
+) -> None:
+    """[ops] metrics-auth: a scrape needs a client API key like the API (health does not)."""
+    cfg = msgspec.structs.replace(
+        make_config(upstream.url), auth=Auth(keys_env="K"), ops=Ops(metrics_auth=True)
+    )
+    url = await start_gateway(cfg, {"K": "sk-secret-1"})  # type: ignore[operator]
+    port = port_of(url)
+    status, body = await get(port, "/metrics")
+    assert status == 401 and orjson.loads(body)["error"]["code"] == "invalid_api_key"
+    assert (await get(port, "/healthz"))[0] == 200
+    async with aiohttp.ClientSession() as s:
+        headers = {"Authorization": "Bearer sk-secret-1"}
+        async with s.get(url.removesuffix("/v1") + "/metrics", headers=headers) as r:
+            assert r.status == 200 and b"gateway_requests_total" in await r.read()
 
 
 # ---- the access log ------------------------------------------------------------------------

@@ -259,3 +259,26 @@ async def test_socket_activation_serves_the_passed_socket_across_a_restart(
     finally:
         first.stop()
         listener.close()
+
+
+async def test_metrics_on_a_listener_of_their_own(upstream: FakeUpstream, tmp_path: Any) -> None:
+    """[ops] metrics-listen: /metrics answers there only; the API's port says 404."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        mport = s.getsockname()[1]
+    cfg = tmp_path / "g.toml"
+    cfg.write_text(
+        f'[ops]\nmetrics-listen = "127.0.0.1:{mport}"\n'
+        f'[[deployment]]\nupstream = "{upstream.url}"\nmodels = ["m1"]\n'
+    )
+    gw = GatewayProcess(["--config", str(cfg), "--log-format", "json"], tmp_path).start()
+    try:
+        await gw.ready()
+        assert (await get(gw.port, "/metrics"))[0] == 404
+        status, body = await get(mport, "/metrics")
+        assert status == 200 and b"# TYPE gateway_requests_total counter" in body
+        assert (await get(mport, "/v1/models"))[0] == 404  # nothing else there
+        gw.signal(signal.SIGTERM)
+        assert await gw.wait() == 0
+    finally:
+        gw.stop()
