@@ -16,7 +16,9 @@ count already.
 
 from __future__ import annotations
 
+import asyncio
 import time
+from typing import Any
 
 from gateway.core.ids import IDS
 from gateway.limits import MAX_REQUEST_ID
@@ -34,7 +36,7 @@ CLIENT_GONE = "client_gone"
 class Call:
     __slots__ = (
         "rid", "headers", "tenant", "started", "endpoint", "model", "route", "status",
-        "outcome", "ttft", "events", "usage", "error", "replayed", "replica",
+        "outcome", "ttft", "events", "usage", "error", "replayed", "replica", "run",
     )  # fmt: skip
 
     def __init__(self, rid: str | None) -> None:
@@ -55,3 +57,6 @@ class Call:
         self.error: Exception | None = None  # the error that ended it, if one did
         self.replayed = False  # answered from the idempotency store
         self.replica = ""  # the base URL of the replica that answered or failed it
+        # A run that goes on if the client leaves (an Idempotency-Key on a server that
+        # cannot detach its handler): its slots and in-flight count are held until it ends.
+        self.run: asyncio.Future[Any] | None = None

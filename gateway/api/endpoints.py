@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from functools import partial
 from typing import Any, Protocol
 
@@ -144,6 +144,7 @@ class Gateway:
         self.in_flight = 0  # API requests being answered (streams until their end)
         self.streams: set[UpstreamResponse] = set()  # upstream reads of open streams
         self._idle: asyncio.Future[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()  # slots given back late
         self.compactions = Compactions(self)
         self._routes: dict[tuple[str, str], ApiRoute] = {
             ("POST", "/v1/responses"): partial(
@@ -172,11 +173,18 @@ class Gateway:
             reply = await self._answer(request, call)
             return reply
         finally:
-            self.in_flight -= 1
+            run = call.run
+            if run is None or run.done():
+                self._ended()
+            else:  # a run that goes on without its client: in flight until it ends
+                run.add_done_callback(self._ended)
             if self.observer is not None:
                 self._finished(call, reply, self.observer)
-            if not self.in_flight and self._idle is not None and not self._idle.done():
-                self._idle.set_result(None)
+
+    def _ended(self, _run: object = None) -> None:
+        self.in_flight -= 1
+        if not self.in_flight and self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
 
     def _finished(self, call: Call, reply: Reply | None, observer: Observer) -> None:
         if reply is None:  # the client went away (the task was cancelled, or a write failed)
@@ -229,8 +237,12 @@ class Gateway:
             )
             return error_reply(InternalError("The gateway failed unexpectedly."), call)
 
-    @staticmethod
-    async def _limited(route: ApiRoute, request: Incoming, call: Call, guard: Guard) -> Reply:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _limited(self, route: ApiRoute, request: Incoming, call: Call, guard: Guard) -> Reply:
         """The route within the client key's limits."""
         token = IDS.new("slot_")
         if not await guard.admit(call.tenant, token):
@@ -238,7 +250,11 @@ class Gateway:
         try:
             return await route(request, call)
         finally:
-            await guard.leave(call.tenant, token)
+            run = call.run
+            if run is None or run.done():
+                await guard.leave(call.tenant, token)
+            else:  # the slot is the run's until it ends (its client left)
+                run.add_done_callback(lambda _: self._spawn(guard.leave(call.tenant, token)))
 
     def _not_routed(self, request: Incoming) -> ApiRoute:
         path = request.path

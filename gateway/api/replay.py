@@ -104,6 +104,7 @@ class Replays:
             )
             self._running.add(task)
             task.add_done_callback(self._ended)
+            call.run = task
             return await asyncio.shield(task)
         store, local = self.store, self.local
         scope = store.scope(call.tenant, idem.check_key(key))

@@ -7,6 +7,7 @@ import asyncio
 import logging
 from typing import Any
 
+import aiohttp
 import msgspec
 import openai
 import orjson
@@ -282,6 +283,45 @@ async def test_requests_in_flight_per_key(
     await alice.responses.create(model="m1", input="Hi")  # the slot came back
     await alice.close()
     await bob.close()
+
+
+async def test_a_keyed_run_whose_client_left_holds_its_slots_until_it_ends(
+    upstream: FakeUpstream, start_gateway: Any
+) -> None:
+    """A client with an Idempotency-Key hangs up mid-run: the run goes on (its retry will
+    replay it), and so it keeps its per-key slot and counts as in flight (the drain waits
+    for it) until the upstream work ends, on both servers. On aiohttp's server the slot
+    and the count went back at once while the shielded run went on."""
+
+    async def slow(request: web.BaseRequest, body: dict) -> web.StreamResponse:
+        await asyncio.sleep(1.0)
+        return web.json_response(completion("done"))
+
+    upstream.reply = slow
+    cfg = keyed(make_config(upstream.url), limits=Limits(max_in_flight=1))
+    url = await start_gateway(cfg, ENV)
+    alice = sdk(url, ALICE)
+    impatient = alice.with_options(timeout=0.2, max_retries=0)
+    with pytest.raises(openai.APITimeoutError):
+        await impatient.responses.create(
+            model="m1", input="Hi", extra_headers={"Idempotency-Key": "k-1"}
+        )
+    await asyncio.sleep(0.1)
+    with pytest.raises(openai.RateLimitError):  # the run still holds alice's one slot
+        await alice.responses.create(model="m1", input="Hi")
+    async with aiohttp.ClientSession() as s:
+        async with s.get(url.removesuffix("/v1") + "/healthz") as r:
+            assert (await r.json())["in_flight"] == 1  # (what the drain waits for)
+    await asyncio.sleep(1.0)  # the run ends
+    async with aiohttp.ClientSession() as s:
+        async with s.get(url.removesuffix("/v1") + "/healthz") as r:
+            assert (await r.json())["in_flight"] == 0
+    again = await alice.responses.with_raw_response.create(
+        model="m1", input="Hi", extra_headers={"Idempotency-Key": "k-1"}
+    )
+    assert again.headers["idempotent-replayed"] == "true"
+    assert (await alice.responses.create(model="m1", input="Hi")).output_text == "done"
+    await alice.close()
 
 
 async def test_limits_without_keys_count_everyone_together(
