@@ -32,7 +32,17 @@ from gateway.errors import (
     RequestTimeout,
     body_too_large,
 )
-from gateway.http.messages import CONTINUE, Handler, Headers, Response, StreamResponse, unreadable
+from gateway.http.messages import (
+    CONTINUE,
+    Handler,
+    Headers,
+    Response,
+    StreamResponse,
+    Upgraded,
+    WebSocket,
+    unreadable,
+    wants_websocket,
+)
 from gateway.http.refusals import RefusalLog
 from gateway.limits import UNREAD_BODY_LINGER
 
@@ -133,6 +143,12 @@ class AiohttpRequest:
     def detach(self) -> bool:
         return False  # aiohttp cancels the handler of a client that went away
 
+    def wants_websocket(self) -> bool:
+        return wants_websocket(self.method, self.headers)
+
+    async def accept_websocket(self, headers: dict[str, str] | None = None) -> WebSocket:
+        raise NotImplementedError("WebSockets are not served yet")
+
 
 def _refusal(request: web.BaseRequest, headers: Headers) -> GatewayError | None:
     """What the lean server refuses at the head and aiohttp does not."""
@@ -214,6 +230,8 @@ class AiohttpServer:
             # The client is gone: end as aiohttp's own handler cancellation does. Raised
             # on, aiohttp would log "Error handling request" and make a 500 for it.
             raise asyncio.CancelledError from None
+        if isinstance(reply, Upgraded):
+            raise RuntimeError("a handler returned UPGRADED without a WebSocket")
         return _as_aiohttp(reply)
 
 

@@ -47,7 +47,7 @@ from gateway.errors import (
     RequestTimeout,
     body_too_large,
 )
-from gateway.http.messages import Handler, Headers, Response, StreamResponse, unreadable
+from gateway.http.messages import Handler, Headers, Response, StreamResponse, Upgraded, unreadable
 from gateway.http.refusals import RefusalLog
 from gateway.http.request import Bounds, Request
 from gateway.limits import UNREAD_BODY_LINGER
@@ -346,7 +346,7 @@ class Connection(asyncio.Protocol):
                 if not resp.prepared:
                     await resp.prepare(req)
                 await resp.write_eof()
-            elif self.started:
+            elif self.started or isinstance(resp, Upgraded):
                 raise RuntimeError("a Response returned after a StreamResponse was prepared")
             else:
                 self._write(req, resp)

@@ -21,7 +21,15 @@ from collections import deque
 from typing import Protocol
 
 from gateway.errors import RequestTimeout, body_too_large
-from gateway.http.messages import CONTINUE, Headers, date_line, header_lines, status_line
+from gateway.http.messages import (
+    CONTINUE,
+    Headers,
+    WebSocket,
+    date_line,
+    header_lines,
+    status_line,
+    wants_websocket,
+)
 from gateway.limits import REQUEST_BODY_HIGH_WATER
 
 LAST_CHUNK = b"0\r\n\r\n"
@@ -209,6 +217,12 @@ class Request:
     def detach(self) -> bool:
         self._conn.detached = True
         return True
+
+    def wants_websocket(self) -> bool:
+        return wants_websocket(self.method, self.headers)
+
+    async def accept_websocket(self, headers: dict[str, str] | None = None) -> WebSocket:
+        raise NotImplementedError("WebSockets are not served yet")
 
     async def open_stream(self, status: int, headers: dict[str, str] | None) -> LeanStream:
         conn = self._conn
