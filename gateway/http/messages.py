@@ -297,6 +297,10 @@ class Upgraded:
     __slots__ = ()
     status = 101
 
+    def encode(self, keep: bool, http10: bool, head_only: bool) -> bytes:
+        """(Returned without a WebSocket accepted: the handler's mistake.)"""
+        raise RuntimeError("UPGRADED returned, but no WebSocket was accepted")
+
 
 UPGRADED = Upgraded()
 

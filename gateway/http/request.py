@@ -61,6 +61,8 @@ class Link(Protocol):
 
     def keep(self, req: Request) -> bool: ...
 
+    def upgrade(self, req: Request, headers: dict[str, str] | None) -> WebSocket: ...
+
 
 class Body:
     """A request's body on the lean server (``request.content``).
@@ -222,7 +224,7 @@ class Request:
         return wants_websocket(self.method, self.headers)
 
     async def accept_websocket(self, headers: dict[str, str] | None = None) -> WebSocket:
-        raise NotImplementedError("WebSockets are not served yet")
+        return self._conn.upgrade(self, headers)
 
     async def open_stream(self, status: int, headers: dict[str, str] | None) -> LeanStream:
         conn = self._conn
