@@ -13,6 +13,8 @@ gateway's own errors (``RequestTooLarge``, ``RequestTimeout``, ``InvalidRequest`
 
 from __future__ import annotations
 
+import base64
+import binascii
 import time
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
@@ -258,6 +260,26 @@ def wants_websocket(method: str, headers: Headers) -> bool:
         and "upgrade" in _tokens(headers.get("connection"))
         and "websocket" in _tokens(headers.get("upgrade"))
     )
+
+
+def handshake_key(method: str, http10: bool, headers: Headers) -> bytes:
+    """The Sec-WebSocket-Key of a well-formed WebSocket handshake (RFC 6455, version 13);
+    ``InvalidRequest`` for any other request. Both servers check a handshake here."""
+    if not wants_websocket(method, headers) or http10:
+        raise InvalidRequest(
+            "A WebSocket handshake is an HTTP/1.1 GET with 'Connection: Upgrade' "
+            "and 'Upgrade: websocket'."
+        )
+    if (headers.get("sec-websocket-version") or "").strip() != "13":
+        raise InvalidRequest("Only WebSocket version 13 is supported (Sec-WebSocket-Version).")
+    key = (headers.get("sec-websocket-key") or "").strip().encode("latin-1")
+    try:
+        valid = len(base64.b64decode(key, validate=True)) == 16
+    except binascii.Error:
+        valid = False
+    if not valid:
+        raise InvalidRequest("The WebSocket handshake needs a Sec-WebSocket-Key of 16 bytes.")
+    return key
 
 
 def unreadable(what: str) -> InvalidRequest:

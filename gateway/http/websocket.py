@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import hashlib
 import zlib
 from collections import deque
@@ -39,14 +38,13 @@ from wsproto.handshake import server_extensions_handshake
 from wsproto.utilities import LocalProtocolError
 
 from gateway.config import Http
-from gateway.errors import InvalidRequest
 from gateway.http.messages import (
     UPGRADED,
     Headers,
     date_line,
+    handshake_key,
     header_lines,
     status_line,
-    wants_websocket,
 )
 from gateway.limits import REQUEST_BODY_HIGH_WATER, WEBSOCKET_CLOSE_WAIT
 
@@ -105,20 +103,7 @@ def handshake(
 ) -> tuple[bytes, list[Extension]]:
     """The 101 answering a client's handshake, and the extensions agreed; a malformed
     handshake raises ``InvalidRequest`` (nothing is sent)."""
-    if not wants_websocket(method, headers) or http10:
-        raise InvalidRequest(
-            "A WebSocket handshake is an HTTP/1.1 GET with 'Connection: Upgrade' "
-            "and 'Upgrade: websocket'."
-        )
-    if (headers.get("sec-websocket-version") or "").strip() != "13":
-        raise InvalidRequest("Only WebSocket version 13 is supported (Sec-WebSocket-Version).")
-    key = (headers.get("sec-websocket-key") or "").strip().encode("latin-1")
-    try:
-        valid = len(base64.b64decode(key, validate=True)) == 16
-    except binascii.Error:
-        valid = False
-    if not valid:
-        raise InvalidRequest("The WebSocket handshake needs a Sec-WebSocket-Key of 16 bytes.")
+    key = handshake_key(method, http10, headers)
     accept = base64.b64encode(hashlib.sha1(key + ACCEPT_GUID).digest())
     agreed = b""
     extensions: list[Extension] = []
@@ -159,8 +144,8 @@ class LeanWebSocket:
 
     __slots__ = (
         "_wire", "_proto", "_limit", "_messages", "_queued", "_parts", "_size", "_waiter",
-        "_done", "_answered", "_heard", "_pinged", "_timer", "_interval", "_timeout", "_paused",
-        "_cutting",
+        "_done", "_answered", "_heard", "_reads", "_reads_at_ping", "_pinged", "_timer",
+        "_interval", "_timeout", "_paused", "_cutting",
     )  # fmt: skip
 
     def __init__(
@@ -181,7 +166,9 @@ class LeanWebSocket:
         self._done = False  # nothing more is received or sent
         self._answered: asyncio.Future[None] = wire.loop.create_future()  # our close was
         self._heard = wire.loop.time()  # the last read
+        self._reads = 0  # reads so far (loop times can be equal: uvloop's are in ms)
         self._pinged: float | None = None  # a keep-alive ping awaits an answer since then
+        self._reads_at_ping = 0
         self._timer: asyncio.TimerHandle | None = None
         self._interval = interval = limits.websocket_ping_interval
         self._timeout = limits.websocket_ping_timeout
@@ -211,6 +198,7 @@ class LeanWebSocket:
     def feed(self, data: bytes) -> None:
         """Bytes read from the client."""
         self._heard = self._wire.loop.time()
+        self._reads += 1
         proto = self._proto
         try:
             proto.receive_data(data)
@@ -371,7 +359,7 @@ class LeanWebSocket:
             return
         pinged = self._pinged
         if pinged is not None:
-            if self._heard <= pinged:
+            if self._reads == self._reads_at_ping:
                 if now < pinged + self._timeout:
                     self._schedule(pinged + self._timeout - now)
                 else:
@@ -384,4 +372,5 @@ class LeanWebSocket:
         elif self._proto.state is ConnectionState.OPEN:
             self._write(self._proto.send(Ping()))
             self._pinged = now
+            self._reads_at_ping = self._reads
             self._schedule(self._timeout)
