@@ -20,7 +20,7 @@ import logging
 import sys
 from typing import Any
 
-from aiohttp import web
+from aiohttp import WSMsgType, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway.config import Http
@@ -34,17 +34,21 @@ from gateway.errors import (
 )
 from gateway.http.messages import (
     CONTINUE,
+    UPGRADED,
     Handler,
     Headers,
     Response,
     StreamResponse,
     Upgraded,
     WebSocket,
+    handshake_key,
     unreadable,
     wants_websocket,
 )
 from gateway.http.refusals import RefusalLog
-from gateway.limits import UNREAD_BODY_LINGER
+from gateway.limits import UNREAD_BODY_LINGER, WEBSOCKET_CLOSE_WAIT
+
+log = logging.getLogger("gateway")
 
 
 class _ServerLog(logging.LoggerAdapter):
@@ -113,13 +117,70 @@ class AiohttpStream:
         await self.response.write_eof(data)
 
 
+class AiohttpWebSocket:
+    """A prepared ``web.WebSocketResponse``: the server's side of a ``messages.WebSocket``.
+    aiohttp answers pings itself (autoping); the client's close is answered here."""
+
+    __slots__ = ("response",)
+
+    def __init__(self, response: web.WebSocketResponse) -> None:
+        self.response = response
+
+    async def receive(self) -> bytes | None:
+        while True:
+            message = await self.response.receive()
+            kind = message.type
+            if kind is WSMsgType.TEXT:
+                return message.data.encode()
+            if kind is WSMsgType.BINARY:
+                return message.data
+            if kind is WSMsgType.CLOSE:  # answered with its own code, as the lean server does
+                code = message.data if 1000 <= message.data < 5000 else 1000
+                await self.response.close(code=1000 if code == 1005 else code, drain=False)
+                return None
+            if kind in _WS_DONE:
+                return None
+            # (pings and pongs: answered and noted by aiohttp)
+
+    async def send(self, data: bytes) -> None:
+        response = self.response
+        if response.closed:
+            raise ConnectionResetError("The WebSocket is closed.")
+        await response.send_str(data.decode())
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        await self.response.close(code=code, message=reason.encode())
+
+    async def ended(self, reply: object) -> web.WebSocketResponse:
+        """The handler is done: close the socket if it is open (1011 when the handler
+        failed or returned anything but ``UPGRADED``)."""
+        if reply is not UPGRADED:
+            if reply is not None:
+                log.error("a WebSocket accepted, then %s returned", type(reply).__name__)
+            await self.close(1011)
+        else:
+            await self.close()
+        return self.response
+
+
+_WS_DONE = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR)
+
+
 class AiohttpRequest:
     """An aiohttp request as a handler sees it (``messages.Incoming``)."""
 
-    __slots__ = ("method", "path", "content_length", "headers", "content", "_request", "stream")
+    __slots__ = (
+        "method", "path", "content_length", "headers", "content", "_request", "stream", "socket",
+        "_limits", "_max_body",
+    )  # fmt: skip
 
-    def __init__(self, request: web.BaseRequest, body_timeout: float) -> None:
+    def __init__(
+        self, request: web.BaseRequest, body_timeout: float, limits: Http, max_body: int
+    ) -> None:
         self._request = request
+        self._limits = limits
+        self._max_body = max_body
+        self.socket: AiohttpWebSocket | None = None
         self.method = request.method
         self.path = request.path
         self.content_length = request.content_length
@@ -147,7 +208,28 @@ class AiohttpRequest:
         return wants_websocket(self.method, self.headers)
 
     async def accept_websocket(self, headers: dict[str, str] | None = None) -> WebSocket:
-        raise NotImplementedError("WebSockets are not served yet")
+        request = self._request
+        handshake_key(self.method, request.version < (1, 1), self.headers)
+        limits = self._limits
+        response = web.WebSocketResponse(
+            timeout=WEBSOCKET_CLOSE_WAIT,  # (for the client's close frame)
+            heartbeat=limits.websocket_ping_interval,
+            compress=True,
+            max_msg_size=self._max_body,
+            autoclose=False,
+        )
+        # aiohttp waits half the heartbeat for a pong, and has no setting for it.
+        response._pong_heartbeat = limits.websocket_ping_timeout
+        if headers:
+            response.headers.update(headers)
+        await response.prepare(request)
+        self.socket = AiohttpWebSocket(response)
+        return self.socket
+
+
+def _gone(request: web.BaseRequest) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 def _refusal(request: web.BaseRequest, headers: Headers) -> GatewayError | None:
@@ -207,7 +289,7 @@ class AiohttpServer:
         await self.web.shutdown(timeout)
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        req = AiohttpRequest(request, self.limits.body_timeout)
+        req = AiohttpRequest(request, self.limits.body_timeout, self.limits, self.max_body)
         refusal = _refusal(request, req.headers)
         if refusal is not None:
             self.refusals.note(type(refusal).__name__, refusal.message)
@@ -215,7 +297,19 @@ class AiohttpServer:
             answer.force_close()
             return answer
         try:
-            reply = await self.handler(req)
+            try:
+                reply = await self.handler(req)
+            except Exception:
+                if req.socket is None:
+                    raise
+                log.exception("unhandled error on %s %s", req.method, req.path)
+                return await req.socket.ended(None)
+            except asyncio.CancelledError:
+                if req.socket is not None and not _gone(request):
+                    await req.socket.close(1001)  # (the shutdown, past its drain)
+                raise
+            if req.socket is not None:
+                return await req.socket.ended(reply)
             if isinstance(reply, StreamResponse):
                 if not reply.prepared:
                     await reply.prepare(req)
