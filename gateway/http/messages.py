@@ -288,7 +288,12 @@ def unreadable(what: str) -> InvalidRequest:
 
 
 class WebSocket(Protocol):
-    """An accepted WebSocket, on either server: whole messages in, text messages out."""
+    """An accepted WebSocket, on either server: whole messages in, text messages out.
+
+    As on plain HTTP, a client that goes away cancels its handler (a detached one, see
+    ``Incoming.detach``, sees ``receive`` return None and ``send`` raise instead); when
+    the socket ends otherwise, its handler has ``limits.WEBSOCKET_CLOSE_WAIT`` seconds to
+    return before the connection is cut."""
 
     async def receive(self) -> bytes | None:
         """The payload of the next whole message (a text message's UTF-8 bytes or a

@@ -50,6 +50,12 @@ from gateway.limits import REQUEST_BODY_HIGH_WATER, WEBSOCKET_CLOSE_WAIT
 
 # The constant RFC 6455 appends to the client's key before hashing it into the accept.
 ACCEPT_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+# The reasons the server's close frames give when the client's frames are refused.
+REFUSALS: dict[int, str] = {
+    CloseReason.PROTOCOL_ERROR: "A frame breaks the WebSocket protocol.",
+    CloseReason.INVALID_FRAME_PAYLOAD_DATA: "A message is not valid (UTF-8 text, deflate).",
+    CloseReason.MESSAGE_TOO_BIG: "The message is too large.",
+}
 
 
 class Wire(Protocol):
@@ -221,7 +227,7 @@ class LeanWebSocket:
             return  # after a close was sent: dropped
         self._size += len(data)
         if self._size > self._limit:
-            self._fail(CloseReason.MESSAGE_TOO_BIG, "The message is too large.")
+            self._fail(CloseReason.MESSAGE_TOO_BIG, REFUSALS[CloseReason.MESSAGE_TOO_BIG])
             return
         parts = self._parts
         parts.append(data)
@@ -248,8 +254,8 @@ class LeanWebSocket:
         elif proto.state is ConnectionState.CLOSED:  # the answer to our close
             if not self._answered.done():
                 self._answered.set_result(None)
-        else:  # wsproto refused a frame (its close code says why)
-            self._fail(event.code, event.reason or "")
+        else:  # wsproto refused a frame (its close code says why; the reason is ours)
+            self._fail(event.code, REFUSALS.get(event.code, ""))
 
     def lost(self) -> None:
         """The connection is gone."""
