@@ -121,10 +121,11 @@ class AiohttpWebSocket:
     """A prepared ``web.WebSocketResponse``: the server's side of a ``messages.WebSocket``.
     aiohttp answers pings itself (autoping); the client's close is answered here."""
 
-    __slots__ = ("response",)
+    __slots__ = ("response", "protocol")
 
-    def __init__(self, response: web.WebSocketResponse) -> None:
+    def __init__(self, response: web.WebSocketResponse, protocol: object) -> None:
         self.response = response
+        self.protocol = protocol  # aiohttp's connection (its RequestHandler)
 
     async def receive(self) -> bytes | None:
         while True:
@@ -171,15 +172,13 @@ class AiohttpRequest:
 
     __slots__ = (
         "method", "path", "content_length", "headers", "content", "_request", "stream", "socket",
-        "_limits", "_max_body",
+        "_server",
     )  # fmt: skip
 
-    def __init__(
-        self, request: web.BaseRequest, body_timeout: float, limits: Http, max_body: int
-    ) -> None:
+    def __init__(self, request: web.BaseRequest, server: AiohttpServer) -> None:
         self._request = request
-        self._limits = limits
-        self._max_body = max_body
+        self._server = server
+        body_timeout = server.limits.body_timeout
         self.socket: AiohttpWebSocket | None = None
         self.method = request.method
         self.path = request.path
@@ -210,12 +209,13 @@ class AiohttpRequest:
     async def accept_websocket(self, headers: dict[str, str] | None = None) -> WebSocket:
         request = self._request
         handshake_key(self.method, request.version < (1, 1), self.headers)
-        limits = self._limits
+        server = self._server
+        limits = server.limits
         response = web.WebSocketResponse(
             timeout=WEBSOCKET_CLOSE_WAIT,  # (for the client's close frame)
             heartbeat=limits.websocket_ping_interval,
             compress=True,
-            max_msg_size=self._max_body,
+            max_msg_size=server.max_body,
             autoclose=False,
         )
         # aiohttp waits half the heartbeat for a pong, and has no setting for it.
@@ -223,13 +223,9 @@ class AiohttpRequest:
         if headers:
             response.headers.update(headers)
         await response.prepare(request)
-        self.socket = AiohttpWebSocket(response)
+        self.socket = AiohttpWebSocket(response, request.protocol)
+        server.sockets.add(self.socket)
         return self.socket
-
-
-def _gone(request: web.BaseRequest) -> bool:
-    transport = request.transport
-    return transport is None or transport.is_closing()
 
 
 def _refusal(request: web.BaseRequest, headers: Headers) -> GatewayError | None:
@@ -263,6 +259,7 @@ class AiohttpServer:
         self.max_body = max_body
         self.limits = limits = limits or Http()
         self.refusals = RefusalLog()
+        self.sockets: set[AiohttpWebSocket] = set()  # accepted, their handlers running
         self.web = web.Server(
             self._handle,
             handler_cancellation=True,  # a client that goes away cancels its handler
@@ -281,15 +278,23 @@ class AiohttpServer:
         return self.web()
 
     def begin_drain(self) -> None:
-        """Serve no new request: close idle connections now, busy ones after their answer."""
+        """Serve no new request: close idle connections now, busy ones after their answer.
+        WebSockets are left to their handlers (aiohttp would stop reading them)."""
+        upgraded = {socket.protocol for socket in self.sockets}
         for conn in list(self.web.connections):
-            conn.close()
+            if conn not in upgraded:
+                conn.close()
 
     async def shutdown(self, timeout: float) -> None:
-        await self.web.shutdown(timeout)
+        """As aiohttp's, but the WebSockets still open when ``timeout`` is up are closed
+        with 1001 (aiohttp would cut them), so that their handlers end."""
+        done = asyncio.ensure_future(self.web.shutdown(timeout))
+        await asyncio.wait((done,), timeout=timeout)
+        await asyncio.gather(*(socket.close(1001) for socket in list(self.sockets)))
+        await done
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        req = AiohttpRequest(request, self.limits.body_timeout, self.limits, self.max_body)
+        req = AiohttpRequest(request, self)
         refusal = _refusal(request, req.headers)
         if refusal is not None:
             self.refusals.note(type(refusal).__name__, refusal.message)
@@ -304,10 +309,9 @@ class AiohttpServer:
                     raise
                 log.exception("unhandled error on %s %s", req.method, req.path)
                 return await req.socket.ended(None)
-            except asyncio.CancelledError:
-                if req.socket is not None and not _gone(request):
-                    await req.socket.close(1001)  # (the shutdown, past its drain)
-                raise
+            finally:
+                if req.socket is not None:
+                    self.sockets.discard(req.socket)
             if req.socket is not None:
                 return await req.socket.ended(reply)
             if isinstance(reply, StreamResponse):

@@ -258,3 +258,27 @@ async def test_server_pings_an_answering_client_stays(serve: Start) -> None:
         await ws.send("{}")
         assert await ws.recv() == "{}"
     assert close_code(ws) == 1000
+
+
+async def test_shutdown_closes_1001(kind: str) -> None:
+    """A socket still open when the shutdown's time is up is closed with 1001."""
+    app = App()
+    loop = asyncio.get_running_loop()
+    server = (Server if kind == "lean" else AiohttpServer)(app.handle, max_body=MAX_BODY)
+    listener = await loop.create_server(server, "127.0.0.1", 0)
+    url = f"ws://127.0.0.1:{listener.sockets[0].getsockname()[1]}/echo"
+    try:
+        async with connect(url) as ws:
+            await ws.send("{}")
+            assert await ws.recv() == "{}"
+            server.begin_drain()  # (left alone: its handler ends it)
+            await ws.send("[]")
+            assert await ws.recv() == "[]"
+            listener.close()
+            await server.shutdown(0.2)
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 5)
+        assert close_code(ws) == 1001
+    finally:
+        listener.close()
+        await listener.wait_closed()
