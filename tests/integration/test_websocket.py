@@ -43,7 +43,13 @@ class App:
             return Response(body=b"plain", content_type="text/plain")
         ws = await request.accept_websocket({"x-request-id": "req_ws"})
         try:
-            if request.path == "/flood":
+            if request.path == "/patient":  # receive cancelled by timeouts, then used
+                for _ in range(3):
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(ws.receive(), 0.01)
+                while (message := await ws.receive()) is not None:
+                    await ws.send(message)
+            elif request.path == "/flood":
                 payload = json.dumps(os.urandom(self.size // 2 - 4).hex()).encode()
                 for _ in range(self.count):
                     await ws.send(payload)
@@ -178,6 +184,18 @@ async def test_slow_reader_holds_the_sender_back(serve: Start) -> None:
                 got += 1
     assert got == app.count
     assert close_code(ws) == 1000
+    assert app.outcome == "ended"
+
+
+async def test_cancelled_receive_keeps_the_socket(serve: Start) -> None:
+    app = App()
+    url = await serve(app)
+    async with connect(url + "/patient") as ws:
+        await asyncio.sleep(0.1)
+        await ws.send('{"late": 1}')
+        assert await asyncio.wait_for(ws.recv(), 5) == '{"late": 1}'
+    assert close_code(ws) == 1000
+    await asyncio.wait_for(app.ended.wait(), 5)
     assert app.outcome == "ended"
 
 

@@ -18,6 +18,7 @@ import os
 import random
 import struct
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -39,7 +40,7 @@ from wsproto.extensions import PerMessageDeflate
 from gateway.config import Http
 from gateway.http.messages import UPGRADED, Incoming, Reply, Response
 from gateway.http.server import Server
-from gateway.http.websocket import LeanWebSocket
+from gateway.http.websocket import BoundedDeflate, LeanWebSocket
 from gateway.limits import WEBSOCKET_CLOSE_WAIT, KiB, MiB
 from tests.fakes import FakeTransport
 from tests.unit.test_http_protocol import parse_answers, settle, split
@@ -269,15 +270,23 @@ def test_oversized_fragmented_message_is_1009() -> None:
     asyncio.run(scenario())
 
 
-def test_deflate_bomb_is_1009_without_inflating_it() -> None:
-    """A small deflated frame that would inflate to 64 MiB: refused at the bound, and
-    no more than the bound (plus one read's inflation step) is ever held."""
-    seen: list[int] = []
+def test_deflate_bomb_is_1009_without_inflating_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A small deflated frame that would inflate to 64 MiB: refused at the bound, and no
+    inflation step ever gives more than the bound (the socket holds no more either)."""
+    inflated: list[int] = []
+    held: list[int] = []
+    inflate = BoundedDeflate.frame_inbound_payload_data
+
+    def spy(self: BoundedDeflate, proto: Any, data: bytes) -> Any:
+        out = inflate(self, proto, data)
+        inflated.append(self.inflated)  # (of the message so far)
+        return out
+
+    monkeypatch.setattr(BoundedDeflate, "frame_inbound_payload_data", spy)
 
     async def scenario() -> None:
         peer = Peer(deflate=True, max_body=64 * KiB)
-        wire = peer.handshake()
-        peer.feed([wire])
+        peer.feed([peer.handshake()])
         await peer.wait(lambda: any(isinstance(e, AcceptConnection) for e in peer.events))
         bomb = peer.frames(TextMessage(data="0" * (64 * MiB)))
         assert len(bomb) < 200 * KiB
@@ -285,14 +294,15 @@ def test_deflate_bomb_is_1009_without_inflating_it() -> None:
         assert isinstance(ws, LeanWebSocket)
         for i in range(0, len(bomb), 4096):
             peer.feed([bomb[i : i + 4096]])
-            seen.append(ws._size + ws._queued)
+            held.append(ws._size + ws._queued)
         await peer.wait(lambda: bool(peer.closes()))
         assert peer.closes() == [1009]
         peer.transport.close()
         await peer.done()
 
     asyncio.run(scenario())
-    assert max(seen) <= 64 * KiB
+    assert inflated and max(inflated) <= 64 * KiB + 1
+    assert max(held) <= 64 * KiB
 
 
 def test_invalid_utf8_is_1007() -> None:
@@ -509,6 +519,35 @@ def test_send_waits_while_the_transport_is_paused() -> None:
         peer.conn.resume_writing()
         await peer.wait(lambda: len(peer.messages()) == 3)
         assert sent == [0, 1, 2]
+        peer.feed([peer.frames(CloseConnection(code=1000))])
+        await peer.done()
+
+    asyncio.run(scenario())
+
+
+def test_reading_pauses_while_the_handler_does_not_receive() -> None:
+    """Whole messages past the bound waiting for receive pause reading; taking them
+    resumes it (and the fake transport holds bytes back while it is paused)."""
+    gate = asyncio.Event()
+    got: list[int] = []
+
+    async def late(request: Incoming) -> Reply:
+        ws = await request.accept_websocket()
+        await gate.wait()
+        while (message := await ws.receive()) is not None:
+            got.append(len(message))
+        return UPGRADED
+
+    async def scenario() -> None:
+        peer = Peer(late, max_body=10 * KiB)
+        peer.feed([peer.handshake()])
+        for _ in range(3):
+            peer.feed([peer.frames(TextMessage(data="x" * (4 * KiB)))])
+        await settle(lambda: peer.transport.paused)  # 12 KiB waiting: past the bound
+        assert peer.transport.paused
+        gate.set()
+        await settle(lambda: not peer.transport.paused)
+        assert not peer.transport.paused and got == [4 * KiB] * 3
         peer.feed([peer.frames(CloseConnection(code=1000))])
         await peer.done()
 
