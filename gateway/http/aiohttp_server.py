@@ -121,14 +121,15 @@ class AiohttpWebSocket:
     """A prepared ``web.WebSocketResponse``: the server's side of a ``messages.WebSocket``.
     aiohttp answers pings itself (autoping); the client's close is answered here."""
 
-    __slots__ = ("response", "protocol")
+    __slots__ = ("response", "protocol", "done")
 
     def __init__(self, response: web.WebSocketResponse, protocol: object) -> None:
         self.response = response
         self.protocol = protocol  # aiohttp's connection (its RequestHandler)
+        self.done = False  # receive returned None (aiohttp raises after a few more reads)
 
     async def receive(self) -> bytes | None:
-        while True:
+        while not self.done:
             message = await self.response.receive()
             kind = message.type
             if kind is WSMsgType.TEXT:
@@ -138,10 +139,11 @@ class AiohttpWebSocket:
             if kind is WSMsgType.CLOSE:  # answered with its own code, as the lean server does
                 code = message.data if 1000 <= message.data < 5000 else 1000
                 await self.response.close(code=1000 if code == 1005 else code, drain=False)
-                return None
-            if kind in _WS_DONE:
-                return None
+                self.done = True
+            elif kind in _WS_DONE:
+                self.done = True
             # (pings and pongs: answered and noted by aiohttp)
+        return None
 
     async def send(self, data: bytes) -> None:
         response = self.response

@@ -58,6 +58,8 @@ class App:
             else:
                 while (message := await ws.receive()) is not None:
                     await ws.send(message)
+                for _ in range(6):  # (done is done, however often it is asked)
+                    assert await ws.receive() is None
             self.outcome = "ended"
         except ConnectionError:
             self.outcome = "send raised"
