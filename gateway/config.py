@@ -263,12 +263,15 @@ class Http(_Base, frozen=True):
     keepalive_timeout: float = limits.HTTP_KEEPALIVE_IDLE
     max_connections: int = limits.MAX_CONNECTIONS
     max_pipelined: int = limits.MAX_PIPELINED
+    websocket_ping_interval: float = limits.WEBSOCKET_PING_INTERVAL
+    websocket_ping_timeout: float = limits.WEBSOCKET_PING_TIMEOUT
 
     def __post_init__(self) -> None:
         sizes = (self.max_request_line, self.max_header_line, self.max_headers)
         if min(sizes) < 1 or self.max_head_bytes < 1024:
             raise ValueError("[http] sizes and counts must be positive (max-head-bytes >= 1024)")
-        if min(self.head_timeout, self.body_timeout, self.keepalive_timeout) <= 0:
+        times = (self.head_timeout, self.body_timeout, self.keepalive_timeout)
+        if min(*times, self.websocket_ping_interval, self.websocket_ping_timeout) <= 0:
             raise ValueError("[http] timeouts must be positive")
         if self.max_connections < 1 or self.max_pipelined < 1:
             raise ValueError("[http] max-connections and max-pipelined must be at least 1")

@@ -55,6 +55,15 @@ HTTP_KEEPALIVE_IDLE = 75.0
 UNREAD_BODY_LINGER = 2.0
 # Connections the kernel queues before the gateway accepts them.
 LISTEN_BACKLOG = 4096
+# WebSockets (a message is bounded by the request body's limit): after this many
+# seconds without a frame from the client the server sends a ping, below the idle
+# timeouts of common proxies (30-60 s); the client has WEBSOCKET_PING_TIMEOUT seconds
+# to send anything back before the socket is closed (1011).
+WEBSOCKET_PING_INTERVAL = 20.0
+WEBSOCKET_PING_TIMEOUT = 20.0
+# Seconds a closing side waits for the client's close frame before it cuts the
+# connection (a client that never answers must not hold it).
+WEBSOCKET_CLOSE_WAIT = 2.0
 
 # ---- upstream (gateway.upstream) ------------------------------------------------------
 

@@ -20,7 +20,7 @@ import logging
 import sys
 from typing import Any
 
-from aiohttp import web
+from aiohttp import WSMsgType, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway.config import Http
@@ -32,9 +32,23 @@ from gateway.errors import (
     RequestTimeout,
     body_too_large,
 )
-from gateway.http.messages import CONTINUE, Handler, Headers, Response, StreamResponse, unreadable
+from gateway.http.messages import (
+    CONTINUE,
+    UPGRADED,
+    Handler,
+    Headers,
+    Response,
+    StreamResponse,
+    Upgraded,
+    WebSocket,
+    handshake_key,
+    unreadable,
+    wants_websocket,
+)
 from gateway.http.refusals import RefusalLog
-from gateway.limits import UNREAD_BODY_LINGER
+from gateway.limits import UNREAD_BODY_LINGER, WEBSOCKET_CLOSE_WAIT
+
+log = logging.getLogger("gateway")
 
 
 class _ServerLog(logging.LoggerAdapter):
@@ -103,15 +117,71 @@ class AiohttpStream:
         await self.response.write_eof(data)
 
 
+class AiohttpWebSocket:
+    """A prepared ``web.WebSocketResponse``: the server's side of a ``messages.WebSocket``.
+    aiohttp answers pings itself (autoping); the client's close is answered here."""
+
+    __slots__ = ("response", "protocol", "done")
+
+    def __init__(self, response: web.WebSocketResponse, protocol: object) -> None:
+        self.response = response
+        self.protocol = protocol  # aiohttp's connection (its RequestHandler)
+        self.done = False  # receive returned None (aiohttp raises after a few more reads)
+
+    async def receive(self) -> bytes | None:
+        while not self.done:
+            message = await self.response.receive()
+            kind = message.type
+            if kind is WSMsgType.TEXT:
+                return message.data.encode()
+            if kind is WSMsgType.BINARY:
+                return message.data
+            if kind is WSMsgType.CLOSE:  # answered with its own code, as the lean server does
+                code = message.data if 1000 <= message.data < 5000 else 1000
+                await self.response.close(code=1000 if code == 1005 else code, drain=False)
+                self.done = True
+            elif kind in _WS_DONE:
+                self.done = True
+            # (pings and pongs: answered and noted by aiohttp)
+        return None
+
+    async def send(self, data: bytes) -> None:
+        response = self.response
+        if response.closed:
+            raise ConnectionResetError("The WebSocket is closed.")
+        await response.send_str(data.decode())
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        await self.response.close(code=code, message=reason.encode())
+
+    async def ended(self, reply: object) -> web.WebSocketResponse:
+        """The handler is done: close the socket if it is open (1011 when the handler
+        failed or returned anything but ``UPGRADED``)."""
+        if reply is not UPGRADED:
+            if reply is not None:
+                log.error("a WebSocket accepted, then %s returned", type(reply).__name__)
+            await self.close(1011)
+        else:
+            await self.close()
+        return self.response
+
+
+_WS_DONE = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR)
+
+
 class AiohttpRequest:
     """An aiohttp request as a handler sees it (``messages.Incoming``)."""
 
     __slots__ = (
-        "method", "path", "content_length", "headers", "content", "_request", "stream", "close",
+        "method", "path", "content_length", "headers", "content", "_request", "stream", "socket",
+        "_server", "close",
     )  # fmt: skip
 
-    def __init__(self, request: web.BaseRequest, body_timeout: float) -> None:
+    def __init__(self, request: web.BaseRequest, server: AiohttpServer) -> None:
         self._request = request
+        self._server = server
+        body_timeout = server.limits.body_timeout
+        self.socket: AiohttpWebSocket | None = None
         self.method = request.method
         self.path = request.path
         self.content_length = request.content_length
@@ -139,6 +209,30 @@ class AiohttpRequest:
 
     def detach(self) -> bool:
         return False  # aiohttp cancels the handler of a client that went away
+
+    def wants_websocket(self) -> bool:
+        return wants_websocket(self.method, self.headers)
+
+    async def accept_websocket(self, headers: dict[str, str] | None = None) -> WebSocket:
+        request = self._request
+        handshake_key(self.method, request.version < (1, 1), self.headers)
+        server = self._server
+        limits = server.limits
+        response = web.WebSocketResponse(
+            timeout=WEBSOCKET_CLOSE_WAIT,  # (for the client's close frame)
+            heartbeat=limits.websocket_ping_interval,
+            compress=True,
+            max_msg_size=server.max_body,
+            autoclose=False,
+        )
+        # aiohttp waits half the heartbeat for a pong, and has no setting for it.
+        response._pong_heartbeat = limits.websocket_ping_timeout
+        if headers:
+            response.headers.update(headers)
+        await response.prepare(request)
+        self.socket = AiohttpWebSocket(response, request.protocol)
+        server.sockets.add(self.socket)
+        return self.socket
 
 
 def _refusal(request: web.BaseRequest, headers: Headers) -> GatewayError | None:
@@ -172,6 +266,7 @@ class AiohttpServer:
         self.max_body = max_body
         self.limits = limits = limits or Http()
         self.refusals = RefusalLog()
+        self.sockets: set[AiohttpWebSocket] = set()  # accepted, their handlers running
         self.web = web.Server(
             self._handle,
             handler_cancellation=True,  # a client that goes away cancels its handler
@@ -194,15 +289,23 @@ class AiohttpServer:
         return self.web()
 
     def begin_drain(self) -> None:
-        """Serve no new request: close idle connections now, busy ones after their answer."""
+        """Serve no new request: close idle connections now, busy ones after their answer.
+        WebSockets are left to their handlers (aiohttp would stop reading them)."""
+        upgraded = {socket.protocol for socket in self.sockets}
         for conn in list(self.web.connections):
-            conn.close()
+            if conn not in upgraded:
+                conn.close()
 
     async def shutdown(self, timeout: float) -> None:
-        await self.web.shutdown(timeout)
+        """As aiohttp's, but the WebSockets still open when ``timeout`` is up are closed
+        with 1001 (aiohttp would cut them), so that their handlers end."""
+        done = asyncio.ensure_future(self.web.shutdown(timeout))
+        await asyncio.wait((done,), timeout=timeout)
+        await asyncio.gather(*(socket.close(1001) for socket in list(self.sockets)))
+        await done
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        req = AiohttpRequest(request, self.limits.body_timeout)
+        req = AiohttpRequest(request, self)
         refusal = _refusal(request, req.headers)
         if refusal is not None:
             self.refusals.note(type(refusal).__name__, refusal.message)
@@ -210,7 +313,18 @@ class AiohttpServer:
             answer.force_close()
             return answer
         try:
-            reply = await self.handler(req)
+            try:
+                reply = await self.handler(req)
+            except Exception:
+                if req.socket is None:
+                    raise
+                log.exception("unhandled error on %s %s", req.method, req.path)
+                return await req.socket.ended(None)
+            finally:
+                if req.socket is not None:
+                    self.sockets.discard(req.socket)
+            if req.socket is not None:
+                return await req.socket.ended(reply)
             if isinstance(reply, StreamResponse):
                 if not reply.prepared:
                     await reply.prepare(req)
@@ -225,6 +339,8 @@ class AiohttpServer:
             # The client is gone: end as aiohttp's own handler cancellation does. Raised
             # on, aiohttp would log "Error handling request" and make a 500 for it.
             raise asyncio.CancelledError from None
+        if isinstance(reply, Upgraded):
+            raise RuntimeError("a handler returned UPGRADED without a WebSocket")
         answer = _as_aiohttp(reply)
         if req.close:
             answer.force_close()

@@ -21,6 +21,8 @@ each.
 * Keep-alive (HTTP/1.1 by default, HTTP/1.0 on request). A handler may leave a
   request body unread: if it was not received whole, the connection is closed
   after the answer.
+* A handler may accept a WebSocket handshake (``upgrade``): from the 101 on, the reads
+  go to its ``websocket.LeanWebSocket``, and the connection closes when the handler ends.
 
 A connection reaches its server only through what ``Owner`` lists, so this module
 imports nothing of ``server``.
@@ -35,6 +37,7 @@ from typing import Protocol
 from urllib.parse import unquote
 
 import httptools
+from wsproto.frame_protocol import CloseReason
 
 from gateway.config import Http
 from gateway.errors import (
@@ -47,9 +50,10 @@ from gateway.errors import (
     RequestTimeout,
     body_too_large,
 )
-from gateway.http.messages import Handler, Headers, Response, StreamResponse, unreadable
+from gateway.http.messages import Handler, Headers, Response, StreamResponse, Upgraded, unreadable
 from gateway.http.refusals import RefusalLog
 from gateway.http.request import Bounds, Request
+from gateway.http.websocket import LeanWebSocket, ended, handshake, hold
 from gateway.limits import UNREAD_BODY_LINGER
 
 log = logging.getLogger("gateway")
@@ -91,7 +95,7 @@ class Connection(asyncio.Protocol):
         "server", "loop", "transport", "parser", "url", "length", "expect", "hosts",
         "headers", "in_head", "head_size", "head_read", "head_since", "parsing", "last",
         "queue", "task", "started", "stopped", "refusal", "read_paused", "write_paused",
-        "drain_waiters", "idle_since", "timer", "closed", "detached",
+        "drain_waiters", "idle_since", "timer", "closed", "detached", "tail", "ws",
     )  # fmt: skip
 
     def __init__(self, server: Owner) -> None:
@@ -122,6 +126,8 @@ class Connection(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.closed = False  # _close was called
         self.detached = False  # the current handler runs on if the client goes (detach)
+        self.tail: bytes | None = None  # read after an upgrade's head (None: no upgrade)
+        self.ws: LeanWebSocket | None = None  # the WebSocket the connection switched to
 
     # ---- asyncio.Protocol ------------------------------------------------------------
 
@@ -141,14 +147,20 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.stopped:
+            if self.ws is not None:
+                self.ws.feed(data)
+            elif self.tail is not None:  # (after an upgrade's head, for the WebSocket)
+                self.tail = hold(self, self.tail + data)
             return
         if self.in_head:  # the head goes on from an earlier read (a slow or huge head)
             self.head_read += len(data)
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            # No protocol upgrades here: answer the request, then close.
+        except httptools.HttpParserUpgrade as upgrade:
+            # Nothing more is parsed: the handler may accept a WebSocket (``upgrade``),
+            # which reads what followed the head; if not, it answers, then the close.
             self.stopped = True
+            self.tail = data[upgrade.args[0] :]
             if self.last is not None:
                 self.last.keep_alive = False
             return
@@ -166,6 +178,8 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self.stopped = True
+        if self.ws is not None:
+            self.ws.lost()
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -349,7 +363,7 @@ class Connection(asyncio.Protocol):
                     await resp.prepare(req)
                 await resp.write_eof()
             elif self.started:
-                raise RuntimeError("a Response returned after a StreamResponse was prepared")
+                ended(self.ws, resp)  # (a WebSocket accepted, or a handler's mistake)
             else:
                 self._write(req, resp)
                 if self.write_paused:
@@ -363,7 +377,9 @@ class Connection(asyncio.Protocol):
         except Exception:
             log.exception("unhandled error on %s %s", req.method, req.path)
             self.task = None
-            if not self.started:
+            if self.ws is not None:
+                self.ws.finish(CloseReason.INTERNAL_ERROR)
+            elif not self.started:
                 self._write_error(InternalError("The gateway failed unexpectedly."))
             self._close()
             return
@@ -373,13 +389,24 @@ class Connection(asyncio.Protocol):
         else:
             self._close()
 
+    def upgrade(self, req: Request, headers: dict[str, str] | None) -> LeanWebSocket:
+        """Answer ``req``'s WebSocket handshake (101); the reads go to the socket from now."""
+        if self.tail is None or self.started or req is not self.last:
+            raise InvalidRequest("The request is not a WebSocket handshake.")
+        server = self.server
+        head, extensions = handshake(req.method, req.http10, req.headers, headers, server.max_body)
+        self.started = True
+        self.ws = LeanWebSocket(self, extensions, server.max_body, server.limits)
+        self.ws.start(head, self.tail)
+        return self.ws
+
     def keep(self, req: Request) -> bool:
         """Whether the connection stays open after ``req``'s answer (decided at its head)."""
         keep = req.keep_alive and req.content.complete and not self.server.closing
         req.keep_alive = keep
         return keep
 
-    def _write(self, req: Request, resp: Response) -> None:
+    def _write(self, req: Request, resp: Response | Upgraded) -> None:
         self.started = True
         transport = self.transport
         if transport is None or transport.is_closing():
@@ -464,6 +491,8 @@ class Connection(asyncio.Protocol):
         self.timer = self.loop.call_later(UNREAD_BODY_LINGER, transport.close)
 
     def abort(self) -> None:
+        if self.ws is not None:
+            self.ws.finish(CloseReason.GOING_AWAY)
         if self.task is not None:
             self.task.cancel()
         if self.transport is not None:

@@ -1,6 +1,7 @@
 """What a handler sees, whichever HTTP server runs it: a request (``Incoming``: method,
 path, ``headers``, ``content``) and the two kinds of answer, ``Response`` (one write)
-and ``StreamResponse`` (written piece by piece); and the pieces an answer's head is
+and ``StreamResponse`` (written piece by piece), or a WebSocket it accepts
+(``WebSocket``, then ``UPGRADED``); and the pieces an answer's head is
 written with (the status line, checked header lines, ``Date``).
 
 The lean server's request is ``gateway.http.request.Request``;
@@ -12,6 +13,8 @@ gateway's own errors (``RequestTooLarge``, ``RequestTimeout``, ``InvalidRequest`
 
 from __future__ import annotations
 
+import base64
+import binascii
 import time
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
@@ -143,6 +146,19 @@ class Incoming(Protocol):
         handler must then shield the work that has to finish itself."""
         ...
 
+    def wants_websocket(self) -> bool:
+        """The request asks for a WebSocket upgrade: a GET with ``Connection: upgrade``
+        and ``Upgrade: websocket``."""
+        ...
+
+    async def accept_websocket(self, headers: dict[str, str] | None = None) -> WebSocket:
+        """Answer the upgrade: 101 Switching Protocols with ``headers``, and
+        permessage-deflate when the client offers it (no subprotocol). A malformed
+        handshake (not a GET, no Sec-WebSocket-Key, a version other than 13) raises
+        ``InvalidRequest`` with nothing sent. The handler then runs its session on the
+        socket and returns ``UPGRADED``."""
+        ...
+
 
 class StreamOut(Protocol):
     """A server's side of a ``StreamResponse``."""
@@ -232,10 +248,88 @@ class StreamResponse:
         await self._out.write_eof(data)
 
 
+def _tokens(value: str | None) -> list[str]:
+    return [t.strip().lower() for t in value.split(",")] if value else []
+
+
+def wants_websocket(method: str, headers: Headers) -> bool:
+    """A GET whose Connection header names ``upgrade`` and whose Upgrade names
+    ``websocket`` (any case): a WebSocket handshake, well-formed or not."""
+    return (
+        method == "GET"
+        and "upgrade" in _tokens(headers.get("connection"))
+        and "websocket" in _tokens(headers.get("upgrade"))
+    )
+
+
+def handshake_key(method: str, http10: bool, headers: Headers) -> bytes:
+    """The Sec-WebSocket-Key of a well-formed WebSocket handshake (RFC 6455, version 13);
+    ``InvalidRequest`` for any other request. Both servers check a handshake here."""
+    if not wants_websocket(method, headers) or http10:
+        raise InvalidRequest(
+            "A WebSocket handshake is an HTTP/1.1 GET with 'Connection: Upgrade' "
+            "and 'Upgrade: websocket'."
+        )
+    if (headers.get("sec-websocket-version") or "").strip() != "13":
+        raise InvalidRequest("Only WebSocket version 13 is supported (Sec-WebSocket-Version).")
+    key = (headers.get("sec-websocket-key") or "").strip().encode("latin-1")
+    try:
+        valid = len(base64.b64decode(key, validate=True)) == 16
+    except binascii.Error:
+        valid = False
+    if not valid:
+        raise InvalidRequest("The WebSocket handshake needs a Sec-WebSocket-Key of 16 bytes.")
+    return key
+
+
 def unreadable(what: str) -> InvalidRequest:
     """The 400 for a body the HTTP parser refused (bad chunk framing, cut short)."""
     return InvalidRequest(f"The request body could not be read: {what}.")
 
 
-Reply = Response | StreamResponse
+class WebSocket(Protocol):
+    """An accepted WebSocket, on either server: whole messages in, text messages out.
+
+    As on plain HTTP, a client that goes away cancels its handler (a detached one, see
+    ``Incoming.detach``, sees ``receive`` return None and ``send`` raise instead); when
+    the socket ends otherwise, its handler has ``limits.WEBSOCKET_CLOSE_WAIT`` seconds to
+    return before the connection is cut."""
+
+    async def receive(self) -> bytes | None:
+        """The payload of the next whole message (a text message's UTF-8 bytes or a
+        binary one's, inflated when permessage-deflate was agreed), or None once the
+        socket is done: the client closed (its close answered), the connection was lost,
+        a message passed the size bound (closed with 1009), the client broke the
+        protocol (1002, 1007), or the keep-alive ping went unanswered. A cancelled
+        receive leaves the socket as it was."""
+        ...
+
+    async def send(self, data: bytes) -> None:
+        """One text message holding ``data`` (UTF-8 JSON), deflated when agreed; waits
+        while the client reads slowly; raises ``ConnectionError`` once it is gone."""
+        ...
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Send a close frame (once: later calls do nothing), wait at most
+        ``limits.WEBSOCKET_CLOSE_WAIT`` seconds for the client's, then close the
+        connection."""
+        ...
+
+
+class Upgraded:
+    """The reply of a handler that accepted a WebSocket and ran its session: the server
+    writes nothing more and closes the connection. Its status is the handshake's, for
+    the access log."""
+
+    __slots__ = ()
+    status = 101
+
+    def encode(self, keep: bool, http10: bool, head_only: bool) -> bytes:
+        """(Returned without a WebSocket accepted: the handler's mistake.)"""
+        raise RuntimeError("UPGRADED returned, but no WebSocket was accepted")
+
+
+UPGRADED = Upgraded()
+
+Reply = Response | StreamResponse | Upgraded
 Handler = Callable[[Incoming], Awaitable[Reply]]

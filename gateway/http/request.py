@@ -21,7 +21,15 @@ from collections import deque
 from typing import Protocol
 
 from gateway.errors import RequestTimeout, body_too_large
-from gateway.http.messages import CONTINUE, Headers, date_line, header_lines, status_line
+from gateway.http.messages import (
+    CONTINUE,
+    Headers,
+    WebSocket,
+    date_line,
+    header_lines,
+    status_line,
+    wants_websocket,
+)
 from gateway.limits import REQUEST_BODY_HIGH_WATER
 
 LAST_CHUNK = b"0\r\n\r\n"
@@ -52,6 +60,8 @@ class Link(Protocol):
     async def drain(self) -> None: ...
 
     def keep(self, req: Request) -> bool: ...
+
+    def upgrade(self, req: Request, headers: dict[str, str] | None) -> WebSocket: ...
 
 
 class Body:
@@ -209,6 +219,12 @@ class Request:
     def detach(self) -> bool:
         self._conn.detached = True
         return True
+
+    def wants_websocket(self) -> bool:
+        return wants_websocket(self.method, self.headers)
+
+    async def accept_websocket(self, headers: dict[str, str] | None = None) -> WebSocket:
+        return self._conn.upgrade(self, headers)
 
     async def open_stream(self, status: int, headers: dict[str, str] | None) -> LeanStream:
         conn = self._conn
