@@ -14,6 +14,7 @@ server state or a hosted tool is refused with the parameter's path.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -41,24 +42,44 @@ def to_messages(
     caps: Capabilities,
     names: ToolNames = NO_NAMES,
     sealer: Sealer | None = None,
+    history: Sequence[dict] = (),
+    earlier: Sequence[InputItem] = (),
 ) -> list[dict]:
+    """The chat messages of ``instructions`` and ``input``; a continued conversation
+    (``translate.conversation``) puts its ``history`` (the messages translated before)
+    and its last response's output items (``earlier``, translated here) before the
+    input, which then holds only what is new."""
     messages: list[dict] = []
     if req.instructions:
         messages.append({"role": "system", "content": req.instructions})
+    if history:
+        messages += history
     items = req.input
+    if earlier or (items and not isinstance(items, str)):
+        returned = ReturnedReasoning(caps, sealer)
+        _add_items(messages, earlier, caps, names, returned)
+        if not isinstance(items, str) and items:
+            _add_items(messages, items, caps, names, returned)
     if isinstance(items, str):
         messages.append({"role": "user", "content": items})
-    elif items:
-        returned = ReturnedReasoning(caps, sealer)
-        for i, item in enumerate(items):
-            if item.type == "reasoning":
-                returned.take(item, i)
-                continue
-            _add_item(messages, item, i, caps, names)
-            returned.settle(messages)
     if not messages:
         raise missing("input", alternative="instructions")
     return messages
+
+
+def _add_items(
+    messages: list[dict],
+    items: Sequence[InputItem],
+    caps: Capabilities,
+    names: ToolNames,
+    returned: ReturnedReasoning,
+) -> None:
+    for i, item in enumerate(items):
+        if item.type == "reasoning":
+            returned.take(item, i)
+            continue
+        _add_item(messages, item, i, caps, names)
+        returned.settle(messages)
 
 
 def _add_item(
