@@ -17,6 +17,7 @@ count already.
 from __future__ import annotations
 
 import time
+from typing import Protocol
 
 from gateway.core.ids import IDS
 from gateway.limits import MAX_REQUEST_ID
@@ -55,3 +56,11 @@ class Call:
         self.error: Exception | None = None  # the error that ended it, if one did
         self.replayed = False  # answered from the idempotency store
         self.replica = ""  # the base URL of the replica that answered or failed it
+
+
+class Observer(Protocol):
+    """Told of every finished API request, once (``gateway.ops``: metrics, access log)."""
+
+    def started(self, call: Call) -> None: ...
+
+    def finished(self, call: Call) -> None: ...

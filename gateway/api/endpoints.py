@@ -13,21 +13,24 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any, Protocol
+from typing import Any
 
 import msgspec
 import orjson
 
+from gateway.api import websocket
 from gateway.api.body import decode, read_body
-from gateway.api.calls import CLIENT_GONE, FAILED, Call
-from gateway.api.guard import Guard
+from gateway.api.calls import CLIENT_GONE, FAILED, Call, Observer
+from gateway.api.guard import Guard, within_limits
 from gateway.api.pings import SsePings
 from gateway.api.process import ProcessState
 from gateway.api.replay import REPLAYED, Replays, error_reply, streamed
 from gateway.api.seal import Sealer
+from gateway.api.turn import Sink, Turn
 from gateway.core.ids import IDS, RESPONSE
 from gateway.core.stream.transcoder import Transcoder
 from gateway.core.translate import reasoning
+from gateway.core.translate.conversation import Conversation
 from gateway.core.translate.request import to_chat_request
 from gateway.core.translate.response import to_response
 from gateway.core.wire import chunks as ck
@@ -42,7 +45,7 @@ from gateway.errors import (
     ShuttingDown,
     body_too_large,
 )
-from gateway.http.messages import Incoming, Reply, Response, StreamResponse
+from gateway.http.messages import Incoming, Reply, Response, StreamResponse, Upgraded
 from gateway.limits import STREAM_WRITE_AHEAD
 from gateway.upstream.response import UpstreamResponse
 from gateway.upstream.routing import Route, Router
@@ -101,16 +104,9 @@ def _chat_streams(view: Any, body: bytes) -> bool:
     return streamed(body)
 
 
-class Observer(Protocol):
-    """Told of every finished API request, once (``gateway.ops``: metrics, access log)."""
-
-    def started(self, call: Call) -> None: ...
-
-    def finished(self, call: Call) -> None: ...
-
-
 class Gateway:
-    """Serves ``/v1/responses``, ``/v1/chat/completions`` and ``/v1/models``.
+    """Serves ``/v1/responses`` (and its WebSocket), ``/v1/chat/completions`` and
+    ``/v1/models``.
 
     The process side (``gateway.ops``) plugs in here: ``ops`` routes (health,
     readiness, metrics: answered before auth and not counted as API traffic), an
@@ -146,6 +142,10 @@ class Gateway:
         self.in_flight = 0  # API requests being answered (streams until their end)
         self.streams: set[UpstreamResponse] = set()  # upstream reads of open streams
         self._idle: asyncio.Future[None] | None = None
+        self.sockets = 0  # Responses WebSockets open (each response counts in flight)
+        # GET /v1/responses, the Responses WebSocket (api.websocket): not held against the
+        # key's limits for as long as it is open; each of its responses counts instead.
+        self._socket: ApiRoute = partial(websocket.session, self)
         self._routes: dict[tuple[str, str], ApiRoute] = {
             ("POST", "/v1/responses"): partial(
                 self._decoded, REQUEST_DECODER, _asks_stream, self.responses
@@ -154,6 +154,7 @@ class Gateway:
                 self._decoded, PASS_THROUGH_DECODER, _chat_streams, self.chat
             ),
             ("GET", "/v1/models"): self.models,
+            ("GET", "/v1/responses"): self._socket,
         }
 
     async def handle(self, request: Incoming) -> Reply:
@@ -170,13 +171,19 @@ class Gateway:
             reply = await self._answer(request, call)
             return reply
         finally:
-            self.in_flight -= 1
-            if self.observer is not None:
+            if self.observer is not None and not isinstance(reply, Upgraded):
                 self._finished(call, reply, self.observer)
-            if not self.in_flight and self._idle is not None and not self._idle.done():
-                self._idle.set_result(None)
+            self.left()
 
-    def _finished(self, call: Call, reply: Reply | None, observer: Observer) -> None:
+    def left(self) -> None:
+        """One API request (or WebSocket response) fewer in flight."""
+        self.in_flight -= 1
+        if not self.in_flight and self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
+
+    def _finished(
+        self, call: Call, reply: Response | StreamResponse | None, observer: Observer
+    ) -> None:
         if reply is None:  # the client went away (the task was cancelled, or a write failed)
             call.outcome = CLIENT_GONE
             call.status = call.status or 499
@@ -212,7 +219,7 @@ class Gateway:
             route = self._routes.get((request.method, request.path))
             if route is None:
                 route = self._not_routed(request)
-            if guard is not None and guard.limited:
+            if guard is not None and guard.limited and route is not self._socket:
                 return await self._limited(route, request, call, guard)
             return await route(request, call)
         except GatewayError as exc:
@@ -230,13 +237,7 @@ class Gateway:
     @staticmethod
     async def _limited(route: ApiRoute, request: Incoming, call: Call, guard: Guard) -> Reply:
         """The route within the client key's limits."""
-        token = IDS.new("slot_")
-        if not await guard.admit(call.tenant, token):
-            return await route(request, call)
-        try:
-            return await route(request, call)
-        finally:
-            await guard.leave(call.tenant, token)
+        return await within_limits(guard, call.tenant, partial(route, request, call))
 
     def _not_routed(self, request: Incoming) -> ApiRoute:
         path = request.path
@@ -355,12 +356,42 @@ class Gateway:
     async def responses(self, request: Incoming, call: Call, held: list[Any]) -> Reply:
         body, req = held
         held.clear()
-        route = await self._route(call, body, req.model)
         stream = bool(req.stream)
-        pump = stream and route.caps.streaming
+        turn = await self.turn(request, call, body, req, stream)
+        del body, req  # (the stream keeps only what it needs)
+        upstream = await turn.route.replicas.chat(turn.payload, call.rid, turn.key)
+        call.replica = upstream.replica
+        turn.payload = b""
+        try:
+            if stream:
+                out = StreamResponse(headers={**SSE_HEADERS, **call.headers})
+                await self.stream(request, call, upstream, turn.transcoder(), turn.pump, out)
+                return out
+            data = await upstream.read()
+        finally:
+            upstream.release()
+        doc = to_response(data, turn.base, seal=turn.seal, summary=turn.summary, names=turn.names)
+        call.outcome = doc["status"]
+        call.usage = doc["usage"]
+        return Response(body=orjson.dumps(doc), content_type=JSON, headers=call.headers)
+
+    async def turn(
+        self,
+        request: Incoming,
+        call: Call,
+        body: bytes,
+        req: Any,
+        stream: bool,
+        continued: Conversation | None = None,
+        keep: bool = False,
+    ) -> Turn:
+        """A Responses request routed and translated (``continued``: the conversation it
+        continues; ``keep``: the turn keeps its chat messages)."""
+        route = await self._route(call, body, req.model)
         caps = route.caps
+        pump = stream and caps.streaming
         chat, echo, tools = to_chat_request(
-            req, caps, route.upstream_model, stream=pump, sealer=self.sealer
+            req, caps, route.upstream_model, stream=pump, sealer=self.sealer, continued=continued
         )
         if tools.dropped:
             log.info(
@@ -369,38 +400,24 @@ class Gateway:
                 len(tools.dropped),
                 ", ".join(tools.dropped),
             )
-        names = tools.names
-        key = self._affinity(request, route, req)
         base = output.response_base(IDS.new(RESPONSE), int(time.time()), req.model, echo)
         seal = self.sealer.seal if reasoning.wants_encrypted(req.include) else None
         summary = caps.summary_text and reasoning.summary_asked(req.reasoning)
+        messages = chat["messages"] if keep else None
+        key = self._affinity(request, route, req)
         payload = orjson.dumps(chat)
-        # This frame lives as long as the stream: keep only what the stream needs.
-        del body, req, chat, echo, tools
-        upstream = await route.replicas.chat(payload, call.rid, key)
-        call.replica = upstream.replica
-        del payload
-        try:
-            if stream:
-                tx = Transcoder(base, seal=seal, summary=summary, names=names)
-                return await self._stream(request, call, upstream, tx, pump)
-            data = await upstream.read()
-        finally:
-            upstream.release()
-        doc = to_response(data, base, seal=seal, summary=summary, names=names)
-        call.outcome = doc["status"]
-        call.usage = doc["usage"]
-        return Response(body=orjson.dumps(doc), content_type=JSON, headers=call.headers)
+        return Turn(route, payload, key, base, seal, summary, tools.names, pump, messages)
 
-    async def _stream(
+    async def stream(
         self,
         request: Incoming,
         call: Call,
         upstream: UpstreamResponse,
         tx: Transcoder,
         pump: bool,
-    ) -> StreamResponse:
-        out = StreamResponse(headers={**SSE_HEADERS, **call.headers})
+        out: Sink,
+    ) -> None:
+        """A response's events from ``upstream`` to ``out`` (``pump``: as they come)."""
         await out.prepare(request)
         call.status = 200
         frames = tx.start()
@@ -430,11 +447,10 @@ class Gateway:
                 call.usage = final["usage"]
             call.events = tx.events
         await out.write_eof(last)  # the terminal event and the end of the body: one write
-        return out
 
     async def _pump(
         self,
-        out: StreamResponse,
+        out: Sink,
         tx: Transcoder,
         upstream: UpstreamResponse,
         frames: bytes,

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
+from gateway.core.ids import IDS
 from gateway.errors import RateLimited, Unauthorized
 from gateway.http.messages import Incoming
 from gateway.stores.base import Store
@@ -27,6 +29,9 @@ NO_KEY = (
     "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
 )
 WRONG_KEY = "Incorrect API key provided."
+
+
+T = TypeVar("T")
 
 
 def tenant_of(key: str) -> str:
@@ -95,3 +100,14 @@ class Guard:
 
     async def leave(self, tenant: str, token: str) -> None:
         await self.store.leave(tenant, token)
+
+
+async def within_limits(guard: Guard, tenant: str, run: Callable[[], Awaitable[T]]) -> T:
+    """``run()`` counted against ``tenant``'s limits (its in-flight slot held while it runs)."""
+    token = IDS.new("slot_")
+    if not await guard.admit(tenant, token):
+        return await run()
+    try:
+        return await run()
+    finally:
+        await guard.leave(tenant, token)

@@ -32,7 +32,15 @@ from gateway.errors import (
     RequestTimeout,
     body_too_large,
 )
-from gateway.http.messages import CONTINUE, Handler, Headers, Response, StreamResponse, unreadable
+from gateway.http.messages import (
+    CONTINUE,
+    Handler,
+    Headers,
+    Response,
+    StreamResponse,
+    WebSocket,
+    unreadable,
+)
 from gateway.http.refusals import RefusalLog
 from gateway.limits import UNREAD_BODY_LINGER
 
@@ -133,6 +141,13 @@ class AiohttpRequest:
     def detach(self) -> bool:
         return False  # aiohttp cancels the handler of a client that went away
 
+    # Stubs until the WebSocket transport (branch i21-ws) replaces them.
+    def wants_websocket(self) -> bool:
+        return False
+
+    async def accept_websocket(self, headers: dict[str, str] | None = None) -> WebSocket:
+        raise InvalidRequest("This server does not serve WebSockets.")
+
 
 def _refusal(request: web.BaseRequest, headers: Headers) -> GatewayError | None:
     """What the lean server refuses at the head and aiohttp does not."""
@@ -214,6 +229,7 @@ class AiohttpServer:
             # The client is gone: end as aiohttp's own handler cancellation does. Raised
             # on, aiohttp would log "Error handling request" and make a 500 for it.
             raise asyncio.CancelledError from None
+        assert isinstance(reply, Response)  # (an upgrade: the transport branch, i21-ws)
         return _as_aiohttp(reply)
 
 

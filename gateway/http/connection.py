@@ -349,6 +349,7 @@ class Connection(asyncio.Protocol):
             elif self.started:
                 raise RuntimeError("a Response returned after a StreamResponse was prepared")
             else:
+                assert isinstance(resp, Response)  # (an upgrade: the transport branch, i21-ws)
                 self._write(req, resp)
                 if self.write_paused:
                     await self.drain()

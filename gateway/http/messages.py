@@ -143,6 +143,10 @@ class Incoming(Protocol):
         handler must then shield the work that has to finish itself."""
         ...
 
+    def wants_websocket(self) -> bool: ...  # GET with Upgrade: websocket
+
+    async def accept_websocket(self, headers: dict[str, str] | None = None) -> WebSocket: ...
+
 
 class StreamOut(Protocol):
     """A server's side of a ``StreamResponse``."""
@@ -237,5 +241,17 @@ def unreadable(what: str) -> InvalidRequest:
     return InvalidRequest(f"The request body could not be read: {what}.")
 
 
-Reply = Response | StreamResponse
+class WebSocket(Protocol):
+    async def receive(self) -> bytes | None: ...
+
+    async def send(self, data: bytes) -> None: ...
+
+    async def close(self, code: int = 1000, reason: str = "") -> None: ...
+
+
+class Upgraded: ...
+
+
+UPGRADED = Upgraded()
+Reply = Response | StreamResponse | Upgraded
 Handler = Callable[[Incoming], Awaitable[Reply]]

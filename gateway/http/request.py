@@ -20,8 +20,15 @@ import asyncio
 from collections import deque
 from typing import Protocol
 
-from gateway.errors import RequestTimeout, body_too_large
-from gateway.http.messages import CONTINUE, Headers, date_line, header_lines, status_line
+from gateway.errors import InvalidRequest, RequestTimeout, body_too_large
+from gateway.http.messages import (
+    CONTINUE,
+    Headers,
+    WebSocket,
+    date_line,
+    header_lines,
+    status_line,
+)
 from gateway.limits import REQUEST_BODY_HIGH_WATER
 
 LAST_CHUNK = b"0\r\n\r\n"
@@ -209,6 +216,13 @@ class Request:
     def detach(self) -> bool:
         self._conn.detached = True
         return True
+
+    # Stubs until the WebSocket transport (branch i21-ws) replaces them.
+    def wants_websocket(self) -> bool:
+        return False
+
+    async def accept_websocket(self, headers: dict[str, str] | None = None) -> WebSocket:
+        raise InvalidRequest("This server does not serve WebSockets.")
 
     async def open_stream(self, status: int, headers: dict[str, str] | None) -> LeanStream:
         conn = self._conn

@@ -152,7 +152,7 @@ async def listen(
     try:
         yield sock_server
     finally:
-        process.draining = True
+        process.drain()
         process.listening -= 1
         process.servers.remove(server)
         sock_server.close()
