@@ -173,7 +173,9 @@ class Gateway:
         finally:
             if self.observer is not None and not isinstance(reply, Upgraded):
                 self._finished(call, reply, self.observer)
-            self.left()
+            self.in_flight -= 1
+            if not self.in_flight and self._idle is not None and not self._idle.done():
+                self._idle.set_result(None)
 
     def left(self) -> None:
         """One API request (or WebSocket response) fewer in flight."""
@@ -258,7 +260,7 @@ class Gateway:
         body = orjson.dumps({"object": "list", "data": data})
         return Response(body=body, content_type=JSON, headers=call.headers)
 
-    async def _route(self, call: Call, body: bytes, model: str) -> Route:
+    async def route(self, call: Call, body: bytes, model: str) -> Route:
         """The deployment of ``model``, which must take a body of this size."""
         route = await self.router.resolve(model)
         limit = route.dep.max_body_bytes
@@ -306,7 +308,7 @@ class Gateway:
     async def chat(self, request: Incoming, call: Call, held: list[Any]) -> Reply:
         body, view = held
         held.clear()
-        route = await self._route(call, body, view.model)
+        route = await self.route(call, body, view.model)
         if route.upstream_model != view.model:
             doc = orjson.loads(body)
             doc["model"] = route.upstream_model
@@ -357,37 +359,43 @@ class Gateway:
         body, req = held
         held.clear()
         stream = bool(req.stream)
-        turn = await self.turn(request, call, body, req, stream)
-        del body, req  # (the stream keeps only what it needs)
-        upstream = await turn.route.replicas.chat(turn.payload, call.rid, turn.key)
+        route = await self.route(call, body, req.model)
+        payload, key, base, seal, summary, names, pump, _ = self.turn(
+            request, call, route, req, stream
+        )
+        # This frame lives as long as the stream: keep only what the stream needs.
+        del body, req
+        upstream = await route.replicas.chat(payload, call.rid, key)
         call.replica = upstream.replica
-        turn.payload = b""
+        del payload
         try:
             if stream:
                 out = StreamResponse(headers={**SSE_HEADERS, **call.headers})
-                await self.stream(request, call, upstream, turn.transcoder(), turn.pump, out)
+                tx = Transcoder(base, seal=seal, summary=summary, names=names)
+                await self.stream(request, call, upstream, tx, pump, out)
                 return out
             data = await upstream.read()
         finally:
             upstream.release()
-        doc = to_response(data, turn.base, seal=turn.seal, summary=turn.summary, names=turn.names)
+        doc = to_response(data, base, seal=seal, summary=summary, names=names)
         call.outcome = doc["status"]
         call.usage = doc["usage"]
         return Response(body=orjson.dumps(doc), content_type=JSON, headers=call.headers)
 
-    async def turn(
+    def turn(
         self,
         request: Incoming,
         call: Call,
-        body: bytes,
+        route: Route,
         req: Any,
         stream: bool,
         continued: Conversation | None = None,
         keep: bool = False,
     ) -> Turn:
-        """A Responses request routed and translated (``continued``: the conversation it
-        continues; ``keep``: the turn keeps its chat messages)."""
-        route = await self._route(call, body, req.model)
+        """A Responses request translated for its route: (the chat body, the affinity key,
+        the in-progress response, its seal and summary, the tool names, whether it is
+        pumped, and the chat messages when ``keep``); ``continued``: the conversation it
+        continues."""
         caps = route.caps
         pump = stream and caps.streaming
         chat, echo, tools = to_chat_request(
@@ -405,8 +413,7 @@ class Gateway:
         summary = caps.summary_text and reasoning.summary_asked(req.reasoning)
         messages = chat["messages"] if keep else None
         key = self._affinity(request, route, req)
-        payload = orjson.dumps(chat)
-        return Turn(route, payload, key, base, seal, summary, tools.names, pump, messages)
+        return orjson.dumps(chat), key, base, seal, summary, tools.names, pump, messages
 
     async def stream(
         self,

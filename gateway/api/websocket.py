@@ -52,6 +52,7 @@ from gateway.core.wire.responses import EMPTY, REQUEST_DECODER
 from gateway.errors import GatewayError, InternalError, InvalidRequest, UpgradeRequired
 from gateway.http.messages import UPGRADED, Incoming, Reply, WebSocket
 from gateway.upstream.response import UpstreamResponse
+from gateway.upstream.routing import Route
 
 log = logging.getLogger("gateway")
 
@@ -67,9 +68,11 @@ LIMIT_REACHED = "websocket_connection_limit_reached"
 GOING_AWAY = 1001
 
 
-# Gateway.turn (request, call, body, decoded, stream, continued, keep) and Gateway.stream
-# (request, call, upstream, transcoder, pump, out), called positionally.
-MakeTurn = Callable[[Incoming, Call, bytes, Any, bool, Conversation | None, bool], Awaitable[Turn]]
+# Gateway.route (call, body, model), Gateway.turn (request, call, route, decoded, stream,
+# continued, keep) and Gateway.stream (request, call, upstream, transcoder, pump, out),
+# called positionally.
+ToRoute = Callable[[Call, bytes, str], Awaitable[Route]]
+MakeTurn = Callable[[Incoming, Call, Route, Any, bool, Conversation | None, bool], Turn]
 Stream = Callable[[Incoming, Call, UpstreamResponse, Transcoder, bool, Sink], Awaitable[None]]
 
 
@@ -84,6 +87,9 @@ class Host(Protocol):
     sockets: int
 
     def left(self) -> None: ...
+
+    @property
+    def route(self) -> ToRoute: ...
 
     @property
     def turn(self) -> MakeTurn: ...
@@ -270,28 +276,31 @@ class Session:
                 raise not_found(previous)
             self.memory = None  # given to this turn: if it fails, nothing is left to continue
             check_outputs(continued, req.input)
-        turn = await host.turn(self.request, call, data, req, True, continued, True)
-        tx = turn.transcoder()
+        route = await host.route(call, data, req.model)
+        payload, key, base, seal, summary, names, pump, messages = host.turn(
+            self.request, call, route, req, True, continued, True
+        )
+        tx = Transcoder(base, seal=seal, summary=summary, names=names)
         out = Events(self.socket)
         if head.generate is False:  # a warm-up: an empty response, without the model
             call.status = 200
             await out.write_eof(tx.empty())
             call.events = tx.events
         else:
-            upstream = await turn.route.replicas.chat(turn.payload, call.rid, turn.key)
+            upstream = await route.replicas.chat(payload, call.rid, key)
             call.replica = upstream.replica
-            turn.payload = b""
+            del payload
             try:
-                await host.stream(self.request, call, upstream, tx, turn.pump, out)
+                await host.stream(self.request, call, upstream, tx, pump, out)
             finally:
                 upstream.release()
         final = tx.final
-        if final is None or final["status"] == "failed" or turn.messages is None:
+        if final is None or final["status"] == "failed" or messages is None:
             return
         self.memory = remember(
             continued,
             final["id"],
-            turn.messages,
+            messages,
             bool(req.instructions),
             req.input,
             len(head.input),

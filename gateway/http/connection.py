@@ -349,8 +349,7 @@ class Connection(asyncio.Protocol):
             elif self.started:
                 raise RuntimeError("a Response returned after a StreamResponse was prepared")
             else:
-                assert isinstance(resp, Response)  # (an upgrade: the transport branch, i21-ws)
-                self._write(req, resp)
+                self._write(req, resp)  # type: ignore[arg-type]  # (an upgrade: branch i21-ws)
                 if self.write_paused:
                     await self.drain()
         except asyncio.CancelledError:

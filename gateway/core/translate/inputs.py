@@ -55,13 +55,16 @@ def to_messages(
     if history:
         messages += history
     items = req.input
-    if earlier or (items and not isinstance(items, str)):
-        returned = ReturnedReasoning(caps, sealer)
-        _add_items(messages, earlier, caps, names, returned)
-        if not isinstance(items, str) and items:
-            _add_items(messages, items, caps, names, returned)
     if isinstance(items, str):
+        if earlier:
+            _add_items(messages, earlier, caps, names, ReturnedReasoning(caps, sealer))
         messages.append({"role": "user", "content": items})
+    elif items or earlier:
+        returned = ReturnedReasoning(caps, sealer)
+        if earlier:
+            _add_items(messages, earlier, caps, names, returned)
+        if items:
+            _add_items(messages, items, caps, names, returned)
     if not messages:
         raise missing("input", alternative="instructions")
     return messages
