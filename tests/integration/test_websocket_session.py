@@ -234,9 +234,9 @@ async def test_one_response_is_the_sse_stream_frame_for_frame(
 async def test_two_responses_in_a_row(upstream: FakeUpstream, connect: Any) -> None:
     upstream.reply = upstream.sse_reply(text_stream("one"))
     ws = connect()
-    first = await ws.socket.create(input="a")
+    first = await ws.socket.create(input="a", stream=False)  # (streamed all the same)
     upstream.reply = upstream.sse_reply(text_stream("two"))
-    second = await ws.socket.create(input="b")
+    second = await ws.socket.create(input="b", background=True)
     assert types(first)[-1] == types(second)[-1] == "response.completed"
     assert second[0]["sequence_number"] == 0
     assert first[-1]["response"]["id"] != second[-1]["response"]["id"]
@@ -454,6 +454,13 @@ async def test_an_upstream_error_before_the_stream(upstream: FakeUpstream, conne
     [error] = await ws.socket.create(input="hi")
     assert error["type"] == "error" and error["status"] == 502
     assert "bad things" in error["error"]["message"]
+    upstream.reply = upstream.json_reply({"error": {"message": "too long", "param": "x"}}, 422)
+    [error] = await ws.socket.create(input="hi")
+    assert (error["status"], error["error"]["message"], error["error"]["param"]) == (
+        422,
+        "too long",
+        "x",
+    )
     upstream.reply = upstream.sse_reply(text_stream("ok"))
     assert types(await ws.socket.create(input="hi"))[-1] == "response.completed"
 
@@ -475,7 +482,7 @@ async def test_a_stream_that_breaks_ends_with_one_failed(
 async def test_the_client_gone_mid_response_cuts_the_upstream(
     gateway: Gateway, upstream: FakeUpstream, connect: Any
 ) -> None:
-    upstream.reply = upstream.sse_reply(text_stream("a", "b"), then="hang")
+    upstream.reply = upstream.sse_reply(text_stream("a", "b")[:3], then="hang")
     ws = connect()
     ws.socket.sends_left = 3
     ws.socket.put({"type": "response.create", "model": "m1", "input": "hi"})
