@@ -45,7 +45,7 @@ from gateway.errors import (
     ShuttingDown,
     body_too_large,
 )
-from gateway.http.messages import Incoming, Reply, Response, StreamResponse, Upgraded
+from gateway.http.messages import UPGRADED, Incoming, Reply, Response, StreamResponse
 from gateway.limits import STREAM_WRITE_AHEAD
 from gateway.upstream.response import UpstreamResponse
 from gateway.upstream.routing import Route, Router
@@ -171,8 +171,8 @@ class Gateway:
             reply = await self._answer(request, call)
             return reply
         finally:
-            if self.observer is not None and not isinstance(reply, Upgraded):
-                self._finished(call, reply, self.observer)
+            if self.observer is not None and reply is not UPGRADED:  # (reported per response)
+                self._finished(call, reply, self.observer)  # type: ignore[arg-type]
             self.in_flight -= 1
             if not self.in_flight and self._idle is not None and not self._idle.done():
                 self._idle.set_result(None)
