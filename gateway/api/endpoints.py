@@ -46,7 +46,7 @@ from gateway.errors import (
     body_too_large,
 )
 from gateway.http.messages import UPGRADED, Incoming, Reply, Response, StreamResponse
-from gateway.limits import STREAM_WRITE_AHEAD
+from gateway.limits import STREAM_WRITE_AHEAD, WEBSOCKET_IDLE_TIMEOUT
 from gateway.upstream.response import UpstreamResponse
 from gateway.upstream.routing import Route, Router
 
@@ -143,6 +143,7 @@ class Gateway:
         self.streams: set[UpstreamResponse] = set()  # upstream reads of open streams
         self._idle: asyncio.Future[None] | None = None
         self.sockets = 0  # Responses WebSockets open (each response counts in flight)
+        self.websocket_idle = WEBSOCKET_IDLE_TIMEOUT  # ([http] websocket-idle-timeout)
         # GET /v1/responses, the Responses WebSocket (api.websocket): not held against the
         # key's limits for as long as it is open; each of its responses counts instead.
         self._socket: ApiRoute = partial(websocket.session, self)

@@ -18,8 +18,8 @@ items; any other id, or one a failed continuation gave up, is
 Each response is a ``Call`` of its own (endpoint ``responses_ws``) for the
 observer, and counts in ``in_flight`` while it runs: an idle socket holds no
 drain. Between responses the session closes for the drain (1001), an idle
-timeout (1000) or its age cap (an error ``websocket_connection_limit_reached``,
-then 1000): ``limits.WEBSOCKET_IDLE_TIMEOUT`` and ``WEBSOCKET_MAX_AGE``.
+timeout (1000; ``[http] websocket-idle-timeout``) or its age cap (an error
+``websocket_connection_limit_reached``, then 1000; ``limits.WEBSOCKET_MAX_AGE``).
 """
 
 from __future__ import annotations
@@ -85,6 +85,7 @@ class Host(Protocol):
     process: ProcessState
     in_flight: int
     sockets: int
+    websocket_idle: float
 
     def left(self) -> None: ...
 
@@ -188,7 +189,7 @@ class Session:
                 )
                 await socket.close(1000, "connection time limit reached")
                 return None
-            idle = limits.WEBSOCKET_IDLE_TIMEOUT
+            idle = self.host.websocket_idle
             receive = asyncio.ensure_future(socket.receive())
             try:
                 done, _ = await asyncio.wait(

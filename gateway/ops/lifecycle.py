@@ -104,6 +104,7 @@ async def open_gateway(
         gateway = Gateway(
             router, pings, max_body, guard=guard, replays=replays, sealer=sealer, process=process
         )
+        gateway.websocket_idle = cfg.http.websocket_idle_timeout
         routes = observe(gateway, cfg, env, access_out)
         yield gateway
     finally:

@@ -23,7 +23,7 @@ import pytest
 
 from gateway import limits
 from gateway.api.endpoints import Gateway
-from gateway.config import Auth, Ops
+from gateway.config import Auth, Http, Ops
 from gateway.http.messages import Headers
 from gateway.ops.lifecycle import listen, open_gateway
 from tests.conftest import WEATHER, FakeUpstream, chunk, completion, make_config, text_stream
@@ -559,11 +559,29 @@ async def test_the_connection_cap(
     assert (await quiet.socket.closing())[0] == 1000
 
 
-async def test_the_idle_timeout(connect: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(limits, "WEBSOCKET_IDLE_TIMEOUT", 0.2)
-    ws = connect()
+async def test_the_idle_timeout(upstream: FakeUpstream) -> None:
+    cfg = make_config(upstream.url)
+    cfg = msgspec.structs.replace(cfg, http=Http(websocket_idle_timeout=0.2))
+    async with open_gateway(cfg) as gateway:
+        assert gateway.websocket_idle == 0.2
+        ws = Client(gateway)
+        assert await ws.socket.closing() == (1000, "idle timeout")
+        assert ws.socket.sent.empty()
+        await asyncio.wait_for(ws.task, WAIT)
+
+
+async def test_the_idle_timeout_runs_from_the_last_message(
+    gateway: Gateway, upstream: FakeUpstream, connect: Any
+) -> None:
+    gateway.websocket_idle = 0.3
+    ws = connect()  # (a message before the timeout each time: the socket stays)
+    upstream.reply = upstream.sse_reply(text_stream("ok"))
+    for _ in range(3):
+        await asyncio.sleep(0.2)
+        ws.socket.put({"type": "response.processed", "response_id": "resp_1"})
+    assert types(await ws.socket.create(input="hi"))[-1] == "response.completed"
+    assert ws.socket.closed is None
     assert await ws.socket.closing() == (1000, "idle timeout")
-    assert ws.socket.sent.empty()
 
 
 # ---- what the process sees ---------------------------------------------------------------------

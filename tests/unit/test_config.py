@@ -140,3 +140,12 @@ def test_replicas_and_their_policies() -> None:
 def test_bad_replica_settings_name_the_key(line: str, says: str) -> None:
     with pytest.raises(ConfigError, match=says):
         parse(f"[[deployment]]\n{line}\n".encode(), "bad.toml")
+
+
+def test_websocket_idle_timeout() -> None:
+    cfg = parse((GOOD + "\n[http]\nwebsocket-idle-timeout = 30\n").encode(), "g.toml")
+    assert cfg.http.websocket_idle_timeout == 30
+    assert parse(GOOD.encode(), "g.toml").http.websocket_idle_timeout == 300
+    with pytest.raises(ConfigError) as info:
+        parse((GOOD + "\n[http]\nwebsocket-idle-timeout = 0\n").encode(), "g.toml")
+    assert "timeouts must be positive" in str(info.value)
