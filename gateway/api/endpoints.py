@@ -65,7 +65,7 @@ def chat_usage(body: bytes) -> dict | None:
     metrics and the access log); None when it has none or is not JSON."""
     try:
         return output.usage_from_chat(_USAGE.decode(body).usage)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except ValueError:  # (msgspec's errors)
         return None
 
 
@@ -105,8 +105,7 @@ def _chat_streams(view: Any, body: bytes) -> bool:
 
 
 class Gateway:
-    """Serves ``/v1/responses`` (and its WebSocket), ``/v1/chat/completions`` and
-    ``/v1/models``.
+    """Serves ``/v1/responses`` (and its WebSocket), ``/v1/chat/completions``, ``/v1/models``.
 
     The process side (``gateway.ops``) plugs in here: ``ops`` routes (health,
     readiness, metrics: answered before auth and not counted as API traffic), an
@@ -143,10 +142,8 @@ class Gateway:
         self.streams: set[UpstreamResponse] = set()  # upstream reads of open streams
         self._idle: asyncio.Future[None] | None = None
         self.sockets = 0  # Responses WebSockets open (each response counts in flight)
-        self.websocket_idle = WEBSOCKET_IDLE_TIMEOUT  # ([http] websocket-idle-timeout)
-        # GET /v1/responses, the Responses WebSocket (api.websocket): not held against the
-        # key's limits for as long as it is open; each of its responses counts instead.
-        self._socket: ApiRoute = partial(websocket.session, self)
+        self.websocket_idle = WEBSOCKET_IDLE_TIMEOUT  # [http] websocket-idle-timeout
+        self._socket: ApiRoute = partial(websocket.session, self)  # (limits: per response)
         self._routes: dict[tuple[str, str], ApiRoute] = {
             ("POST", "/v1/responses"): partial(
                 self._decoded, REQUEST_DECODER, _asks_stream, self.responses
@@ -188,6 +185,8 @@ class Gateway:
         self, call: Call, reply: Response | StreamResponse | None, observer: Observer
     ) -> None:
         if reply is None:  # the client went away (the task was cancelled, or a write failed)
+            if call.status == 101:  # a WebSocket cut: its responses were told of, each
+                return
             call.outcome = CLIENT_GONE
             call.status = call.status or 499
         else:
@@ -393,10 +392,8 @@ class Gateway:
         continued: Conversation | None = None,
         keep: bool = False,
     ) -> Turn:
-        """A Responses request translated for its route: (the chat body, the affinity key,
-        the in-progress response, its seal and summary, the tool names, whether it is
-        pumped, and the chat messages when ``keep``); ``continued``: the conversation it
-        continues."""
+        """A Responses request translated for its route (``api.turn.Turn``; the chat
+        messages only if ``keep``), continuing the conversation ``continued``."""
         caps = route.caps
         pump = stream and caps.streaming
         chat, echo, tools = to_chat_request(

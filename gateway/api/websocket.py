@@ -118,6 +118,7 @@ async def session(host: Host, request: Incoming, call: Call) -> Reply:
     if not request.wants_websocket():
         raise UpgradeRequired(NOT_A_SOCKET)
     socket = await request.accept_websocket(call.headers)
+    call.status = 101  # (what Gateway.handle tells the upgrade's end by, if it is cut)
     try:
         await Session(host, request, socket, call.tenant).run()
     except Exception:  # a bug of ours: the socket still ends with a close, not an HTTP answer

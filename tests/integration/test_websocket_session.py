@@ -620,6 +620,14 @@ async def test_each_response_is_a_call(
     assert ok.events > 3 and ok.usage is not None and ok.ttft is not None
     assert (failed.endpoint, failed.status, failed.outcome) == ("responses_ws", 400, "failed")
     assert ok.rid != failed.rid
+    # a socket whose handler is cancelled (its server shut down) is no request either
+    cut = connect()
+    assert types(await cut.socket.create(input="hi"))[-1] == "response.completed"
+    cut.task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await cut.task
+    assert [c.endpoint for c in calls.done] == ["responses_ws"] * 3
+    assert gateway.in_flight == 0 and gateway.sockets == 0
 
 
 async def test_a_non_streaming_upstream(upstream: FakeUpstream, start_gateway: Any) -> None:
