@@ -17,6 +17,7 @@ Example ``gateway.toml``::
     keepalive-timeout = 75.0              # an idle client connection is closed after this
     max-connections = 10000               # one more is answered 503 and closed
     max-pipelined = 8                     # requests queued on one connection before reading stops
+    websocket-idle-timeout = 300.0        # a Responses WebSocket without a message: closed
 
     [auth]                                # client API keys: every /v1/* request needs one
     keys-env = "GATEWAY_API_KEYS"         # keys in this environment variable (comma-separated;
@@ -265,13 +266,15 @@ class Http(_Base, frozen=True):
     max_pipelined: int = limits.MAX_PIPELINED
     websocket_ping_interval: float = limits.WEBSOCKET_PING_INTERVAL
     websocket_ping_timeout: float = limits.WEBSOCKET_PING_TIMEOUT
+    websocket_idle_timeout: float = limits.WEBSOCKET_IDLE_TIMEOUT
 
     def __post_init__(self) -> None:
         sizes = (self.max_request_line, self.max_header_line, self.max_headers)
         if min(sizes) < 1 or self.max_head_bytes < 1024:
             raise ValueError("[http] sizes and counts must be positive (max-head-bytes >= 1024)")
         times = (self.head_timeout, self.body_timeout, self.keepalive_timeout)
-        if min(*times, self.websocket_ping_interval, self.websocket_ping_timeout) <= 0:
+        websocket = (self.websocket_ping_interval, self.websocket_ping_timeout)
+        if min(*times, *websocket, self.websocket_idle_timeout) <= 0:
             raise ValueError("[http] timeouts must be positive")
         if self.max_connections < 1 or self.max_pipelined < 1:
             raise ValueError("[http] max-connections and max-pipelined must be at least 1")

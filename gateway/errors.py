@@ -13,6 +13,7 @@
     │   ├── UnsupportedMediaType      415     invalid_request_error  unsupported_content_encoding
     │   ├── ExpectationFailed         417     invalid_request_error  expectation_failed
     │   ├── IdempotencyKeyReused      422     invalid_request_error  idempotency_key_reused
+    │   ├── UpgradeRequired           426     invalid_request_error  upgrade_required
     │   ├── RateLimited               429     requests               rate_limit_exceeded
     │   └── HeadersTooLarge           431     invalid_request_error  request_header_fields_too_large
     ├── Overloaded                    503     server_error           server_overloaded
@@ -144,6 +145,14 @@ class IdempotencyKeyReused(ClientError):
 
     status = 422
     code = "idempotency_key_reused"
+
+
+class UpgradeRequired(ClientError):
+    """A plain GET of a route that is a WebSocket (``GET /v1/responses``)."""
+
+    status = 426
+    code = "upgrade_required"
+    headers = {"Upgrade": "websocket"}
 
 
 class RateLimited(ClientError):

@@ -65,6 +65,13 @@ WEBSOCKET_PING_TIMEOUT = 20.0
 # connection (a client that never answers must not hold it).
 WEBSOCKET_CLOSE_WAIT = 2.0
 
+# The Responses WebSocket (gateway.api.websocket): a connection without a frame for this
+# many seconds is closed (1000); one open this long is closed after the response in
+# progress, with the error websocket_connection_limit_reached (OpenAI's 60 minutes:
+# Codex reconnects on that code).
+WEBSOCKET_IDLE_TIMEOUT = 300.0
+WEBSOCKET_MAX_AGE = 3600.0
+
 # ---- upstream (gateway.upstream) ------------------------------------------------------
 
 UPSTREAM_CONNECT_TIMEOUT = 10.0

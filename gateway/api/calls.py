@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from gateway.core.ids import IDS
 from gateway.limits import MAX_REQUEST_ID
@@ -60,3 +60,11 @@ class Call:
         # A run that goes on if the client leaves (an Idempotency-Key on a server that
         # cannot detach its handler): its slots and in-flight count are held until it ends.
         self.run: asyncio.Future[Any] | None = None
+
+
+class Observer(Protocol):
+    """Told of every finished API request, once (``gateway.ops``: metrics, access log)."""
+
+    def started(self, call: Call) -> None: ...
+
+    def finished(self, call: Call) -> None: ...

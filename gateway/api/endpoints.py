@@ -11,27 +11,29 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any, Protocol
+from typing import Any
 
-import msgspec
 import orjson
 
+from gateway.api import passthrough, websocket
 from gateway.api.body import decode, read_body
-from gateway.api.calls import CLIENT_GONE, FAILED, Call
+from gateway.api.calls import CLIENT_GONE, FAILED, Call, Observer
 from gateway.api.compact import Compactions, never_streams
-from gateway.api.guard import Guard
+from gateway.api.guard import Guard, within_limits
+from gateway.api.passthrough import chat_streams
 from gateway.api.pings import SSE_HEADERS, SsePings
 from gateway.api.process import ProcessState
-from gateway.api.replay import REPLAYED, Replays, error_reply, streamed
+from gateway.api.replay import REPLAYED, Replays, error_reply
 from gateway.api.seal import Sealer
+from gateway.api.turn import Sink, Turn, affinity
 from gateway.core.ids import IDS, RESPONSE
 from gateway.core.stream.transcoder import Transcoder
 from gateway.core.translate import compaction, reasoning
+from gateway.core.translate.conversation import Conversation
 from gateway.core.translate.request import to_chat_request
 from gateway.core.translate.response import to_response
-from gateway.core.wire import chunks as ck
 from gateway.core.wire import output
 from gateway.core.wire.chat import PASS_THROUGH_DECODER
 from gateway.core.wire.responses import REQUEST_DECODER
@@ -43,28 +45,12 @@ from gateway.errors import (
     ShuttingDown,
     body_too_large,
 )
-from gateway.http.messages import Incoming, Reply, Response, StreamResponse
-from gateway.limits import STREAM_WRITE_AHEAD
+from gateway.http.messages import UPGRADED, Incoming, Reply, Response, StreamResponse
+from gateway.limits import STREAM_WRITE_AHEAD, WEBSOCKET_IDLE_TIMEOUT
 from gateway.upstream.response import UpstreamResponse
 from gateway.upstream.routing import Route, Router
 
 log = logging.getLogger("gateway")
-
-
-class _WithUsage(msgspec.Struct):
-    usage: ck.Usage | None = None
-
-
-_USAGE = msgspec.json.Decoder(_WithUsage)
-
-
-def chat_usage(body: bytes) -> dict | None:
-    """The Responses-shaped usage of a passed-through chat completion (for the
-    metrics and the access log); None when it has none or is not JSON."""
-    try:
-        return output.usage_from_chat(_USAGE.decode(body).usage)
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return None
 
 
 JSON = "application/json"
@@ -92,23 +78,9 @@ def _asks_stream(req: Any, body: bytes) -> bool:
     return bool(req.stream)
 
 
-def _chat_streams(view: Any, body: bytes) -> bool:
-    """Whether a pass-through chat body asks for a stream (read only for a request
-    with an Idempotency-Key: the view decodes no more than routing needs)."""
-    return streamed(body)
-
-
-class Observer(Protocol):
-    """Told of every finished API request, once (``gateway.ops``: metrics, access log)."""
-
-    def started(self, call: Call) -> None: ...
-
-    def finished(self, call: Call) -> None: ...
-
-
 class Gateway:
-    """Serves ``/v1/responses`` (and its compactions: ``api.compact``),
-    ``/v1/chat/completions`` and ``/v1/models``.
+    """Serves ``/v1/responses`` (its compactions: ``api.compact``; its WebSocket:
+    ``api.websocket``), ``/v1/chat/completions`` and ``/v1/models``.
 
     The process side (``gateway.ops``) plugs in here: ``ops`` routes (health,
     readiness, metrics: answered before auth and not counted as API traffic), an
@@ -144,8 +116,10 @@ class Gateway:
         self.in_flight = 0  # API requests being answered (streams until their end)
         self.streams: set[UpstreamResponse] = set()  # upstream reads of open streams
         self._idle: asyncio.Future[None] | None = None
-        self._background: set[asyncio.Task[None]] = set()  # slots given back late
         self.compactions = Compactions(self)
+        self.sockets = 0  # Responses WebSockets open (each response counts in flight)
+        self.websocket_idle = WEBSOCKET_IDLE_TIMEOUT  # [http] websocket-idle-timeout
+        self._socket: ApiRoute = partial(websocket.session, self)  # (limits: per response)
         self._routes: dict[tuple[str, str], ApiRoute] = {
             ("POST", "/v1/responses"): partial(
                 self._decoded, REQUEST_DECODER, _asks_stream, self.responses
@@ -154,9 +128,10 @@ class Gateway:
                 self._decoded, REQUEST_DECODER, never_streams, self.compact
             ),
             ("POST", "/v1/chat/completions"): partial(
-                self._decoded, PASS_THROUGH_DECODER, _chat_streams, self.chat
+                self._decoded, PASS_THROUGH_DECODER, chat_streams, partial(passthrough.chat, self)
             ),
             ("GET", "/v1/models"): self.models,
+            ("GET", "/v1/responses"): self._socket,
         }
 
     async def handle(self, request: Incoming) -> Reply:
@@ -178,16 +153,26 @@ class Gateway:
                 self._ended()
             else:  # a run that goes on without its client: in flight until it ends
                 run.add_done_callback(self._ended)
-            if self.observer is not None:
-                self._finished(call, reply, self.observer)
+            if self.observer is not None and reply is not UPGRADED:  # (reported per response)
+                self._finished(call, reply, self.observer)  # type: ignore[arg-type]
 
     def _ended(self, _run: object = None) -> None:
         self.in_flight -= 1
         if not self.in_flight and self._idle is not None and not self._idle.done():
             self._idle.set_result(None)
 
-    def _finished(self, call: Call, reply: Reply | None, observer: Observer) -> None:
+    def left(self) -> None:
+        """One API request (or WebSocket response) fewer in flight."""
+        self.in_flight -= 1
+        if not self.in_flight and self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
+
+    def _finished(
+        self, call: Call, reply: Response | StreamResponse | None, observer: Observer
+    ) -> None:
         if reply is None:  # the client went away (the task was cancelled, or a write failed)
+            if call.status == 101:  # a WebSocket cut: its responses were told of, each
+                return
             call.outcome = CLIENT_GONE
             call.status = call.status or 499
         else:
@@ -222,7 +207,7 @@ class Gateway:
             route = self._routes.get((request.method, request.path))
             if route is None:
                 route = self._not_routed(request)
-            if guard is not None and guard.limited:
+            if guard is not None and guard.limited and route is not self._socket:
                 return await self._limited(route, request, call, guard)
             return await route(request, call)
         except GatewayError as exc:
@@ -237,24 +222,9 @@ class Gateway:
             )
             return error_reply(InternalError("The gateway failed unexpectedly."), call)
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
     async def _limited(self, route: ApiRoute, request: Incoming, call: Call, guard: Guard) -> Reply:
         """The route within the client key's limits."""
-        token = IDS.new("slot_")
-        if not await guard.admit(call.tenant, token):
-            return await route(request, call)
-        try:
-            return await route(request, call)
-        finally:
-            run = call.run
-            if run is None or run.done():
-                await guard.leave(call.tenant, token)
-            else:  # the slot is the run's until it ends (its client left)
-                run.add_done_callback(lambda _: self._spawn(guard.leave(call.tenant, token)))
+        return await within_limits(guard, call.tenant, partial(route, request, call), call)
 
     def _not_routed(self, request: Incoming) -> ApiRoute:
         path = request.path
@@ -275,7 +245,7 @@ class Gateway:
         body = orjson.dumps({"object": "list", "data": data})
         return Response(body=body, content_type=JSON, headers=call.headers)
 
-    async def _route(self, call: Call, body: bytes, model: str) -> Route:
+    async def route(self, call: Call, body: bytes, model: str) -> Route:
         """The deployment of ``model``, which must take a body of this size."""
         route = await self.router.resolve(model)
         limit = route.dep.max_body_bytes
@@ -284,19 +254,6 @@ class Gateway:
         call.model = model
         call.route = route
         return route
-
-    @staticmethod
-    def _affinity(request: Incoming, route: Route, doc: Any) -> str | None:
-        """The request's affinity key, when its deployment has several replicas: the
-        body's ``prompt_cache_key``, ``user`` or ``safety_identifier``, else the
-        deployment's affinity header (None: the least loaded replica)."""
-        if not route.replicas.many:
-            return None
-        key: str | None = doc.prompt_cache_key or doc.user or doc.safety_identifier
-        if key:
-            return key
-        name = route.dep.affinity_header
-        return request.headers.get(name) if name else None
 
     async def _decoded(
         self,
@@ -318,101 +275,38 @@ class Gateway:
         del body, doc  # (only the list holds them: the answer lets go while it streams)
         return await answer(request, call, held)
 
-    # ---- /v1/chat/completions: pass-through -------------------------------------------
-
-    async def chat(self, request: Incoming, call: Call, held: list[Any]) -> Reply:
-        body, view = held
-        held.clear()
-        route = await self._route(call, body, view.model)
-        if route.upstream_model != view.model:
-            doc = orjson.loads(body)
-            doc["model"] = route.upstream_model
-            body = orjson.dumps(doc)
-        key = self._affinity(request, route, view)
-        resp = await route.replicas.chat(body, call.rid, key)
-        call.replica = resp.replica
-        del body  # not needed while the answer streams
-        try:
-            ctype = resp.content_type.decode("latin-1") or JSON
-            if not ctype.startswith("text/event-stream"):
-                data = await resp.read()
-                if self.observer is not None:
-                    call.usage = chat_usage(data)
-                return Response(body=data, content_type=ctype, headers=call.headers)
-            out = StreamResponse(headers={**SSE_HEADERS, **call.headers})
-            await out.prepare(request)
-            call.status = 200
-            self.streams.add(resp)
-            try:
-                data = await resp.read_some()
-                call.ttft = time.monotonic() - call.started
-                while data:
-                    await out.write(data)
-                    data = await resp.read_some()
-            except ConnectionError:
-                resp.abort()  # the client left: the upstream should see it and stop
-                raise
-            except GatewayError as exc:
-                # Bytes already went out: cut the connection, so that the client
-                # sees a broken stream rather than one that looks complete.
-                log.warning(
-                    "request %s: chat stream from upstream broke: %s", call.rid, exc.message
-                )
-                call.error = exc
-                call.outcome = FAILED
-                request.abort()
-                return out
-        finally:
-            self.streams.discard(resp)
-            resp.release()
-        await out.write_eof()
-        return out
-
     # ---- /v1/responses ----------------------------------------------------------------
 
     async def compact(self, request: Incoming, call: Call, held: list[Any]) -> Reply:
         body, req = held
         held.clear()
-        route = await self._route(call, body, req.model)
-        key = self._affinity(request, route, req)
+        route = await self.route(call, body, req.model)
+        key = affinity(request, route, req)
         return await self.compactions.compact(call, route, req, key)
 
     async def responses(self, request: Incoming, call: Call, held: list[Any]) -> Reply:
         body, req = held
         held.clear()
-        route = await self._route(call, body, req.model)
+        route = await self.route(call, body, req.model)
         items = req.input  # a compaction_trigger last: compaction.triggered, without a call
         if type(items) is list and items and items[-1].type == compaction.TRIGGER:
-            key = self._affinity(request, route, req)
+            key = affinity(request, route, req)
             return await self.compactions.trigger(request, call, route, req, key)
         stream = bool(req.stream)
-        pump = stream and route.caps.streaming
-        caps = route.caps
-        chat, echo, tools = to_chat_request(
-            req, caps, route.upstream_model, stream=pump, sealer=self.sealer
+        payload, key, base, seal, summary, names, pump, _ = self.turn(
+            request, call, route, req, stream
         )
-        if tools.dropped:
-            log.info(
-                "request %s: %d hosted tool(s) dropped (%s)",
-                call.rid,
-                len(tools.dropped),
-                ", ".join(tools.dropped),
-            )
-        names = tools.names
-        key = self._affinity(request, route, req)
-        base = output.response_base(IDS.new(RESPONSE), int(time.time()), req.model, echo)
-        seal = self.sealer.seal if reasoning.wants_encrypted(req.include) else None
-        summary = caps.summary_text and reasoning.summary_asked(req.reasoning)
-        payload = orjson.dumps(chat)
         # This frame lives as long as the stream: keep only what the stream needs.
-        del body, req, chat, echo, tools
+        del body, req
         upstream = await route.replicas.chat(payload, call.rid, key)
         call.replica = upstream.replica
         del payload
         try:
             if stream:
+                out = StreamResponse(headers={**SSE_HEADERS, **call.headers})
                 tx = Transcoder(base, seal=seal, summary=summary, names=names)
-                return await self._stream(request, call, upstream, tx, pump)
+                await self.stream(request, call, upstream, tx, pump, out)
+                return out
             data = await upstream.read()
         finally:
             upstream.release()
@@ -421,15 +315,47 @@ class Gateway:
         call.usage = doc["usage"]
         return Response(body=orjson.dumps(doc), content_type=JSON, headers=call.headers)
 
-    async def _stream(
+    def turn(
+        self,
+        request: Incoming,
+        call: Call,
+        route: Route,
+        req: Any,
+        stream: bool,
+        continued: Conversation | None = None,
+        keep: bool = False,
+    ) -> Turn:
+        """A Responses request translated for its route (``api.turn.Turn``; the chat
+        messages only if ``keep``), continuing the conversation ``continued``."""
+        caps = route.caps
+        pump = stream and caps.streaming
+        chat, echo, tools = to_chat_request(
+            req, caps, route.upstream_model, stream=pump, sealer=self.sealer, continued=continued
+        )
+        if tools.dropped:
+            log.info(
+                "request %s: %d hosted tool(s) dropped (%s)",
+                call.rid,
+                len(tools.dropped),
+                ", ".join(tools.dropped),
+            )
+        base = output.response_base(IDS.new(RESPONSE), int(time.time()), req.model, echo)
+        seal = self.sealer.seal if reasoning.wants_encrypted(req.include) else None
+        summary = caps.summary_text and reasoning.summary_asked(req.reasoning)
+        messages = chat["messages"] if keep else None
+        key = affinity(request, route, req)
+        return orjson.dumps(chat), key, base, seal, summary, tools.names, pump, messages
+
+    async def stream(
         self,
         request: Incoming,
         call: Call,
         upstream: UpstreamResponse,
         tx: Transcoder,
         pump: bool,
-    ) -> StreamResponse:
-        out = StreamResponse(headers={**SSE_HEADERS, **call.headers})
+        out: Sink,
+    ) -> None:
+        """A response's events from ``upstream`` to ``out`` (``pump``: as they come)."""
         await out.prepare(request)
         call.status = 200
         frames = tx.start()
@@ -459,11 +385,10 @@ class Gateway:
                 call.usage = final["usage"]
             call.events = tx.events
         await out.write_eof(last)  # the terminal event and the end of the body: one write
-        return out
 
     async def _pump(
         self,
-        out: StreamResponse,
+        out: Sink,
         tx: Transcoder,
         upstream: UpstreamResponse,
         frames: bytes,

@@ -16,10 +16,14 @@ how long a miss takes does not depend on how much of a key the guess shares.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
+from gateway.api.calls import Call
+from gateway.core.ids import IDS
 from gateway.errors import RateLimited, Unauthorized
 from gateway.http.messages import Incoming
 from gateway.stores.base import Store
@@ -29,6 +33,9 @@ NO_KEY = (
     "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
 )
 WRONG_KEY = "Incorrect API key provided."
+
+
+T = TypeVar("T")
 
 
 def tenant_of(key: str, secret: bytes) -> str:
@@ -55,6 +62,7 @@ class Guard:
         self.limited = bool(per_minute or in_flight)
         self._known: dict[str, str] = {}  # Authorization values of right keys -> tenant
         self._most_known = 8 * len(self.keys)  # (spellings: "Bearer" / "bearer", spaces)
+        self._leaving: set[asyncio.Task[None]] = set()  # slots given back from callbacks
 
     def tenant(self, request: Incoming) -> str:
         """The tenant of the request's key; ``Unauthorized`` without a right one."""
@@ -103,3 +111,28 @@ class Guard:
 
     async def leave(self, tenant: str, token: str) -> None:
         await self.store.leave(tenant, token)
+
+    def leave_later(self, tenant: str, token: str) -> None:
+        """``leave``, from a callback (the task is kept until it ends)."""
+        task = asyncio.ensure_future(self.leave(tenant, token))
+        self._leaving.add(task)
+        task.add_done_callback(self._leaving.discard)
+
+
+async def within_limits(
+    guard: Guard, tenant: str, run: Callable[[], Awaitable[T]], call: Call | None = None
+) -> T:
+    """``run()`` counted against ``tenant``'s limits: its in-flight slot held while it
+    runs, or, when ``call.run`` goes on after it (a keyed run whose client left, on a
+    server that cannot detach its handler), until that run ends."""
+    token = IDS.new("slot_")
+    if not await guard.admit(tenant, token):
+        return await run()
+    try:
+        return await run()
+    finally:
+        later = call.run if call is not None else None
+        if later is None or later.done():
+            await guard.leave(tenant, token)
+        else:
+            later.add_done_callback(lambda _: guard.leave_later(tenant, token))

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-
-from gateway.http.messages import StreamResponse
+from typing import Protocol
 
 COMMENT = b": keepalive\n\n"
 TICKS = 3
@@ -26,10 +25,16 @@ SSE_HEADERS = {
 }
 
 
+class Out(Protocol):
+    """Where a stream's pings go (a ``StreamResponse``, or a WebSocket's events)."""
+
+    async def write(self, data: bytes) -> None: ...
+
+
 class Watch:
     __slots__ = ("out", "fresh", "idle")
 
-    def __init__(self, out: StreamResponse) -> None:
+    def __init__(self, out: Out) -> None:
         self.out = out
         self.fresh = True
         self.idle = 0
@@ -51,7 +56,7 @@ class SsePings:
             self._handle.cancel()
             self._handle = None
 
-    def watch(self, out: StreamResponse) -> Watch:
+    def watch(self, out: Out) -> Watch:
         w = Watch(out)
         self._watches.add(w)
         return w
@@ -78,6 +83,6 @@ class SsePings:
         self._schedule()
 
     @staticmethod
-    async def _ping(out: StreamResponse) -> None:
+    async def _ping(out: Out) -> None:
         with contextlib.suppress(ConnectionError, RuntimeError):
             await out.write(COMMENT)

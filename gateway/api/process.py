@@ -9,6 +9,7 @@ limit through it.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Protocol
 
 from gateway.http.messages import Handler
@@ -23,13 +24,23 @@ class HttpServer(Protocol):
 
 
 class ProcessState:
-    __slots__ = ("store", "overload", "listening", "draining", "servers", "metrics_only")
+    __slots__ = (
+        "store", "overload", "listening", "draining", "drain_started", "servers", "metrics_only",
+    )  # fmt: skip
 
     def __init__(self, store: Store, overload: Gate | None = None) -> None:
         self.store = store  # idempotency records and request counters (a reload keeps it)
         self.overload = overload  # the gateway-wide bound of upstream requests, if any
         self.listening = 0  # listeners open
         self.draining = False
+        self.drain_started = (
+            asyncio.Event()
+        )  # set with draining (WebSockets close between responses)
         self.servers: list[HttpServer] = []  # the HTTP servers serving the gateway
         # The handler of a listener of /metrics alone ([ops] metrics-listen), if any.
         self.metrics_only: Handler | None = None
+
+    def drain(self) -> None:
+        """The drain begins: ``draining`` turns True and ``drain_started`` is set."""
+        self.draining = True
+        self.drain_started.set()

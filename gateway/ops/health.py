@@ -73,6 +73,7 @@ class OpsRoutes:
                 gateway.ops[("GET", "/metrics")] = self.scrape
             metrics.replicas = lambda: router_replicas(self.gateway.router)
             metrics.in_flight_now = lambda: self.gateway.in_flight
+            metrics.sockets_now = lambda: self.gateway.sockets
 
     def close(self) -> None:
         """At the gateway's end: what the metrics and the access log hold goes out."""

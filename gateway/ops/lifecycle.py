@@ -114,6 +114,7 @@ async def open_gateway(
         gateway = Gateway(
             router, pings, max_body, guard=guard, replays=replays, sealer=sealer, process=process
         )
+        gateway.websocket_idle = cfg.http.websocket_idle_timeout
         routes = observe(gateway, cfg, env, access_out)
         yield gateway
     finally:
@@ -162,7 +163,7 @@ async def listen(
     try:
         yield sock_server
     finally:
-        process.draining = True
+        process.drain()
         process.listening -= 1
         process.servers.remove(server)
         sock_server.close()

@@ -125,6 +125,12 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.sockets = Gauge(
+            "gateway_websockets_open",
+            "Responses WebSockets open now (each response also counts in flight).",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.replica_up = Gauge(
             "gateway_upstream_replica_healthy",
             "1 while a replica counts as healthy, 0 while it does not.",
@@ -153,6 +159,7 @@ class Metrics:
         self._children: dict[tuple[str, ...], Any] = {}
         self.replicas: Callable[[], Iterable[tuple[str, str, bool]]] = tuple
         self.in_flight_now: Callable[[], int] = int  # (the gateway's count; set by ops.health)
+        self.sockets_now: Callable[[], int] = int  # (likewise)
         self.tallies: dict[tuple[str, str, int, str], Tally] = {}
         self.rare: list[tuple[Any, ...]] = []  # errors, replays, disconnects: one each
         self._timer: asyncio.TimerHandle | None = None
@@ -201,6 +208,7 @@ class Metrics:
             self._timer.cancel()
             self._timer = None
         self.in_flight.set(self.in_flight_now())
+        self.sockets.set(self.sockets_now())
         tallies, self.tallies = self.tallies, {}
         rare, self.rare = self.rare, []
         child = self._child

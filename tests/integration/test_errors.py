@@ -197,8 +197,15 @@ async def test_stored_responses_refused(client: openai.AsyncOpenAI, gateway_url:
     await expect(
         openai.NotFoundError, client.responses.cancel("resp_123"), status=404, says="stateless"
     )
-    status, body = await raw(gateway_url, "GET", "/responses")
+    status, body = await raw(gateway_url, "DELETE", "/responses")
     assert status == 405 and body["error"]["type"] == "invalid_request_error"
+
+
+async def test_plain_get_of_the_websocket_route(gateway_url: str) -> None:
+    """GET /v1/responses without the upgrade: 426, saying what the route is."""
+    status, body = await raw(gateway_url, "GET", "/responses")
+    assert status == 426 and body["error"]["code"] == "upgrade_required"
+    assert "WebSocket" in body["error"]["message"] and "POST" in body["error"]["message"]
 
 
 async def test_body_too_large(upstream: FakeUpstream, start_gateway: Any) -> None:

@@ -49,13 +49,18 @@ async def answers(port: int) -> bool:
         writer.close()
 
 
+SHARED_SEAL_KEY = "c2VhbC1rZXktb2YtdGhlLWRlcGxveW1lbnQtMzItYnk="  # (32 bytes)
+
+
 @asynccontextmanager
 async def gateway_process(*args: str) -> AsyncIterator[str]:
     """A real gateway process: ``python -m gateway serve ARGS --port P``; its base URL."""
     port = free_port()
     cmd = [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--port", str(port)]
     cmd += [*args, "--log-level", "WARNING"]
-    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    # The processes of one deployment hold one seal key (README): the tenant names its
+    # client keys get, which scope records and limits in Redis, are keyed with it.
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "GATEWAY_SEAL_KEY": SHARED_SEAL_KEY}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         for _ in range(300):

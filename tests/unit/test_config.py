@@ -191,3 +191,12 @@ def test_check_config_checks_the_environment_the_service_will_run_with(tmp_path:
     keys.write_text("sk-client\n")
     code, said = check_config(tmp_path, auth, {"UP": "sk-up"}, "--api-keys-file", str(keys))
     assert code == 0, said
+
+
+def test_websocket_idle_timeout() -> None:
+    cfg = parse((GOOD + "\n[http]\nwebsocket-idle-timeout = 30\n").encode(), "g.toml")
+    assert cfg.http.websocket_idle_timeout == 30
+    assert parse(GOOD.encode(), "g.toml").http.websocket_idle_timeout == 300
+    with pytest.raises(ConfigError) as info:
+        parse((GOOD + "\n[http]\nwebsocket-idle-timeout = 0\n").encode(), "g.toml")
+    assert "timeouts must be positive" in str(info.value)

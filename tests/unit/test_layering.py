@@ -170,3 +170,11 @@ def test_the_cycle_check_can_fail(tmp_path: Path) -> None:
     (pkg / "e.py").write_text("import pkg.a\n")  # imports into a cycle: not part of it
     graph = imports.edges(imports.module_names(pkg, "pkg"))
     assert imports.cycles(graph) == [["pkg.a", "pkg.sub.b"], ["pkg.c", "pkg.d"]]
+
+
+MAX_LINES = 500  # a module longer than this holds two things a reader looks for apart
+
+
+def test_no_module_is_over_500_lines() -> None:
+    long = {m: n for m, p in modules() if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert long == {}, f"split where a reader would look for two things: {long}"

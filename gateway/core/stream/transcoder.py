@@ -290,6 +290,15 @@ class Transcoder:
             self._end()
         return self._enc.drain()
 
+    def empty(self) -> bytes:
+        """A response that asks nothing of the model (a WebSocket warm-up, ``generate:
+        false``): created, in progress and completed at once, without output."""
+        if not self._begin():
+            return b""
+        self._finish = "stop"
+        self._terminal()
+        return self._enc.drain()
+
     def _begin(self) -> bool:
         """Emit created + in_progress if not done yet; False once a terminal was sent."""
         if self._state is State.NEW:

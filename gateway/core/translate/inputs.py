@@ -16,6 +16,7 @@ parameter's path.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -44,24 +45,48 @@ def to_messages(
     caps: Capabilities,
     names: ToolNames = NO_NAMES,
     sealer: Sealer | None = None,
+    history: Sequence[dict] = (),
+    earlier: Sequence[InputItem] = (),
 ) -> list[dict]:
+    """The chat messages of ``instructions`` and ``input``; a continued conversation
+    (``translate.conversation``) puts its ``history`` (the messages translated before)
+    and its last response's output items (``earlier``, translated here) before the
+    input, which then holds only what is new."""
     messages: list[dict] = []
     if req.instructions:
         messages.append({"role": "system", "content": req.instructions})
+    if history:
+        messages += history
     items = req.input
     if isinstance(items, str):
+        if earlier:
+            _add_items(messages, earlier, caps, names, ReturnedReasoning(caps, sealer), sealer)
         messages.append({"role": "user", "content": items})
-    elif items:
+    elif items or earlier:
         returned = ReturnedReasoning(caps, sealer)
-        for i, item in enumerate(items):
-            if item.type == "reasoning":
-                returned.take(item, i)
-                continue
-            _add_item(messages, item, i, caps, names, sealer)
-            returned.settle(messages)
+        if earlier:
+            _add_items(messages, earlier, caps, names, returned, sealer)
+        if items:
+            _add_items(messages, items, caps, names, returned, sealer)
     if not messages:
         raise missing("input", alternative="instructions")
     return messages
+
+
+def _add_items(
+    messages: list[dict],
+    items: Sequence[InputItem],
+    caps: Capabilities,
+    names: ToolNames,
+    returned: ReturnedReasoning,
+    sealer: Sealer | None,
+) -> None:
+    for i, item in enumerate(items):
+        if item.type == "reasoning":
+            returned.take(item, i)
+            continue
+        _add_item(messages, item, i, caps, names, sealer)
+        returned.settle(messages)
 
 
 def _add_item(

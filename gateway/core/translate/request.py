@@ -19,6 +19,7 @@ import orjson
 from gateway.core.capabilities import Capabilities
 from gateway.core.sealing import Sealer
 from gateway.core.translate import compaction, reasoning
+from gateway.core.translate.conversation import Conversation
 from gateway.core.translate.inputs import to_messages
 from gateway.core.translate.tools import NO_NAMES, ToolSet, to_tool_set
 from gateway.core.wire.responses import (
@@ -184,10 +185,12 @@ def to_chat_request(
     *,
     stream: bool,
     sealer: Sealer | None = None,
+    continued: Conversation | None = None,
 ) -> tuple[dict, dict, ToolSet]:
     """(chat body, echo fields for the response object, the request's tools: their
     names for the answer's calls, and the hosted tools dropped); ``sealer`` opens
-    replayed reasoning (``encrypted_content``)."""
+    replayed reasoning (``encrypted_content``); ``continued``: the conversation the
+    request continues (its input holds only the new items)."""
     check_not_offered(req)
     reasoning.wants_encrypted(req.include)
     effort = reasoning.effort_fields(req.reasoning, caps)
@@ -196,7 +199,10 @@ def to_chat_request(
         if not caps.tools:
             raise Unsupported("This model does not support tools.", param="tools")
         tools = to_tool_set(req.tools, caps)
-    messages = to_messages(req, caps, tools.names, sealer)
+    if continued is None:
+        messages = to_messages(req, caps, tools.names, sealer)
+    else:
+        messages = to_messages(req, caps, tools.names, sealer, continued.messages, continued.output)
     body: dict[str, Any] = {"model": upstream_model, "messages": messages}
     body.update(effort)
     tool_choice_echo: Any = "auto"
@@ -226,7 +232,10 @@ def to_chat_request(
         body["stream"] = True
         if caps.stream_usage:
             body["stream_options"] = {"include_usage": True}
-    return body, _echo(req, tools.echo, tool_choice_echo, text_echo), tools
+    echo = _echo(req, tools.echo, tool_choice_echo, text_echo)
+    if continued is not None:
+        echo["previous_response_id"] = continued.response_id
+    return body, echo, tools
 
 
 def to_summary_request(

@@ -52,6 +52,18 @@ OBJECT_END = b"}\n\n"  # after a hand-built payload's last value
 TEXT_DELTA_END = b',"logprobs":[]}\n\n'  # output_text.delta's last field
 
 
+def payloads(frames: bytes) -> list[bytes]:
+    """The JSON of each whole frame in ``frames`` (what follows ``data: ``), in order;
+    comments (``: keepalive``) are skipped. A payload is one line, so each frame ends at
+    the first blank line after it."""
+    out = []
+    for frame in frames.split(b"\n\n"):
+        start = frame.find(b"\ndata: ")
+        if start >= 0:
+            out.append(frame[start + 7 :])
+    return out
+
+
 def text_delta_mid(item_id: bytes, output_index: int, content_index: int) -> bytes:
     """The fixed middle of an output_text / refusal / reasoning_text delta: between seq
     and the delta value.
