@@ -4,11 +4,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import shutil
+from typing import Any
 
 import pytest
+
+from gateway.config import Config, Deployment, Listen
+from gateway.demo.upstream import DemoOptions, make_handler
+from gateway.ops.lifecycle import listen, open_gateway
 
 ROOT = pathlib.Path(__file__).parents[2]
 
@@ -24,3 +30,23 @@ def codex_bin() -> str:
             pytest.fail(message)
         pytest.skip(message)
     return str(pathlib.Path(found).resolve())
+
+
+@pytest.fixture
+async def start(aiohttp_raw_server: Any) -> Any:
+    """``await start(model, script, hosted_tools)``: the scripted demo upstream (which
+    records each chat request it receives in ``received``) and a gateway in front of it
+    → (demo options, the gateway's URL)."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def run(model: str, script: list, hosted_tools: str) -> tuple[DemoOptions, str]:
+            options = DemoOptions(models=(model,), script=script)
+            demo = await aiohttp_raw_server(make_handler(options))
+            upstream = str(demo.make_url("/v1"))
+            dep = Deployment(upstream=upstream, models=(model,), hosted_tools=hosted_tools)
+            cfg = Config(listen=Listen(), deployment=(dep,))
+            gateway = await stack.enter_async_context(open_gateway(cfg, {}))
+            server = await stack.enter_async_context(listen(gateway, "127.0.0.1", 0))
+            return options, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+
+        yield run

@@ -13,21 +13,13 @@ messages, ids on every item, ``client_metadata``, ``prompt_cache_key``,
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
 import pathlib
 from typing import Any
 
 import orjson
-import pytest
 
-from gateway.config import Config, Deployment, Listen
-from gateway.demo.upstream import DemoOptions, make_handler
-from gateway.ops.lifecycle import listen, open_gateway
+from tests.e2e.codex_support import MODEL, codex, dirs
 
-MODEL = "gpt-5.5"  # a model Codex knows: it offers apply_patch as a custom (grammar) tool
-RUN_TIMEOUT = 120.0  # seconds for one codex run
 PATCH = "*** Begin Patch\n*** Update File: notes.txt\n@@\n-old line\n+new line\n*** End Patch\n"
 ANSWER = "Updated notes.txt: the old line is now the new line."
 SCRIPT: list[dict[str, Any]] = [
@@ -51,77 +43,18 @@ wire_api = "responses"
 """
 
 
-@pytest.fixture
-async def start(aiohttp_raw_server: Any) -> Any:
-    """``await start(model, script, hosted_tools)``: the scripted demo upstream and a
-    gateway in front of it → (demo options, the gateway's URL)."""
-    async with contextlib.AsyncExitStack() as stack:
-
-        async def run(model: str, script: list, hosted_tools: str) -> tuple[DemoOptions, str]:
-            options = DemoOptions(models=(model,), script=script)
-            demo = await aiohttp_raw_server(make_handler(options))
-            upstream = str(demo.make_url("/v1"))
-            dep = Deployment(upstream=upstream, models=(model,), hosted_tools=hosted_tools)
-            cfg = Config(listen=Listen(), deployment=(dep,))
-            gateway = await stack.enter_async_context(open_gateway(cfg, {}))
-            server = await stack.enter_async_context(listen(gateway, "127.0.0.1", 0))
-            return options, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
-
-        yield run
-
-
-def dirs(tmp_path: pathlib.Path, model: str, url: str) -> tuple[pathlib.Path, pathlib.Path]:
-    """A CODEX_HOME whose config.toml names the gateway as the model provider, and a
-    work dir."""
-    home, work = tmp_path / "codex-home", tmp_path / "work"
-    home.mkdir()
-    work.mkdir()
-    (home / "config.toml").write_text(PROVIDER.format(model=model, url=url))
-    return home, work
-
-
-async def codex(binary: str, home: pathlib.Path, work: pathlib.Path, *args: str) -> tuple[int, str]:
-    """Run ``codex exec ... args`` unattended in ``work``: (exit status, stdout)."""
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(home.parent),
-        "CODEX_HOME": str(home),
-        "GATEWAY_API_KEY": "sk-e2e",
-    }
-    proc = await asyncio.create_subprocess_exec(
-        binary,
-        "exec",
-        "--skip-git-repo-check",
-        "--dangerously-bypass-approvals-and-sandbox",  # a temp dir, nothing to guard
-        *args,
-        cwd=work,
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), RUN_TIMEOUT)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        pytest.fail(f"codex {' '.join(args)} ran over {RUN_TIMEOUT} s")
-    assert proc.returncode is not None
-    if proc.returncode != 0:
-        print(err.decode(errors="replace")[-4000:])  # shown when the test fails
-    return proc.returncode, out.decode()
-
-
 def assistant_reasoning(messages: list[dict]) -> list[str]:
     return [m["reasoning_content"] for m in messages if m.get("reasoning_content")]
 
 
 async def test_codex_exec_and_resume(start: Any, codex_bin: str, tmp_path: pathlib.Path) -> None:
     options, url = await start(MODEL, SCRIPT, "drop")
-    home, work = dirs(tmp_path, MODEL, url)
+    home, work = dirs(tmp_path, PROVIDER.format(model=MODEL, url=url))
     (work / "notes.txt").write_text("old line\n")
 
-    status, out = await codex(codex_bin, home, work, "Replace old line with new line in notes.txt")
+    status, out, _ = await codex(
+        codex_bin, home, work, "Replace old line with new line in notes.txt"
+    )
     assert status == 0
     assert out.strip().endswith(ANSWER)
     assert (work / "notes.txt").read_text() == "new line\n"  # apply_patch really ran
@@ -144,7 +77,9 @@ async def test_codex_exec_and_resume(start: Any, codex_bin: str, tmp_path: pathl
         "Now replace the line.",
     ]
 
-    status, out = await codex(codex_bin, home, work, "resume", "--last", "Thanks, anything else?")
+    status, out, _ = await codex(
+        codex_bin, home, work, "resume", "--last", "Thanks, anything else?"
+    )
     assert status == 0
     assert out.strip().endswith(ANSWER)  # the script's last turn, again
     assert len(options.received) == 4
@@ -172,8 +107,10 @@ async def test_a_model_codex_does_not_know(
         {"text": "Wrote out.txt."},
     ]
     options, url = await start("local-coder", script, "refuse")
-    home, work = dirs(tmp_path, "local-coder", url)
-    status, out = await codex(codex_bin, home, work, "-c", 'web_search="disabled"', "Make out.txt")
+    home, work = dirs(tmp_path, PROVIDER.format(model="local-coder", url=url))
+    status, out, _ = await codex(
+        codex_bin, home, work, "-c", 'web_search="disabled"', "Make out.txt"
+    )
     assert status == 0 and out.strip().endswith("Wrote out.txt.")
     assert (work / "out.txt").read_text() == "made\n"
     sent = options.received[0]["body"]["tools"]
