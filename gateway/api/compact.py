@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Protocol
 
 import orjson
@@ -22,9 +23,11 @@ import orjson
 from gateway.api.calls import Call
 from gateway.api.pings import SSE_HEADERS, SsePings
 from gateway.api.seal import Sealer
+from gateway.api.turn import Sink
 from gateway.core.ids import IDS, RESPONSE
 from gateway.core.stream.transcoder import Transcoder
 from gateway.core.translate import compaction
+from gateway.core.translate.conversation import Conversation
 from gateway.core.translate.request import to_summary_request
 from gateway.core.translate.response import to_response
 from gateway.core.wire import output
@@ -75,19 +78,47 @@ class Compactions:
     ) -> Reply:
         """A ``compaction_trigger`` request: a response whose output is the compaction item."""
         sealer = self.host.sealer
-        chat, echo = to_summary_request(req, route.caps, route.upstream_model, sealer)
-        base = output.response_base(IDS.new(RESPONSE), int(time.time()), req.model, echo)
-        payload = orjson.dumps(chat)
+        payload, base = self._summary_request(route, req, None)
         if req.stream:
+            out = StreamResponse(headers={**SSE_HEADERS, **call.headers})
             tx = Transcoder(base, seal=sealer.seal)
-            return await self._stream(
-                request, call, tx, lambda: self._summary(call, route, payload, key)
+            await self._stream(
+                request, call, tx, partial(self._summary, call, route, payload, key), out
             )
+            return out
         data = await self._summary(call, route, payload, key)
         doc = to_response(data, base, seal=sealer.seal, read=compaction.answer)
         call.outcome = doc["status"]
         call.usage = doc["usage"]
         return Response(body=orjson.dumps(doc), content_type=JSON, headers=call.headers)
+
+    async def trigger_events(
+        self,
+        request: Incoming,
+        call: Call,
+        route: Route,
+        req: ResponsesRequest,
+        key: str | None,
+        continued: Conversation | None,
+        out: Sink,
+    ) -> None:
+        """A ``compaction_trigger`` on a Responses WebSocket: the response's events to
+        ``out``, its conversation ``continued`` (if any) and the request's input."""
+        payload, base = self._summary_request(route, req, continued)
+        tx = Transcoder(base, seal=self.host.sealer.seal)
+        await self._stream(
+            request, call, tx, partial(self._summary, call, route, payload, key), out
+        )
+
+    def _summary_request(
+        self, route: Route, req: ResponsesRequest, continued: Conversation | None
+    ) -> tuple[bytes, dict]:
+        """The summarisation's chat body, and the response it answers with (in progress)."""
+        chat, echo = to_summary_request(
+            req, route.caps, route.upstream_model, self.host.sealer, continued
+        )
+        base = output.response_base(IDS.new(RESPONSE), int(time.time()), req.model, echo)
+        return orjson.dumps(chat), base
 
     async def _summary(self, call: Call, route: Route, payload: bytes, key: str | None) -> bytes:
         """The upstream's whole answer to the summarisation request."""
@@ -107,8 +138,8 @@ class Compactions:
         call: Call,
         tx: Transcoder,
         summary: Callable[[], Awaitable[bytes]],
-    ) -> StreamResponse:
-        out = StreamResponse(headers={**SSE_HEADERS, **call.headers})
+        out: Sink,
+    ) -> None:
         await out.prepare(request)
         call.status = 200
         await out.write(tx.start())
@@ -131,4 +162,3 @@ class Compactions:
             call.outcome, call.usage = final["status"], final["usage"]
         call.events = tx.events
         await out.write_eof(last)
-        return out

@@ -13,7 +13,9 @@ usable. One response at a time: the next message is read once the response ends.
 The session remembers its last response (``translate.conversation``), in memory
 only, so that a ``previous_response_id`` naming it continues it with only the new
 items; any other id, or one a failed continuation gave up, is
-``previous_response_not_found``.
+``previous_response_not_found``. A ``response.create`` whose last input item is a
+``compaction_trigger`` is a compaction (``api.compact``), of the remembered conversation
+when it continues it; a compaction is not remembered.
 
 Each response is a ``Call`` of its own (endpoint ``responses_ws``) for the
 observer, and counts in ``in_flight`` while it runs: an idle socket holds no
@@ -37,10 +39,12 @@ import orjson
 from gateway import limits
 from gateway.api.body import decode, decode_error
 from gateway.api.calls import CLIENT_GONE, FAILED, Call, Observer
+from gateway.api.compact import Compactions
 from gateway.api.guard import Guard, within_limits
 from gateway.api.process import ProcessState
-from gateway.api.turn import Sink, Turn
+from gateway.api.turn import Sink, Turn, affinity
 from gateway.core.stream.transcoder import Transcoder
+from gateway.core.translate import compaction
 from gateway.core.translate.conversation import (
     Conversation,
     check_outputs,
@@ -86,6 +90,7 @@ class Host(Protocol):
     in_flight: int
     sockets: int
     websocket_idle: float
+    compactions: Compactions
 
     def left(self) -> None: ...
 
@@ -279,6 +284,13 @@ class Session:
             self.memory = None  # given to this turn: if it fails, nothing is left to continue
             check_outputs(continued, req.input)
         route = await host.route(call, data, req.model)
+        if compaction.triggered(req):  # a compaction: not remembered, so not continued
+            key = affinity(self.request, route, req)
+            out = Events(self.socket)
+            await host.compactions.trigger_events(
+                self.request, call, route, req, key, continued, out
+            )
+            return
         payload, key, base, seal, summary, names, pump, messages = host.turn(
             self.request, call, route, req, True, continued, True
         )

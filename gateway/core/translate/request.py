@@ -239,21 +239,31 @@ def to_chat_request(
 
 
 def to_summary_request(
-    req: ResponsesRequest, caps: Capabilities, upstream_model: str, sealer: Sealer | None = None
+    req: ResponsesRequest,
+    caps: Capabilities,
+    upstream_model: str,
+    sealer: Sealer | None = None,
+    continued: Conversation | None = None,
 ) -> tuple[dict, dict]:
     """(chat body, echo fields) of a compaction (``translate.compaction``): the request's
-    messages as ``to_chat_request`` makes them, without the ``compaction_trigger`` that
-    ends them, then the deployment's prompt as a user message. No tools, nor anything
-    else of the request, go upstream (they are not checked either): the answer is the
-    summary as plain text, not streamed."""
+    messages as ``to_chat_request`` makes them (after the conversation ``continued``, if
+    any), without the ``compaction_trigger`` that ends them, then the deployment's prompt
+    as a user message. No tools, nor anything else of the request, go upstream (they are
+    not checked either): the answer is the summary as plain text, not streamed."""
     check_not_offered(req)
     if compaction.triggered(req):
         assert isinstance(req.input, list)
         req = msgspec.structs.replace(req, input=req.input[:-1])
-    messages = to_messages(req, caps, NO_NAMES, sealer)
+    if continued is None:
+        messages = to_messages(req, caps, NO_NAMES, sealer)
+    else:
+        messages = to_messages(req, caps, NO_NAMES, sealer, continued.messages, continued.output)
     messages.append({"role": "user", "content": caps.compaction_prompt})
     body = {"model": upstream_model, "messages": messages}
-    return body, _echo(req, [], "auto", _TEXT_DEFAULT)
+    echo = _echo(req, [], "auto", _TEXT_DEFAULT)
+    if continued is not None:
+        echo["previous_response_id"] = continued.response_id
+    return body, echo
 
 
 def _echo(req: ResponsesRequest, tools: list[dict], tool_choice: Any, text: Any) -> dict:
