@@ -23,7 +23,8 @@ import pytest
 
 from gateway import limits
 from gateway.api.endpoints import Gateway
-from gateway.config import Auth, Http, Ops
+from gateway.config import COMPACTION_PROMPT, Auth, Http, Ops
+from gateway.core.translate.compaction import SUMMARY_HEADING
 from gateway.http.messages import Headers
 from gateway.ops.lifecycle import listen, open_gateway
 from tests.conftest import WEATHER, FakeUpstream, chunk, completion, make_config, text_stream
@@ -328,6 +329,51 @@ async def test_a_tool_loop_by_continuation(upstream: FakeUpstream, connect: Any)
         {"role": "user", "content": "weather in Oslo?"},
         {"role": "assistant", "content": None, "tool_calls": [call]},
         {"role": "tool", "tool_call_id": "call_1", "content": "sunny, 20 C"},
+    ]
+
+
+async def test_a_compaction_trigger_compacts_the_remembered_conversation(
+    upstream: FakeUpstream, connect: Any
+) -> None:
+    """A ``compaction_trigger`` continuing the tool loop (what Codex 0.171 sends when its
+    context fills mid-turn): one summarisation of the whole conversation, without tools;
+    its one compaction item, sent back, is the summary the upstream sees."""
+    upstream.reply = upstream.sse_reply(call_stream("call_1", "get_weather", '{"city":"Oslo"}'))
+    ws = connect()
+    first = await ws.socket.create(input="weather in Oslo?", tools=[WEATHER])
+    upstream.reply = upstream.json_reply(completion("Asked for Oslo's weather: sunny."))
+    output = {"type": "function_call_output", "call_id": "call_1", "output": "sunny, 20 C"}
+    previous = first[-1]["response"]["id"]
+    compacted = await ws.socket.create(
+        input=[output, {"type": "compaction_trigger"}],
+        tools=[WEATHER],
+        stream=True,
+        previous_response_id=previous,
+    )
+    assert types(compacted) == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    final = compacted[-1]["response"]
+    assert final["previous_response_id"] == previous
+    [item] = final["output"]
+    assert item["type"] == "compaction" and item["encrypted_content"]
+    summarised = upstream.received[1]
+    assert "tools" not in summarised and "stream" not in summarised
+    assert [m["role"] for m in summarised["messages"]] == ["user", "assistant", "tool", "user"]
+    assert summarised["messages"][-1] == {"role": "user", "content": COMPACTION_PROMPT}
+    # A compaction is not remembered; the compacted history comes whole.
+    upstream.reply = upstream.sse_reply(text_stream("Anything else?"))
+    refused = await ws.socket.create(input="thanks", previous_response_id=final["id"])
+    assert refused[-1]["error"]["code"] == "previous_response_not_found"
+    after = await ws.socket.create(input=[item, user("thanks")], tools=[WEATHER])
+    assert types(after)[-1] == "response.completed"
+    assert upstream.received[2]["messages"] == [
+        {"role": "user", "content": SUMMARY_HEADING + "Asked for Oslo's weather: sunny."},
+        {"role": "user", "content": "thanks"},
     ]
 
 
