@@ -48,7 +48,7 @@ def assistant_reasoning(messages: list[dict]) -> list[str]:
 
 
 async def test_codex_exec_and_resume(start: Any, codex_bin: str, tmp_path: pathlib.Path) -> None:
-    options, url = await start(MODEL, SCRIPT, "drop")
+    options, url, _ = await start(MODEL, SCRIPT, "drop")
     home, work = dirs(tmp_path, PROVIDER.format(model=MODEL, url=url))
     (work / "notes.txt").write_text("old line\n")
 
@@ -106,7 +106,7 @@ async def test_a_model_codex_does_not_know(
         {"calls": [{"name": "exec_command", "arguments": {"cmd": "echo made > out.txt"}}]},
         {"text": "Wrote out.txt."},
     ]
-    options, url = await start("local-coder", script, "refuse")
+    options, url, _ = await start("local-coder", script, "refuse")
     home, work = dirs(tmp_path, PROVIDER.format(model="local-coder", url=url))
     status, out, _ = await codex(
         codex_bin, home, work, "-c", 'web_search="disabled"', "Make out.txt"
