@@ -27,23 +27,13 @@ from gateway.config import COMPACTION_PROMPT
 from gateway.core.translate.compaction import SUMMARY_HEADING
 from gateway.demo.answers import compaction_summary
 from tests.e2e.codex_support import MODEL, Run, codex, dirs
-from tests.e2e.test_codex_cli import ANSWER, SCRIPT
+from tests.e2e.test_codex_cli import ANSWER, PROVIDER, SCRIPT
 
 BUILT_IN = """\
 model = "{model}"
 openai_base_url = "{url}"
 """
-CUSTOM = """\
-model = "{model}"
-model_provider = "gateway"
-
-[model_providers.gateway]
-name = "Responses gateway"
-base_url = "{url}"
-env_key = "GATEWAY_API_KEY"
-wire_api = "responses"
-supports_websockets = true
-"""
+CUSTOM = PROVIDER + "supports_websockets = true\n"  # the HTTP test's provider, on the socket
 COMPACT = ("-c", "model_auto_compact_token_limit=10")  # under any turn's usage: compact
 TASK = "Replace old line with new line in notes.txt"
 AGAIN = "Thanks, anything else?"
