@@ -80,7 +80,9 @@ async def test_codex_on_the_websocket_with_a_compaction(
     assert {endpoint for endpoint, _ in calls} == {"responses_ws"}
     assert len(calls) == 4 and all(status == 200 for _, status in calls)
 
-    options.script = [{"text": AFTER}]  # the second turn's answer (its history is compacted)
+    # The second turn's answer: a compacted history holds no tool results, so the script
+    # would start over at its shell call.
+    options.script = [{"text": AFTER}]
     run = await codex(codex_bin, home, work, *COMPACT, "resume", "--last", AGAIN)
     assert ran(run).strip().endswith(AFTER)
     assert "context compacted" in run.err
@@ -88,6 +90,7 @@ async def test_codex_on_the_websocket_with_a_compaction(
     assert "tools" not in summarised  # the summary was asked without tools
     assert TASK in texts(summarised["messages"], "user")
     assert ANSWER in texts(summarised["messages"], "assistant")
+    assert len(texts(summarised["messages"], "tool")) == 2  # the whole first turn
     if config is BUILT_IN:  # remote: the gateway's prompt, its summary sealed and opened
         assert summarised["messages"][-1]["content"] == COMPACTION_PROMPT
         summary = SUMMARY_HEADING + compaction_summary(summarised["messages"])
@@ -100,4 +103,4 @@ async def test_codex_on_the_websocket_with_a_compaction(
     # The history the summary stands for is gone.
     assert not texts(after["messages"], "tool")
     assert ANSWER not in texts(after["messages"], "assistant")
-    assert {endpoint for endpoint, _ in calls} == {"responses_ws"}
+    assert {endpoint for endpoint, _ in calls} == {"responses_ws"}  # the compaction too
