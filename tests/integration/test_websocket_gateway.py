@@ -60,6 +60,12 @@ async def response(ws: ClientConnection) -> list[dict[str, Any]]:
             return out
 
 
+async def turn(ws: ClientConnection, text: Any, **more: Any) -> dict[str, Any]:
+    """One ``response.create`` and its events, checked by ``strict``: the response."""
+    await ws.send(create(text, **more))
+    return strict(await response(ws))
+
+
 def strict(events: list[dict[str, Any]], terminal: str = "response.completed") -> dict[str, Any]:
     """Sequence numbers 0..n, exactly one terminal event, the last; its response."""
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
@@ -129,10 +135,8 @@ async def test_two_responses_one_after_the_other_on_one_socket(
     base: str, upstream: FakeUpstream
 ) -> None:
     async with connect(ws_url(base)) as ws:
-        await ws.send(create("one"))
-        first = strict(await response(ws))
-        await ws.send(create("two"))
-        second = strict(await response(ws))
+        first = await turn(ws, "one")
+        second = await turn(ws, "two")
     assert first["id"] != second["id"]
     assert [roles(upstream, 0), roles(upstream, 1)] == [[("user", "one")], [("user", "two")]]
 
@@ -141,10 +145,8 @@ async def test_a_continuation_sends_the_whole_conversation_upstream(
     base: str, upstream: FakeUpstream
 ) -> None:
     async with connect(ws_url(base)) as ws:
-        await ws.send(create("first"))
-        first = strict(await response(ws))
-        await ws.send(create(user("second"), previous_response_id=first["id"]))
-        second = strict(await response(ws))
+        first = await turn(ws, "first")
+        second = await turn(ws, user("second"), previous_response_id=first["id"])
     assert second["output"][0]["content"][0]["text"] == "Hello"
     assert roles(upstream) == [("user", "first"), ("assistant", "Hello"), ("user", "second")]
 
@@ -164,14 +166,12 @@ def tool_call_stream() -> list[bytes]:
 async def test_a_tool_loop_by_continuation(base: str, upstream: FakeUpstream) -> None:
     upstream.reply = upstream.sse_reply(tool_call_stream())
     async with connect(ws_url(base)) as ws:
-        await ws.send(create("Weather in Paris?", tools=[WEATHER]))
-        first = strict(await response(ws))
+        first = await turn(ws, "Weather in Paris?", tools=[WEATHER])
         (call,) = first["output"]
         assert (call["type"], call["call_id"]) == ("function_call", "call_1")
         upstream.reply = upstream.sse_reply(text_stream("Sunny."))
         output = [{"type": "function_call_output", "call_id": "call_1", "output": "sunny"}]
-        await ws.send(create(output, tools=[WEATHER], previous_response_id=first["id"]))
-        strict(await response(ws))
+        await turn(ws, output, tools=[WEATHER], previous_response_id=first["id"])
     messages = upstream.received[-1]["messages"]
     assert [m["role"] for m in messages] == ["user", "assistant", "tool"]
     assert messages[1]["tool_calls"][0]["id"] == "call_1"
@@ -182,73 +182,65 @@ async def test_a_tool_loop_by_continuation(base: str, upstream: FakeUpstream) ->
 # ---- previous_response_not_found ---------------------------------------------------------
 
 
-def not_found(messages: list[dict[str, Any]]) -> None:
-    (error,) = messages
+async def not_found(ws: ClientConnection, previous: str) -> None:
+    """A continuation of ``previous`` is refused with ``previous_response_not_found``."""
+    await ws.send(create(user("again"), previous_response_id=previous))
+    (error,) = await response(ws)
     assert (error["type"], error["status"]) == ("error", 400)
     assert error["error"]["code"] == "previous_response_not_found"
 
 
 async def test_an_unknown_previous_id_is_not_found(base: str, upstream: FakeUpstream) -> None:
     async with connect(ws_url(base)) as ws:
-        await ws.send(create(user("x"), previous_response_id="resp_unknown"))
-        not_found(await response(ws))
-        await ws.send(create("still here"))  # the socket goes on
-        strict(await response(ws))
+        await not_found(ws, "resp_unknown")
+        await turn(ws, "still here")  # the socket goes on
     assert len(upstream.received) == 1
 
 
 async def test_an_id_from_another_socket_is_not_found(base: str, upstream: FakeUpstream) -> None:
     async with connect(ws_url(base)) as ws:
-        await ws.send(create("first"))
-        first = strict(await response(ws))
+        first = await turn(ws, "first")
     async with connect(ws_url(base)) as ws:
-        await ws.send(create(user("again"), previous_response_id=first["id"]))
-        not_found(await response(ws))
+        await not_found(ws, first["id"])
     assert len(upstream.received) == 1
 
 
-async def test_a_failed_continuation_forgets_the_previous_response(
-    base: str, upstream: FakeUpstream
-) -> None:
-    async with connect(ws_url(base)) as ws:
-        await ws.send(create("first"))
-        first = strict(await response(ws))
-        upstream.reply = upstream.raw_reply(b"boom", 500)
-        await ws.send(create(user("second"), previous_response_id=first["id"]))
-        failed = (await response(ws))[-1]
-        assert failed["type"] in ("error", "response.failed")
-        upstream.reply = upstream.sse_reply(text_stream("ok"))
-        await ws.send(create(user("second"), previous_response_id=first["id"]))
-        not_found(await response(ws))
-    assert len(upstream.received) == 2
-
-
-# ---- warm-up, acknowledgements, bad frames ----------------------------------------------
+# ---- warm-up, a failed continuation, acknowledgements, bad frames ------------------------
 
 
 async def test_a_warm_up_asks_no_model_and_can_be_continued(
     base: str, upstream: FakeUpstream
 ) -> None:
     async with connect(ws_url(base)) as ws:
-        await ws.send(create("context", generate=False))
-        warm = strict(await response(ws))
+        warm = await turn(ws, "context", generate=False)
         assert warm["output"] == []
         assert upstream.received == []
-        await ws.send(create(user("question"), previous_response_id=warm["id"]))
-        strict(await response(ws))
+        await turn(ws, user("question"), previous_response_id=warm["id"])
     assert roles(upstream) == [("user", "context"), ("user", "question")]
+
+
+async def test_a_failed_continuation_forgets_the_previous_response(
+    base: str, upstream: FakeUpstream
+) -> None:
+    async with connect(ws_url(base)) as ws:
+        first = await turn(ws, "first")
+        upstream.reply = upstream.raw_reply(b"boom", 500)
+        await ws.send(create(user("second"), previous_response_id=first["id"]))
+        failed = (await response(ws))[-1]
+        assert failed["type"] in ("error", "response.failed")
+        upstream.reply = upstream.sse_reply(text_stream("ok"))
+        await not_found(ws, first["id"])
+    assert len(upstream.received) == 2
 
 
 async def test_processed_acknowledgements_get_no_answer(base: str) -> None:
     async with connect(ws_url(base)) as ws:
-        await ws.send(create("one"))
-        first = strict(await response(ws))
+        first = await turn(ws, "one")
         ack = {"type": "response.processed", "response_id": first["id"]}
         await ws.send(orjson.dumps(ack).decode())
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(ws.recv(), 0.3)
-        await ws.send(create("two"))
-        strict(await response(ws))
+        await turn(ws, "two")
 
 
 @pytest.mark.parametrize(
@@ -269,8 +261,7 @@ async def test_a_bad_frame_gets_an_error_and_the_socket_goes_on(
         (error,) = await response(ws)
         assert (error["type"], error["status"]) == ("error", 400)
         assert error["error"]["message"]
-        await ws.send(create("after"))
-        strict(await response(ws))
+        await turn(ws, "after")
     assert len(upstream.received) == 1
 
 
@@ -297,8 +288,7 @@ async def test_the_right_key_opens_the_socket(upstream: FakeUpstream, start_gate
     base = await start_gateway(cfg, {"GW_KEYS": KEY})
     headers = {"Authorization": f"Bearer {KEY}"}
     async with connect(ws_url(base), additional_headers=headers) as ws:
-        await ws.send(create("Hi"))
-        strict(await response(ws))
+        await turn(ws, "Hi")
 
 
 def codex_sized() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -325,8 +315,7 @@ async def test_compressed_or_not_a_codex_sized_request_works(
     async with connect(ws_url(base), compression=compression) as ws:
         offered = ws.response.headers.get("Sec-WebSocket-Extensions", "")
         assert ("permessage-deflate" in offered) == (compression == "deflate")
-        await ws.send(create("small"))
-        strict(await response(ws))
+        await turn(ws, "small")
         await ws.send(frame.decode())
         strict(await response(ws))
     sent = upstream.received[-1]
@@ -430,8 +419,7 @@ async def test_the_drain_closes_an_idle_socket_with_1001_at_once(
     upstream.reply = upstream.sse_reply(text_stream("Hi"))
     async with draining(make_config(upstream.url), http_server, 10.0) as (url, stop, done):
         async with connect(ws_url(url)) as ws:
-            await ws.send(create("x"))
-            strict(await response(ws))
+            await turn(ws, "x")
             loop = asyncio.get_running_loop()
             t0 = loop.time()
             stop.set()
@@ -456,5 +444,4 @@ async def test_an_upstream_that_fails_mid_stream_ends_the_response_once(
         await ws.send(create("x"))
         strict(await response(ws), "response.failed")
         upstream.reply = upstream.sse_reply(text_stream("again"))
-        await ws.send(create("y"))
-        strict(await response(ws))
+        await turn(ws, "y")
