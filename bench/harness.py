@@ -254,6 +254,23 @@ def run_wrk(
     }
 
 
+def cpu_around(pid: int, cmd: list[str]) -> tuple[float, dict[str, Any]]:
+    """Run the client ``cmd``, which prints ``START``, ``END``, then one JSON line: the
+    CPU seconds process ``pid`` (and its tree) spent between the two, and the JSON."""
+    name = Path(cmd[cmd.index(sys.executable) + 1]).stem
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as p:
+        assert p.stdout is not None
+        lines = iter(p.stdout.readline, "")
+        if next(lines, "").strip() != "START":
+            raise RuntimeError(f"{name} did not start")
+        cpu0 = cpu_seconds(pid)
+        if next(lines, "").strip() != "END":
+            raise RuntimeError(f"{name} did not finish")
+        cpu = cpu_seconds(pid) - cpu0
+        out: dict[str, Any] = json.loads(next(lines, "{}"))
+    return cpu, out
+
+
 def fixed_rate(
     taskset: list[str],
     pid: int,
@@ -269,16 +286,7 @@ def fixed_rate(
     client = Path(__file__).resolve().parent / "rate_client.py"
     cmd = [*taskset, sys.executable, str(client), "--port", str(port), "--path", path]
     cmd += ["--body", body.decode(), "--rate", str(rate), "--duration", str(seconds)]
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as p:
-        assert p.stdout is not None
-        lines = iter(p.stdout.readline, "")
-        if next(lines, "").strip() != "START":
-            raise RuntimeError("rate_client did not start")
-        cpu0 = cpu_seconds(pid)
-        if next(lines, "").strip() != "END":
-            raise RuntimeError("rate_client did not finish")
-        cpu = cpu_seconds(pid) - cpu0
-        out: dict[str, Any] = json.loads(next(lines, "{}"))
+    cpu, out = cpu_around(pid, cmd)
     if not out.get("ok"):
         raise RuntimeError(f"no successful requests at {rate}/s on {path}: {out}")
     return cpu, out

@@ -50,6 +50,23 @@ METRICS: dict[str, list[tuple[str, str]]] = {
         ("idle_mib", "idle RSS MiB"),
         ("open_mib", "RSS MiB with streams open"),
     ],
+    # the Responses WebSocket beside SSE (small answers), and a Codex-sized conversation
+    # continued on it beside the same turns sent whole over HTTP
+    "websocket": [
+        ("us_resp_sse", "CPU us/response, SSE"),
+        ("us_resp_ws", "CPU us/response, WebSocket"),
+        ("us_event_sse", "CPU us/event, SSE"),
+        ("us_event_ws", "CPU us/event, WebSocket"),
+        ("event_ratio", "WebSocket / SSE, per event"),
+        ("us_resp_raw", "CPU us/response, WebSocket, no deflate"),
+        ("us_event_raw", "CPU us/event, WebSocket, no deflate"),
+        ("event_ratio_raw", "WebSocket no deflate / SSE, per event"),
+        ("us_turn_http", "CPU us/turn, Codex-sized, whole over HTTP"),
+        ("us_turn_ws", "CPU us/turn, Codex-sized, continuation"),
+        ("us_turn_whole", "CPU us/turn, Codex-sized, whole on a socket"),
+        ("turn_ratio", "continuation / whole over HTTP, per turn"),
+        ("turn_ratio_ws", "continuation / whole on a socket, per turn"),
+    ],
     "workers": [("rps_w2", "req/s, --workers 2"), ("scaling", "scaling vs 1 worker")],
     # metrics and access log on (as served) beside off (--no-metrics --no-access-log)
     "ops": [

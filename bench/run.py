@@ -3,8 +3,8 @@
 Both targets run behind the same fake upstream (``gateway.demo --fixed``) under
 the same pinning: the target on ``--proxy-cpus``, wrk, the clients and the
 upstream on ``--load-cpus``. Rows (``--only``): nonstream, stream, cpu,
-latency, memory, workers, ops, identity, replicas, reasoning, codex, micro,
-instructions (callgrind counts of the identity variants), a module each in
+latency, memory, workers, ops, identity, replicas, reasoning, codex, websocket,
+micro, instructions (callgrind counts of the identity variants), a module each in
 bench/rows/ (bench/rows/base.py: what a row is and what it needs of the bench).
 This file is the driver: the flags, the setup (the fast upstream, the targets and
 their sample requests), the repetitions of the rows, the report. See
@@ -35,6 +35,7 @@ from rows.ops import Ops
 from rows.reasoning import Reasoning
 from rows.replicas import Replicas
 from rows.throughput import Throughput
+from rows.websocket import Websocket
 from rows.workers import Workers
 
 REPO = BENCH.parent
@@ -51,6 +52,7 @@ FACTORIES: dict[str, Callable[[Bench], Row]] = {
     "replicas": Replicas,
     "reasoning": Reasoning,
     "codex": Codex,
+    "websocket": Websocket,
     "micro": Micro,
     "instructions": Instructions,
 }

@@ -166,6 +166,8 @@ class AiohttpWebSocket:
         return self.response
 
 
+SOCKETS_POLL = 0.01  # how often the shutdown looks whether the WebSockets have ended
+
 _WS_DONE = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR)
 
 
@@ -297,12 +299,17 @@ class AiohttpServer:
                 conn.close()
 
     async def shutdown(self, timeout: float) -> None:
-        """As aiohttp's, but the WebSockets still open when ``timeout`` is up are closed
-        with 1001 (aiohttp would cut them), so that their handlers end."""
-        done = asyncio.ensure_future(self.web.shutdown(timeout))
-        await asyncio.wait((done,), timeout=timeout)
+        """As aiohttp's, but the WebSockets first: a connection aiohttp shuts down reads
+        nothing more, so the client's answer to a close would never be seen (each close
+        would wait out ``WEBSOCKET_CLOSE_WAIT``). Their handlers close them for the drain;
+        those still open when ``timeout`` is up are closed with 1001 (aiohttp would cut
+        them), so that their handlers end. Then aiohttp's, for what is left of it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.sockets and loop.time() < deadline:
+            await asyncio.sleep(SOCKETS_POLL)
         await asyncio.gather(*(socket.close(1001) for socket in list(self.sockets)))
-        await done
+        await self.web.shutdown(max(deadline - loop.time(), SOCKETS_POLL))
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         req = AiohttpRequest(request, self)
