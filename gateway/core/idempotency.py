@@ -23,7 +23,8 @@ request claimed the key) returns ``KEEP``: the store leaves the record alone.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Final
+from collections.abc import Callable
+from typing import Any, Final, TypeVar
 
 import msgspec
 
@@ -203,3 +204,34 @@ def decode(data: bytes | None) -> Record | None:
         return _DECODER.decode(data)
     except msgspec.DecodeError:
         return None
+
+
+# ---- the transitions as steps: what a shared store runs inside its atomic section ------
+
+T = TypeVar("T")
+Step = Callable[[Record | None, float], tuple[Change, T]]  # (stored record, now) -> ...
+
+
+def claim_step(fp: Fingerprint, token: str, lock_ttl: float) -> Step[Decision]:
+    def step(record: Record | None, now: float) -> tuple[Change, Decision]:
+        decision = claim(record, fp, token, now, lock_ttl)
+        return (decision.record if isinstance(decision, Run) else KEEP), decision
+
+    return step
+
+
+def refresh_step(token: str, lock_ttl: float) -> Step[None]:
+    return lambda record, now: (refresh(record, token, now, lock_ttl), None)
+
+
+def finish_step(
+    token: str, status: int, body: bytes, content_type: str, retention: float
+) -> Step[None]:
+    return lambda record, now: (
+        finish(record, token, status, body, content_type, now, retention),
+        None,
+    )
+
+
+def release_step(token: str) -> Step[None]:
+    return lambda record, now: (release(record, token, now), None)

@@ -181,31 +181,21 @@ class RedisStore:
         return idem.fingerprint(path, body)  # (the same in every process that shares it)
 
     async def claim(self, scope: str, fingerprint: idem.Fingerprint, token: str) -> idem.Decision:
-        def step(record: idem.Record | None, now: float) -> tuple[idem.Change, idem.Decision]:
-            decision = idem.claim(record, fingerprint, token, now, self.lock_ttl)
-            return (decision.record if isinstance(decision, idem.Run) else idem.KEEP), decision
-
+        step = idem.claim_step(fingerprint, token, self.lock_ttl)
         return await self._transition(scope, step, b"", remember=True)
 
     async def refresh(self, scope: str, token: str) -> None:
-        def step(record: idem.Record | None, now: float) -> tuple[idem.Change, None]:
-            return idem.refresh(record, token, now, self.lock_ttl), None
-
+        step = idem.refresh_step(token, self.lock_ttl)
         await self._transition(scope, step, self._mine.get(scope), remember=True)
 
     async def finish(
         self, scope: str, token: str, status: int, body: bytes, content_type: str
     ) -> None:
-        def step(record: idem.Record | None, now: float) -> tuple[idem.Change, None]:
-            return idem.finish(record, token, status, body, content_type, now, self.retention), None
-
+        step = idem.finish_step(token, status, body, content_type, self.retention)
         await self._transition(scope, step, self._mine.pop(scope, None))
 
     async def release(self, scope: str, token: str) -> None:
-        def step(record: idem.Record | None, now: float) -> tuple[idem.Change, None]:
-            return idem.release(record, token, now), None
-
-        await self._transition(scope, step, self._mine.pop(scope, None))
+        await self._transition(scope, idem.release_step(token), self._mine.pop(scope, None))
 
     async def wait(self, scope: str, until: float) -> None:
         """Until woken by this process, or one poll interval (another process may hold it)."""

@@ -183,34 +183,21 @@ class SqliteStore:
             raise Overloaded(FULL)
 
     async def claim(self, scope: str, fingerprint: idem.Fingerprint, token: str) -> idem.Decision:
-        def step(record: idem.Record | None, now: float) -> tuple[idem.Change, idem.Decision]:
-            decision = idem.claim(record, fingerprint, token, now, self.lock_ttl)
-            return (decision.record if isinstance(decision, idem.Run) else idem.KEEP), decision
-
-        return self._transition(scope, step)
+        return self._transition(scope, idem.claim_step(fingerprint, token, self.lock_ttl))
 
     async def refresh(self, scope: str, token: str) -> None:
-        def step(record: idem.Record | None, now: float) -> tuple[idem.Change, None]:
-            return idem.refresh(record, token, now, self.lock_ttl), None
-
-        self._transition(scope, step)
+        self._transition(scope, idem.refresh_step(token, self.lock_ttl))
 
     async def finish(
         self, scope: str, token: str, status: int, body: bytes, content_type: str
     ) -> None:
-        def step(record: idem.Record | None, now: float) -> tuple[idem.Change, None]:
-            change = idem.finish(record, token, status, body, content_type, now, self.retention)
-            if isinstance(change, idem.Record) and len(body) > self.max_bytes:
-                return None, None  # larger than the whole store: not kept
-            return change, None
-
-        self._transition(scope, step)
+        if len(body) > self.max_bytes:  # larger than the whole store: not kept
+            self._transition(scope, idem.release_step(token))
+            return
+        self._transition(scope, idem.finish_step(token, status, body, content_type, self.retention))
 
     async def release(self, scope: str, token: str) -> None:
-        def step(record: idem.Record | None, now: float) -> tuple[idem.Change, None]:
-            return idem.release(record, token, now), None
-
-        self._transition(scope, step)
+        self._transition(scope, idem.release_step(token))
 
     async def wait(self, scope: str, until: float) -> None:
         """Until woken by this process, or one poll interval (another may hold it)."""
