@@ -160,6 +160,9 @@ class Session:
         self.socket = socket
         self.tenant = tenant
         self.memory: Conversation | None = None  # the last response, if it may be continued
+        # A receive begun while a response ran (to see the client close meanwhile): the
+        # next message, when it comes, is the next turn's.
+        self.early: asyncio.Future[bytes | None] | None = None
         self.deadline = asyncio.get_running_loop().time() + limits.WEBSOCKET_MAX_AGE
 
     async def run(self) -> None:
@@ -174,6 +177,8 @@ class Session:
             pass  # the client is gone (a response in progress was cut: Gateway.stream)
         finally:
             drain.cancel()
+            if self.early is not None:
+                self.early.cancel()
             host.sockets -= 1
             host.in_flight += 1  # (Gateway.handle counts the upgrade's end)
 
@@ -196,7 +201,8 @@ class Session:
                 await socket.close(1000, "connection time limit reached")
                 return None
             idle = self.host.websocket_idle
-            receive = asyncio.ensure_future(socket.receive())
+            receive = self.early or asyncio.ensure_future(socket.receive())
+            self.early = None
             try:
                 done, _ = await asyncio.wait(
                     (receive, drain), timeout=min(idle, left), return_when=asyncio.FIRST_COMPLETED
@@ -245,9 +251,10 @@ class Session:
         try:
             guard = host.guard
             if guard is not None and guard.limited:  # (each response counts once)
-                await within_limits(guard, self.tenant, partial(self._respond, call, data, head))
+                work = within_limits(guard, self.tenant, partial(self._respond, call, data, head))
             else:
-                await self._respond(call, data, head)
+                work = self._respond(call, data, head)
+            await self._watched(work)
         except GatewayError as exc:
             call.error = exc
             call.status = exc.status
@@ -269,6 +276,28 @@ class Session:
             host.left()
             if observer is not None:
                 observer.finished(call)
+
+    async def _watched(self, work: Awaitable[None]) -> None:
+        """``work`` (a response), cut if the client closes the socket meanwhile (a server
+        that reads frames only when asked, as aiohttp's, would not see it until then); a
+        message that comes meanwhile is kept for the next turn (``early``)."""
+        job = asyncio.ensure_future(work)
+        receive = self.early or asyncio.ensure_future(self.socket.receive())
+        self.early = None
+        try:
+            await asyncio.wait((job, receive), return_when=asyncio.FIRST_COMPLETED)
+            if not job.done() and receive.done() and receive.result() is None:
+                job.cancel()  # the client is gone: the upstream stream is cut
+                with contextlib.suppress(asyncio.CancelledError):
+                    await job
+                raise ConnectionResetError("The client closed the WebSocket.")
+            await job
+        finally:
+            if not job.done():
+                job.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await job
+            self.early = receive  # (done or not: the next turn's message, or its end)
 
     async def _respond(self, call: Call, data: bytes, head: Frame) -> None:
         host = self.host
