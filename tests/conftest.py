@@ -24,6 +24,16 @@ from gateway.config import Config, Deployment, Listen, Stream, Supports
 from gateway.ops.lifecycle import listen, open_gateway
 
 
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    """One request off a raw upstream's socket (a head, then a Content-Length body)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    return head + await reader.readexactly(length)
+
+
 def chunk(delta: dict | None = None, finish: str | None = None, **extra: Any) -> bytes:
     """One vLLM-shaped ``chat.completion.chunk`` SSE event."""
     doc: dict[str, Any] = {

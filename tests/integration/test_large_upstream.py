@@ -9,7 +9,15 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import FakeUpstream, chunk, completion, make_config, sdk, text_stream
+from tests.conftest import (
+    FakeUpstream,
+    chunk,
+    completion,
+    make_config,
+    read_request,
+    sdk,
+    text_stream,
+)
 
 # 2 MiB of text, not one repeated pattern (a lost or doubled piece shows), in 512 pieces.
 PIECES = [f"<{i:04d}>" + ("lorem ipsum dolor sit amet " * 152)[:4089] + "\n" for i in range(512)]
@@ -72,13 +80,7 @@ async def flood_upstream(status: int, total: int, sent: list[int]) -> asyncio.Se
     piece = b" " * 65536
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = next(
-            int(line.split(b":")[1])
-            for line in head.split(b"\r\n")
-            if line.lower().startswith(b"content-length:")
-        )
-        await reader.readexactly(length)
+        await read_request(reader)
         writer.write(
             b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n{"
             % (status, total)

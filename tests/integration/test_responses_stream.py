@@ -21,6 +21,7 @@ from tests.conftest import (
     chunk,
     completion,
     make_config,
+    read_request,
     sdk,
     text_stream,
     usage_chunk,
@@ -371,13 +372,7 @@ async def test_events_held_back_are_written_before_an_upstream_failure(
     )
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = next(
-            int(line.split(b":")[1])
-            for line in head.split(b"\r\n")
-            if line.lower().startswith(b"content-length:")
-        )
-        await reader.readexactly(length)
+        await read_request(reader)
         writer.write(answer)  # mid-body: the upstream goes away
         writer.close()
 

@@ -17,6 +17,7 @@ from gateway.errors import (
 )
 from gateway.upstream.connection import UpstreamConnection
 from gateway.upstream.pool import Pool
+from tests.conftest import read_request
 
 Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter], object]
 
@@ -47,15 +48,6 @@ async def raw_server() -> AsyncIterator[Callable[[Serve], object]]:
         writer.transport.abort()
         task.cancel()
     await asyncio.sleep(0)
-
-
-async def read_request(reader: asyncio.StreamReader) -> bytes:
-    head = await reader.readuntil(b"\r\n\r\n")
-    length = 0
-    for line in head.split(b"\r\n"):
-        if line.lower().startswith(b"content-length:"):
-            length = int(line.split(b":")[1])
-    return head + await reader.readexactly(length)
 
 
 def pool(url: str, read_timeout: float = 5.0) -> Pool:
